@@ -1,0 +1,1 @@
+"""popbridge: a POP-before-SMTP bridge for Postfix, Sendmail and Exim."""

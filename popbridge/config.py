@@ -1,0 +1,251 @@
+"""The configuration file: one TOML file read into frozen dataclasses.
+
+Every error is a `ConfigError` whose message names the file and the key, for example
+``popbridge.toml: [[lookup]] #2 listen: ...``. Unknown keys are errors too: a misspelt key that
+was silently ignored would leave an operator believing a setting is in force.
+
+Endpoint strings are checked by parsing them with Twisted's own parsers, which have no side
+effects until `listen()` / `connect()`.
+"""
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.endpoints import clientFromString, serverFromString
+
+PROXY_PROTOCOLS = ("pop3",)
+LOOKUP_PROTOCOLS = ("policy", "socketmap", "whoson")
+
+
+class ConfigError(ValueError):
+    """The configuration file is unusable; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    ttl: float = 1800.0
+    store: str = "memory"
+    ipv6_prefix: int = 128
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    protocol: str
+    listen: str
+    backend: str
+    forward_client_address: bool = False
+    idle_timeout: float = 600.0  # seconds without input from the client before it logs in
+    connect_timeout: float = 10.0  # seconds to reach the backend
+
+
+@dataclass(frozen=True)
+class LookupConfig:
+    protocol: str
+    listen: str
+    authorised_action: str = "OK"
+    unknown_action: str = "DUNNO"
+    tempfail_action: str = "DEFER_IF_PERMIT popbridge cannot check logins right now"
+    allow_updates: bool = False
+    idle_timeout: float = 600.0  # Postfix keeps policy connections for up to 300 s idle
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    listen: str
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """An in-process demo POP3 server (``popbridge demo``); never for production."""
+
+    listen: str
+    users: Mapping[str, str] = field(default_factory=dict)
+    messages: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    ledger: LedgerConfig = LedgerConfig()
+    proxies: tuple[ProxyConfig, ...] = ()
+    lookups: tuple[LookupConfig, ...] = ()
+    control: ControlConfig | None = None
+    demo: DemoConfig | None = None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check `path`; raises ConfigError naming the file and the key."""
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{name}: not valid TOML: {e}") from None
+    return parse_config(document, name)
+
+
+def parse_config(document: Mapping[str, Any], source: str) -> Config:
+    reader = _Reader(source)
+    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo"))
+    config = Config(
+        source=source,
+        ledger=_ledger(reader, reader.table("[ledger]", document.get("ledger", {}))),
+        proxies=tuple(
+            _proxy(reader, f"[[proxy]] #{n}", table)
+            for n, table in enumerate(reader.array("[[proxy]]", document.get("proxy", [])), 1)
+        ),
+        lookups=tuple(
+            _lookup(reader, f"[[lookup]] #{n}", table)
+            for n, table in enumerate(reader.array("[[lookup]]", document.get("lookup", [])), 1)
+        ),
+        control=_control(reader, document["control"]) if "control" in document else None,
+        demo=_demo(reader, document["demo"]) if "demo" in document else None,
+    )
+    if not (config.proxies or config.lookups):
+        raise ConfigError(f"{source}: nothing to do: no [[proxy]] and no [[lookup]]")
+    return config
+
+
+def _ledger(reader: "_Reader", table: Mapping[str, Any]) -> LedgerConfig:
+    where = "[ledger]"
+    reader.only_keys(where, table, ("ttl", "store", "ipv6_prefix"))
+    ttl = reader.number(where, table, "ttl", LedgerConfig.ttl, minimum=1)
+    store = reader.string(where, table, "store", LedgerConfig.store)
+    if store != "memory":
+        reader.fail(where, "store", f"unsupported store {store!r}: this version has only \"memory\"")
+    prefix = int(reader.number(where, table, "ipv6_prefix", LedgerConfig.ipv6_prefix, minimum=1, integer=True))
+    if prefix > 128:
+        reader.fail(where, "ipv6_prefix", f"{prefix} is not a prefix length (1-128)")
+    return LedgerConfig(ttl=ttl, store=store, ipv6_prefix=prefix)
+
+
+def _proxy(reader: "_Reader", where: str, table: Mapping[str, Any]) -> ProxyConfig:
+    reader.only_keys(
+        where, table, ("protocol", "listen", "backend", "forward_client_address", "idle_timeout", "connect_timeout")
+    )
+    return ProxyConfig(
+        protocol=reader.choice(where, table, "protocol", PROXY_PROTOCOLS),
+        listen=reader.endpoint(where, table, "listen", serverFromString),
+        backend=reader.endpoint(where, table, "backend", clientFromString),
+        forward_client_address=reader.boolean(where, table, "forward_client_address", False),
+        idle_timeout=reader.number(where, table, "idle_timeout", ProxyConfig.idle_timeout, minimum=1),
+        connect_timeout=reader.number(where, table, "connect_timeout", ProxyConfig.connect_timeout, minimum=1),
+    )
+
+
+def _lookup(reader: "_Reader", where: str, table: Mapping[str, Any]) -> LookupConfig:
+    protocol = reader.choice(where, table, "protocol", LOOKUP_PROTOCOLS)
+    allowed = ["protocol", "listen", "idle_timeout"]
+    allowed += ["allow_updates"] if protocol == "whoson" else ["authorised_action", "unknown_action", "tempfail_action"]
+    reader.only_keys(where, table, allowed, note=f"for protocol {protocol!r}")
+    defaults = LookupConfig(protocol, "")
+    return LookupConfig(
+        protocol=protocol,
+        listen=reader.endpoint(where, table, "listen", serverFromString),
+        authorised_action=reader.action(where, table, "authorised_action", defaults.authorised_action),
+        unknown_action=reader.action(where, table, "unknown_action", defaults.unknown_action),
+        tempfail_action=reader.action(where, table, "tempfail_action", defaults.tempfail_action),
+        allow_updates=reader.boolean(where, table, "allow_updates", False),
+        idle_timeout=reader.number(where, table, "idle_timeout", defaults.idle_timeout, minimum=1),
+    )
+
+
+def _control(reader: "_Reader", value: Any) -> ControlConfig:
+    table = reader.table("[control]", value)
+    reader.only_keys("[control]", table, ("listen",))
+    return ControlConfig(listen=reader.endpoint("[control]", table, "listen", serverFromString))
+
+
+def _demo(reader: "_Reader", value: Any) -> DemoConfig:
+    where = "[demo]"
+    table = reader.table(where, value)
+    reader.only_keys(where, table, ("listen", "users", "messages"))
+    users = reader.table(f"{where} users", table.get("users", {}))
+    for user, password in users.items():
+        if not isinstance(password, str) or not password:
+            reader.fail(where, f"users.{user}", "the password must be a non-empty string")
+    return DemoConfig(
+        listen=reader.endpoint(where, table, "listen", serverFromString),
+        users=dict(users),
+        messages=int(reader.number(where, table, "messages", 2, minimum=0, integer=True)),
+    )
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """Typed access to TOML values; every complaint names the file, the table and the key."""
+
+    source: str
+
+    def fail(self, where: str, key: str, problem: str) -> None:
+        prefix = f"{where} {key}" if where else key
+        raise ConfigError(f"{self.source}: {prefix}: {problem}")
+
+    def only_keys(self, where: str, table: Mapping[str, Any], allowed: tuple[str, ...] | list[str], note: str = "") -> None:
+        for key in table:
+            if key not in allowed:
+                self.fail(where, key, f"unknown key{' ' + note if note else ''} (known: {', '.join(allowed)})")
+
+    def table(self, where: str, value: Any) -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.source}: {where}: must be a table")
+        return value
+
+    def array(self, where: str, value: Any) -> list[Mapping[str, Any]]:
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise ConfigError(f"{self.source}: {where}: must be an array of tables")
+        return value
+
+    def required(self, where: str, table: Mapping[str, Any], key: str) -> Any:
+        if key not in table:
+            self.fail(where, key, "missing")
+        return table[key]
+
+    def string(self, where: str, table: Mapping[str, Any], key: str, default: str | None = None) -> str:
+        value = table.get(key, default) if default is not None else self.required(where, table, key)
+        if not isinstance(value, str) or not value:
+            self.fail(where, key, "must be a non-empty string")
+        return value
+
+    def choice(self, where: str, table: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+        value = self.string(where, table, key)
+        if value not in choices:
+            self.fail(where, key, f"{value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+
+    def action(self, where: str, table: Mapping[str, Any], key: str, default: str) -> str:
+        value = self.string(where, table, key, default)
+        if any(c in value for c in "\r\n\0"):
+            self.fail(where, key, "must be one line")
+        return value
+
+    def boolean(self, where: str, table: Mapping[str, Any], key: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(where, key, "must be true or false")
+        return value
+
+    def number(
+        self, where: str, table: Mapping[str, Any], key: str, default: float, minimum: float, integer: bool = False
+    ) -> float:
+        value = table.get(key, default)
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+            self.fail(where, key, f"must be {'an integer' if integer else 'a number'} >= {minimum}")
+        return value
+
+    def endpoint(self, where: str, table: Mapping[str, Any], key: str, parse: Callable[[Any, str], object]) -> str:
+        description = self.string(where, table, key)
+        try:
+            parse(_UNUSED_REACTOR, description)
+        except Exception as e:  # Twisted's parsers raise ValueError, TypeError, KeyError...
+            self.fail(where, key, f"not a usable endpoint {description!r}: {e}")
+        return description
+
+
+_UNUSED_REACTOR = object()  # endpoint parsers only store the reactor; nothing is bound or connected

@@ -1,0 +1,58 @@
+"""The ledger: which client addresses logged in recently, as whom, over which protocol.
+
+One interface, several stores (memory now; SQLite and Redis later). Every method returns a
+Deferred so a store may do I/O; the memory store answers at once. Addresses given to a ledger
+are raw peer addresses: the ledger normalises them with `popbridge.addresses.client_key`.
+
+Liveness rule (DESIGN.md): a login authorises its address for `ttl` seconds after it was
+recorded; while the proxy session that made it is still open it stays live, and the `ttl`
+starts again when that session ends. A new login for the same (user, protocol) refreshes it.
+"""
+
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True)
+class Login:
+    """One live login on a client address (the normalised ledger key)."""
+
+    client: str
+    user: str
+    protocol: str
+    when: float  # when the login was recorded, or when its last session closed
+    open_sessions: int = 0
+
+    def expires(self, ttl: float) -> float | None:
+        """When this login stops authorising its address; None while a session is open."""
+        return None if self.open_sessions else self.when + ttl
+
+
+class LedgerUnavailable(Exception):
+    """The store could not answer; callers answer a temporary failure, never a yes."""
+
+
+class ILedger(Interface):
+    """Live logins per client address. Implementations: MemoryLedger (more later)."""
+
+    ttl = Attribute("seconds a login authorises its address after it was made or its session ended")
+
+    def record(address: str, user: str, protocol: str, session: bool) -> "Deferred[Login | None]":
+        """Store a successful login; with `session`, it stays live until `end_session`.
+
+        Fires with the stored Login, or None when `address` is not an IP address.
+        """
+
+    def end_session(address: str, user: str, protocol: str) -> "Deferred[None]":
+        """The proxy session behind a login closed: its `ttl` starts now."""
+
+    def lookup(address: str) -> "Deferred[list[Login]]":
+        """The live logins on `address`, newest first; [] for unknown or non-IP addresses."""
+
+    def logins() -> "Deferred[list[Login]]":
+        """Every live login, for the control socket."""
+
+    def revoke(address: str) -> "Deferred[int]":
+        """Forget every login on `address` (open sessions included); fires with how many."""
