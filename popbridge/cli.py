@@ -1,0 +1,158 @@
+"""The ``popbridge`` command: run, demo, check-config, and the admin verbs on the control socket.
+
+``popbridge run --config FILE`` is exactly ``twistd -n popbridge --config FILE`` (foreground,
+log to stdout, no pid file): one way to start the daemon, whichever command an operator types.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.python import usage
+
+from popbridge.config import Config, ConfigError, load_config
+
+
+class RunOptions(usage.Options):
+    optParameters = [["config", "c", None, "the popbridge configuration file (TOML)"]]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config FILE is required")
+
+
+class DemoOptions(usage.Options):
+    optParameters = [["dir", "d", "popbridge-demo", "where the demo config and its sockets live"]]
+
+
+class CheckConfigOptions(usage.Options):
+    def parseArgs(self, path: str) -> None:
+        self["path"] = path
+
+
+class ControlOptions(usage.Options):
+    optParameters = [["socket", "s", "/run/popbridge/control.sock", "the control socket ([control] listen)"]]
+    optFlags = [["json", "j", "print the daemon's JSON answer as it is"]]
+    needs_address = False
+
+    def parseArgs(self, *addresses: str) -> None:
+        if self.needs_address and len(addresses) != 1:
+            raise usage.UsageError("one ADDRESS is required")
+        if not self.needs_address and addresses:
+            raise usage.UsageError("no ADDRESS is taken here")
+        self["address"] = addresses[0] if addresses else None
+
+
+class AddressOptions(ControlOptions):
+    needs_address = True
+
+    def getSynopsis(self) -> str:
+        return super().getSynopsis() + " ADDRESS"
+
+
+class Options(usage.Options):
+    synopsis = "Usage: popbridge COMMAND [options]"
+    subCommands = [
+        ["run", None, RunOptions, "run the daemon in the foreground (same as twistd -n popbridge)"],
+        ["demo", None, DemoOptions, "run popbridge in front of a built-in demo POP3 server"],
+        ["check-config", None, CheckConfigOptions, "check a configuration file without binding anything"],
+        ["list", None, ControlOptions, "list every live login"],
+        ["query", None, AddressOptions, "show the live logins of one client address"],
+        ["revoke", None, AddressOptions, "forget every login of one client address"],
+        ["stats", None, ControlOptions, "counters since the daemon started"],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("a COMMAND is required")
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        sys.exit(f"{options}\npopbridge: {e}")
+    command, sub = options.subCommand, options.subOptions
+    try:
+        if command == "run":
+            _run(load_config(sub["config"]), sub["config"])
+        elif command == "demo":
+            _demo(Path(sub["dir"]))
+        elif command == "check-config":
+            _check_config(sub["path"])
+        else:
+            _control(command, sub)
+    except ConfigError as e:
+        sys.exit(f"popbridge: {e}")
+
+
+def _run(config: Config, path: str) -> None:
+    """Hand over to twistd, which logs to stdout and stops cleanly on SIGTERM/SIGINT."""
+    from twisted.scripts.twistd import run
+
+    del config  # checked first so a config error is one line, not twistd's usage text
+    sys.argv = ["twistd", "--nodaemon", "--pidfile=", "popbridge", "--config", path]
+    run()
+
+
+def _demo(directory: Path) -> None:
+    from popbridge.demo import demo_instructions, write_demo_config
+
+    path = write_demo_config(directory.absolute())
+    config = load_config(path)
+    print(demo_instructions(config), flush=True)
+    _run(config, str(path))
+
+
+def _check_config(path: str) -> None:
+    config = load_config(path)
+    print(
+        f"{path}: OK: {len(config.proxies)} proxy, {len(config.lookups)} lookup listener(s), "
+        f"control {'on ' + config.control.listen if config.control else 'off'}, "
+        f"ledger {config.ledger.store} with ttl {config.ledger.ttl:g} s"
+    )
+
+
+def _control(command: str, options: ControlOptions) -> None:
+    from popbridge.control_client import ControlError, control_request
+
+    request: dict[str, Any] = {"command": command}
+    if options["address"] is not None:
+        request["address"] = options["address"]
+    try:
+        reply = control_request(options["socket"], request)
+    except ControlError as e:
+        sys.exit(f"popbridge {command}: {e}")
+    if options["json"]:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    elif not reply.get("ok"):
+        sys.exit(f"popbridge {command}: {reply.get('error', 'the daemon refused the request')}")
+    else:
+        print(_human(reply))
+
+
+def _human(reply: dict[str, Any]) -> str:
+    """The daemon's answer for a person: logins as a table, anything else as key: value lines."""
+    logins = reply.get("logins")
+    if logins is not None:
+        if not logins:
+            return "no live logins"
+        rows = [("ADDRESS", "USER", "PROTOCOL", "SINCE", "EXPIRES")]
+        rows += [
+            (
+                login["client"], login["user"] or "-", login["protocol"], _clock(login["when"]),
+                "while connected" if login.get("expires") is None else _clock(login["expires"]),
+            )
+            for login in logins
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join(f"{key}: {value}" for key, value in sorted(reply.items()) if key != "ok")
+
+
+def _clock(seconds: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(seconds).isoformat(timespec="seconds")

@@ -1,0 +1,53 @@
+"""Postfix policy delegation: ``client_address`` in, one ``action=`` line out."""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from popbridge.config import LookupConfig
+from popbridge.lookup.server import Codec, lookup_server_factory
+from popbridge.stats import Counters
+from popbridge.verdict import Verdicts
+from popbridge.wire.policy import PolicyDecoder, PolicyProtocolError, PolicyRequest, encode_action
+
+POLICY = Codec("policy", PolicyDecoder, PolicyProtocolError)
+
+
+@dataclass(frozen=True)
+class PolicyResponder:
+    """Answers the authorised action for a live address, the unknown action otherwise.
+
+    A request without ``client_address`` gets the unknown action; a ledger failure gets the
+    tempfail action, never the authorised one.
+    """
+
+    config: LookupConfig
+    verdicts: Verdicts
+    counters: Counters
+    log: ClassVar[Logger] = Logger()
+
+    def __call__(self, request: PolicyRequest) -> "Deferred[bytes]":
+        return Deferred.fromCoroutine(self._answer(request))
+
+    async def _answer(self, request: PolicyRequest) -> bytes:
+        self.counters.count("lookup_policy")
+        client = request.get("client_address")
+        if not client:
+            self.log.debug("policy request without client_address: {action}", action=self.config.unknown_action)
+            return encode_action(self.config.unknown_action)
+        try:
+            verdict = await self.verdicts.for_address(client)
+        except Exception:
+            self.log.failure("policy lookup for {client} failed, answering tempfail", client=client)
+            return encode_action(self.config.tempfail_action)
+        action = self.config.authorised_action if verdict.authorised else self.config.unknown_action
+        self.log.debug("policy {client} ({user}): {action}", client=client, user=verdict.user, action=action)
+        return encode_action(action)
+
+
+def policy_factory(config: LookupConfig, verdicts: Verdicts, counters: Counters, clock: IReactorTime) -> ServerFactory:
+    return lookup_server_factory(POLICY, PolicyResponder(config, verdicts, counters), config.idle_timeout, clock)

@@ -1,0 +1,120 @@
+"""One Twisted protocol for every lookup service: a decoder in, a `respond` callable, bytes out.
+
+Replies go out in request order through one Deferred chain, however long each answer takes.
+A client that half-closes after its request (Exim ``${readsocket}``) still gets every answer,
+then the connection is closed. A decoder error is the peer's fault: logged at warn and the
+connection closed. A `respond` failure is ours: `log.failure` and the connection closed. Either
+way no other connection is affected.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Generic, Protocol as Structural, TypeVar
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime, ITransport
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+Request = TypeVar("Request")
+Request_co = TypeVar("Request_co", covariant=True)
+
+
+class Decoder(Structural[Request_co]):
+    def feed(self, data: bytes) -> Sequence[Request_co]: ...
+
+
+@dataclass(frozen=True)
+class Codec(Generic[Request]):
+    """One wire format as the server sees it: a name for logs, a decoder maker, its one error."""
+
+    name: str
+    decoder: Callable[[], Decoder[Request]]
+    error: type[Exception]
+
+
+Respond = Callable[[Request], "Deferred[bytes]"]
+
+
+@implementer(IHalfCloseableProtocol)
+class LookupServer(Protocol, TimeoutMixin, Generic[Request]):
+    log = Logger()
+    transport: ITransport  # set by makeConnection before any data arrives
+
+    def __init__(
+        self, codec: Codec[Request], respond: Respond[Request], idle_timeout: float, clock: IReactorTime
+    ) -> None:
+        self._codec, self._respond, self._idle_timeout = codec, respond, idle_timeout
+        self._decoder = codec.decoder()
+        self.callLater = clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock
+        self._replies: Deferred[None] = succeed(None)  # one chain keeps answers in order
+        self._done = False  # set once the connection is going away: answer nothing more
+
+    def connectionMade(self) -> None:
+        self.setTimeout(self._idle_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        self.resetTimeout()
+        try:
+            requests = self._decoder.feed(data)
+        except self._codec.error as e:
+            self.log.warn(
+                "{protocol} client {peer} dropped: {error}",
+                protocol=self._codec.name, peer=self.transport.getPeer(), error=e,
+            )
+            self._close()
+            return
+        for request in requests:
+            self._replies.addCallback(self._answer, request)
+
+    def readConnectionLost(self) -> None:
+        """The client half-closed: answer everything it asked, then close."""
+        self._replies.addCallback(lambda _: self._close())
+
+    def writeConnectionLost(self) -> None:
+        self._close()
+
+    def timeoutConnection(self) -> None:
+        self.log.debug("{protocol} client {peer} idle, closing", protocol=self._codec.name, peer=self.transport.getPeer())
+        self._close()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._done = True
+        self.setTimeout(None)
+
+    def _answer(self, _: None, request: Request) -> "Deferred[None] | None":
+        if self._done:
+            return None
+        return maybeDeferred(self._respond, request).addCallback(self._write).addErrback(self._failed)
+
+    def _write(self, reply: bytes) -> None:
+        if not self._done:
+            self.transport.write(reply)
+            self.resetTimeout()
+
+    def _failed(self, failure: Failure) -> None:
+        self.log.failure(
+            "{protocol} answer to {peer} failed", failure, protocol=self._codec.name, peer=self.transport.getPeer()
+        )
+        self._close()
+
+    def _close(self) -> None:
+        self._done = True
+        self.setTimeout(None)
+        self.transport.loseConnection()
+
+
+def lookup_server_factory(
+    codec: Codec[Request], respond: Respond[Request], idle_timeout: float, clock: IReactorTime
+) -> ServerFactory:
+    """A factory whose every connection is a LookupServer sharing `respond`."""
+    factory = ServerFactory()
+    factory.protocol = partial(LookupServer, codec, respond, idle_timeout, clock)  # type: ignore[assignment]
+    factory.noisy = False
+    return factory

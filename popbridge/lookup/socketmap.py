@@ -1,0 +1,82 @@
+"""Socketmap lookups (Postfix ``socketmap:``, Sendmail ``K ... socket``).
+
+Maps:
+
+- ``access``: ``OK <authorised_action>`` for a live address, ``NOTFOUND `` otherwise.
+- ``user``: ``OK <login name>`` of the newest live login on the address, ``NOTFOUND ``
+  otherwise. When that login has no name (GSSAPI, EXTERNAL) the answer is ``NOTFOUND ``
+  too: the map has no value to give, and inventing a placeholder could collide with a real
+  account in per-user rules downstream. Use ``access`` to ask whether an address is allowed.
+
+A key that is not an IP address (Postfix asks for the client hostname first, or ``unknown``)
+is ``NOTFOUND `` without asking the ledger, so it is never TEMP or PERM. Any other map name
+is ``PERM unknown map``; a ledger failure is ``TEMP``, never OK.
+"""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from popbridge.addresses import client_key
+from popbridge.config import LookupConfig
+from popbridge.lookup.server import Codec, lookup_server_factory
+from popbridge.stats import Counters
+from popbridge.verdict import Verdict, Verdicts
+from popbridge.wire.socketmap import (
+    SocketmapDecoder,
+    SocketmapProtocolError,
+    SocketmapRequest,
+    encode_notfound,
+    encode_ok,
+    encode_perm,
+    encode_temp,
+)
+
+SOCKETMAP = Codec("socketmap", SocketmapDecoder, SocketmapProtocolError)
+MAPS = ("access", "user")
+
+
+@dataclass(frozen=True)
+class SocketmapResponder:
+    config: LookupConfig
+    verdicts: Verdicts
+    counters: Counters
+    log: ClassVar[Logger] = Logger()
+
+    def __call__(self, request: SocketmapRequest) -> "Deferred[bytes]":
+        return Deferred.fromCoroutine(self._answer(request))
+
+    async def _answer(self, request: SocketmapRequest) -> bytes:
+        self.counters.count("lookup_socketmap")
+        if request.map_name not in MAPS:
+            self.log.warn("socketmap query for unknown map {map!r}", map=request.map_name)
+            return encode_perm("unknown map")
+        if client_key(request.key) is None:
+            self.log.debug("socketmap {map} {key!r}: not an address", map=request.map_name, key=request.key)
+            return encode_notfound()
+        try:
+            verdict = await self.verdicts.for_address(request.key)
+        except Exception:
+            self.log.failure("socketmap lookup for {key} failed, answering TEMP", key=request.key)
+            return encode_temp("popbridge cannot check logins right now")
+        value = self._value(request.map_name, verdict)
+        self.log.debug("socketmap {map} {key}: {value!r}", map=request.map_name, key=request.key, value=value)
+        return encode_ok(value) if value else encode_notfound()
+
+    def _value(self, map_name: str, verdict: Verdict) -> str:
+        """The OK value, or "" for NOTFOUND."""
+        if not verdict.authorised:
+            return ""
+        return self.config.authorised_action if map_name == "access" else verdict.user
+
+
+def socketmap_factory(
+    config: LookupConfig, verdicts: Verdicts, counters: Counters, clock: IReactorTime
+) -> ServerFactory:
+    return lookup_server_factory(
+        SOCKETMAP, SocketmapResponder(config, verdicts, counters), config.idle_timeout, clock
+    )

@@ -1,0 +1,84 @@
+"""WHOSON lookups: ``QUERY`` answers ``+<user>`` or ``-``; LOGIN/LOGOUT only when enabled.
+
+LOGIN and LOGOUT would let any client of the socket create or end an authorisation, so they
+are refused with ``*`` unless the lookup has ``allow_updates = true``. Then LOGIN records a
+login for the given user with protocol ``whoson`` (no session), LOGOUT revokes every login on
+the address, and both answer ``+``. A malformed request gets ``*<reason>``; a ledger failure
+gets ``*`` too, never ``+``.
+"""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from popbridge.config import LookupConfig
+from popbridge.ledger import ILedger
+from popbridge.lookup.server import Codec, lookup_server_factory
+from popbridge.stats import Counters
+from popbridge.verdict import Verdicts
+from popbridge.wire.whoson import (
+    Command,
+    WhosonDecoder,
+    WhosonEvent,
+    WhosonMalformed,
+    WhosonProtocolError,
+    WhosonRequest,
+    encode_error,
+    encode_no,
+    encode_yes,
+)
+
+WHOSON = Codec("whoson", WhosonDecoder, WhosonProtocolError)
+
+
+@dataclass(frozen=True)
+class WhosonResponder:
+    config: LookupConfig
+    verdicts: Verdicts
+    ledger: ILedger
+    counters: Counters
+    log: ClassVar[Logger] = Logger()
+
+    def __call__(self, request: WhosonEvent) -> "Deferred[bytes]":
+        return Deferred.fromCoroutine(self._answer(request))
+
+    async def _answer(self, request: WhosonEvent) -> bytes:
+        self.counters.count("lookup_whoson")
+        if isinstance(request, WhosonMalformed):
+            self.log.warn("whoson request refused: {reason}", reason=request.reason)
+            return encode_error(request.reason)
+        if request.command is not Command.QUERY and not self.config.allow_updates:
+            self.log.warn("whoson {command} {address} refused: updates are disabled",
+                          command=request.command.value, address=request.address)
+            return encode_error("updates are disabled")
+        try:
+            return await self._serve(request)
+        except Exception:
+            self.log.failure("whoson {command} {address} failed", command=request.command.value, address=request.address)
+            return encode_error("popbridge cannot check logins right now")
+
+    async def _serve(self, request: WhosonRequest) -> bytes:
+        if request.command is Command.LOGIN:
+            await self.ledger.record(request.address, request.extra, "whoson", session=False)
+            self.log.info("whoson LOGIN {user} from {client}", user=request.extra, client=request.address)
+            return encode_yes()
+        if request.command is Command.LOGOUT:
+            removed = await self.ledger.revoke(request.address)
+            self.log.info("whoson LOGOUT {client}: {removed} logins revoked", client=request.address, removed=removed)
+            return encode_yes()
+        verdict = await self.verdicts.for_address(request.address)
+        self.log.debug("whoson QUERY {client}: {user!r}", client=request.address,
+                       user=verdict.user if verdict.authorised else None)
+        return encode_yes(verdict.user) if verdict.authorised else encode_no()
+
+
+def whoson_factory(
+    config: LookupConfig, verdicts: Verdicts, ledger: ILedger, counters: Counters, clock: IReactorTime
+) -> ServerFactory:
+    return lookup_server_factory(
+        WHOSON, WhosonResponder(config, verdicts, ledger, counters), config.idle_timeout, clock
+    )

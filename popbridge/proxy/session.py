@@ -1,0 +1,212 @@
+"""One proxied mail session: the client connection, its backend leg, and the login in between.
+
+The glue knows no protocol grammar: a `LoginWatcher` turns bytes into actions and this class
+carries them out in order. Its one rule of its own is *record before release*: when the watcher
+reports a successful login, nothing further reaches either side until the ledger has stored it,
+so a client that sends mail right after fetching always finds its record. If the ledger cannot
+store it, the client is told so and disconnected; the login is not half-trusted.
+"""
+
+from collections import deque
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint, ITransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from popbridge.ledger import ILedger
+from popbridge.proxy.splice import splice
+from popbridge.stats import Counters
+from popbridge.wire.login import (
+    Action,
+    Authenticated,
+    BackendNotice,
+    LoginFailed,
+    LoginProtocolError,
+    LoginSucceeded,
+    LoginWatcher,
+    ToBackend,
+    ToClient,
+)
+
+
+class LoginProxy(Protocol, TimeoutMixin):
+    """Faces the mail client; owns the backend leg and the watcher until the pipe is spliced."""
+
+    log = Logger()
+    transport: ITransport
+
+    def __init__(
+        self,
+        watcher_for: Callable[[IAddress], LoginWatcher],
+        backend: IStreamClientEndpoint,
+        ledger: ILedger,
+        counters: Counters,
+        clock: IReactorTime,
+        idle_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self._watcher_for, self._backend_endpoint = watcher_for, backend
+        self._ledger, self._counters, self._clock = ledger, counters, clock
+        self._idle_timeout, self._connect_timeout = idle_timeout, connect_timeout
+        self.callLater = clock.callLater  # TimeoutMixin's timer
+        self._backend: BackendLeg | None = None
+        self._actions: deque[Action] = deque()
+        self._recording = False
+        self._spliced = False
+        self._session: tuple[str, str] | None = None  # (client host, user) once recorded
+        self._closed = False
+
+    def connectionMade(self) -> None:
+        self._peer = self.transport.getPeer()
+        self._client = getattr(self._peer, "host", "")
+        self._watcher = self._watcher_for(self._peer)
+        self._counters.count(f"{self._watcher.protocol}_connections")
+        self.transport.pauseProducing()  # nothing is read until the backend answers
+        self.setTimeout(self._idle_timeout)
+        connecting = self._backend_endpoint.connect(Factory.forProtocol(lambda: BackendLeg(self)))
+        connecting.addTimeout(self._connect_timeout, self._clock)
+        connecting.addCallbacks(self._backend_connected, self._backend_unreachable)
+
+    def _backend_connected(self, leg: "BackendLeg") -> None:
+        if self._closed:
+            leg.transport.loseConnection()
+            return
+        self._backend = leg
+        self.transport.resumeProducing()
+
+    def _backend_unreachable(self, failure: Failure) -> None:
+        if self._closed:
+            return
+        self.log.error(
+            "{protocol} backend unreachable for {client}: {error}",
+            protocol=self._watcher.protocol, client=self._client, error=failure.getErrorMessage(),
+        )
+        self._hang_up(self._watcher.goodbye("mail server unavailable, try again later"))
+
+    # -- data from either side ----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._spliced:
+            self._backend.transport.write(data)  # type: ignore[union-attr]
+            return
+        self.resetTimeout()
+        self._feed(self._watcher.feed_client, data)
+
+    def backendDataReceived(self, data: bytes) -> None:
+        if self._spliced:
+            self.transport.write(data)
+            return
+        self._feed(self._watcher.feed_backend, data)
+
+    def _feed(self, feed: Callable[[bytes], list[Action]], data: bytes) -> None:
+        try:
+            actions = feed(data)
+        except LoginProtocolError as e:
+            self.log.warn("{protocol} session from {client} ended: {error}", protocol=self._watcher.protocol, client=self._client, error=e)
+            self._hang_up(e.reply)
+            return
+        self._actions.extend(actions)
+        self._carry_out()
+
+    def _carry_out(self) -> None:
+        while self._actions and not self._recording and not self._closed:
+            action = self._actions.popleft()
+            if isinstance(action, ToBackend):
+                self._backend.transport.write(action.data)  # type: ignore[union-attr]
+            elif isinstance(action, ToClient):
+                self.transport.write(action.data)
+            elif isinstance(action, LoginSucceeded):
+                self._record(action)
+            elif isinstance(action, LoginFailed):
+                self._log_login("failed", action.user, action.method)
+            elif isinstance(action, BackendNotice):
+                self.log.warn("{protocol} backend for {client}: {notice}", protocol=self._watcher.protocol, client=self._client, notice=action.text)
+            elif isinstance(action, Authenticated):
+                self._splice(action)
+
+    # -- the login ----------------------------------------------------------------------
+
+    def _record(self, login: LoginSucceeded) -> None:
+        self._recording = True
+        self._pause_both()
+        recorded: Deferred[object] = self._ledger.record(self._client, login.user, self._watcher.protocol, True)
+        recorded.addCallbacks(self._recorded, self._not_recorded, callbackArgs=(login,))
+
+    def _recorded(self, _: object, login: LoginSucceeded) -> None:
+        self._session = (self._client, login.user)
+        self._log_login("succeeded", login.user, login.method)
+        self._recording = False
+        self._resume_both()
+        self._carry_out()
+
+    def _not_recorded(self, failure: Failure) -> None:
+        self.log.failure("could not record a login from {client}", failure, client=self._client)
+        self._recording = False
+        self._hang_up(self._watcher.goodbye("login could not be recorded, try again later"))
+
+    def _log_login(self, outcome: str, user: str, method: str) -> None:
+        self._counters.count(f"login_{outcome}")
+        self.log.info(
+            "login {outcome}: user {user!r} from {client} via {protocol} {method}",
+            outcome=outcome, user=user, client=self._client, protocol=self._watcher.protocol, method=method,
+        )
+
+    def _splice(self, leftovers: Authenticated) -> None:
+        assert self._backend is not None
+        self._spliced = True
+        self.setTimeout(None)  # from here on the backend's own timeouts apply
+        self._backend.transport.write(leftovers.client_data)
+        self.transport.write(leftovers.backend_data)
+        splice(self.transport, self._backend.transport)
+
+    def _pause_both(self) -> None:
+        self.transport.pauseProducing()
+        self._backend.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _resume_both(self) -> None:
+        self.transport.resumeProducing()
+        self._backend.transport.resumeProducing()  # type: ignore[union-attr]
+
+    # -- endings ------------------------------------------------------------------------
+
+    def timeoutConnection(self) -> None:
+        self.log.info("{protocol} client {client} idle before login: closed", protocol=self._watcher.protocol, client=self._client)
+        self._hang_up(self._watcher.goodbye("idle for too long"))
+
+    def _hang_up(self, last_words: bytes) -> None:
+        self.transport.write(last_words)
+        self.transport.loseConnection()
+        if self._backend is not None:
+            self._backend.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._closed = True
+        self.setTimeout(None)
+        if self._backend is not None:
+            self._backend.transport.loseConnection()
+        if self._session is not None:
+            host, user = self._session
+            ended = self._ledger.end_session(host, user, self._watcher.protocol)
+            ended.addErrback(lambda f: self.log.failure("could not end the session of {client}", f, client=host))
+
+    def backendConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+
+class BackendLeg(Protocol):
+    """The connection to the real mail server; everything it hears goes to the LoginProxy."""
+
+    transport: ITransport
+
+    def __init__(self, proxy: LoginProxy) -> None:
+        self._proxy = proxy
+
+    def dataReceived(self, data: bytes) -> None:
+        self._proxy.backendDataReceived(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._proxy.backendConnectionLost()

@@ -1,0 +1,82 @@
+"""Everything the config file describes, built into one Twisted service tree."""
+
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from popbridge.config import Config, LedgerConfig
+from popbridge.demo import demo_backend_factory
+from popbridge.ledger import ILedger
+from popbridge.ledger.memory import MemoryLedger
+from popbridge.lookup import control_factory, lookup_factory
+from popbridge.proxy import proxy_factory
+from popbridge.stats import Counters
+from popbridge.verdict import Verdicts
+
+
+class Listener(Service):
+    """One listening endpoint. Binds in privilegedStartService (before twistd drops root).
+
+    A listener that cannot bind stops the daemon: an operator would rather see it fail at
+    start than run without, say, its policy socket and have Postfix answer 451 all day.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, what: str, description: str, factory: Factory) -> None:
+        self._reactor, self.what, self.description, self._factory = reactor, what, description, factory
+        self._endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+        self._port: IListeningPort | None = None
+        self.setName(f"{what} {description}")
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        listening: Deferred[IListeningPort] = self._endpoint.listen(self._factory)
+        listening.addCallbacks(self._listening, self._cannot_listen)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self._port = port
+        self.log.info("listening for {what} on {endpoint}", what=self.what, endpoint=self.description)
+
+    def _cannot_listen(self, failure: Failure) -> None:
+        self.log.critical(
+            "cannot listen for {what} on {endpoint}: {error}; stopping",
+            what=self.what, endpoint=self.description, error=failure.getErrorMessage(),
+        )
+        self._reactor.callWhenRunning(self._reactor.stop)
+
+    def stopService(self) -> "Deferred[None] | None":
+        super().stopService()
+        port, self._port = self._port, None
+        return port.stopListening() if port is not None else None
+
+
+def build_ledger(config: LedgerConfig, clock: Any) -> ILedger:
+    return MemoryLedger(clock, config.ttl, config.ipv6_prefix)
+
+
+def build_service(config: Config, reactor: Any) -> IService:
+    """The service tree for `config`; nothing listens or connects until it is started."""
+    top = MultiService()
+    counters = Counters(started=reactor.seconds())
+    ledger = build_ledger(config.ledger, reactor)
+    verdicts = Verdicts(ledger)
+    for proxy in config.proxies:
+        backend = clientFromString(reactor, proxy.backend)
+        factory = proxy_factory(proxy, backend, ledger, counters, reactor)
+        Listener(reactor, f"{proxy.protocol} clients", proxy.listen, factory).setServiceParent(top)
+    for lookup in config.lookups:
+        factory = lookup_factory(lookup, verdicts, ledger, counters, reactor)
+        Listener(reactor, f"{lookup.protocol} lookups", lookup.listen, factory).setServiceParent(top)
+    if config.control is not None:
+        factory = control_factory(ledger, counters, reactor)
+        Listener(reactor, "control requests", config.control.listen, factory).setServiceParent(top)
+    if config.demo is not None:
+        Listener(reactor, "demo POP3 backend", config.demo.listen, demo_backend_factory(config.demo)).setServiceParent(top)
+    return top

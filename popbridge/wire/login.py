@@ -1,0 +1,79 @@
+"""What a login watcher (POP3 now, IMAP4 later) tells the proxy glue to do.
+
+A watcher is fed client bytes and backend bytes and returns these actions in the order the
+glue must carry them out. The glue never looks inside: it writes, records, and switches to a
+plain byte pipe when told. `LoginSucceeded` always comes before the `ToClient` that carries the
+backend's success line, so the glue can hold that line until the ledger has stored the login.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ToBackend:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ToClient:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class LoginSucceeded:
+    """The backend accepted the login command; record it before releasing what follows."""
+
+    user: str  # "" where the mechanism does not reveal it (GSSAPI, EXTERNAL)
+    method: str  # "USER", "APOP", "AUTH PLAIN", ...
+
+
+@dataclass(frozen=True)
+class LoginFailed:
+    user: str
+    method: str
+
+
+@dataclass(frozen=True)
+class BackendNotice:
+    """Something the operator should hear about that does not end the session."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """From here on the session is a plain byte pipe; these are the bytes still in flight."""
+
+    client_data: bytes  # commands the client pipelined behind its login: send to the backend
+    backend_data: bytes  # backend bytes after the success line: send to the client
+
+
+Action = ToBackend | ToClient | LoginSucceeded | LoginFailed | BackendNotice | Authenticated
+
+
+class LoginProtocolError(ValueError):
+    """A peer broke the protocol before authentication; the session ends.
+
+    `reply` is what the client is told before both connections close (a POP3 ``-ERR`` line,
+    an IMAP ``* BYE``): the same text whichever side misbehaved, since the client cannot
+    act on the difference.
+    """
+
+    def __init__(self, message: str, reply: bytes) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class LoginWatcher(Protocol):
+    """What the proxy glue needs from a protocol's watcher (POP3, IMAP4)."""
+
+    protocol: str  # "pop3", "imap4": recorded with each login
+
+    def feed_client(self, data: bytes) -> list[Action]: ...
+
+    def feed_backend(self, data: bytes) -> list[Action]: ...
+
+    def goodbye(self, reason: str) -> bytes:
+        """The protocol's last words from popbridge before it closes the session."""
+        ...

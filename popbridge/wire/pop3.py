@@ -1,0 +1,266 @@
+"""The POP3 login watcher (RFC 1939, 2449 CAPA, 5034 AUTH), sans-IO.
+
+It sits between a mail client and the real POP3 server until the login succeeds:
+
+- client commands reach the backend one at a time; the next is released only after the
+  previous one's final response (pipelining clients are served in order, and nothing the
+  client sent behind its login is lost to servers that drop pipelined input after a login);
+- a login counts only on the backend's ``+OK`` to PASS, APOP or the final step of AUTH;
+- CAPA answers lose STLS and XCLIENT (popbridge offers neither to clients yet), and a client's
+  own STLS or XCLIENT is refused locally, never forwarded;
+- with `client_address`, the real client's address is passed to the backend with XCLIENT
+  before any client command, when the backend's CAPA offers it (Dovecot does for hosts in
+  ``login_trusted_networks``).
+
+After the login it emits `Authenticated` and turns into a plain pipe. Passwords, digests and
+SASL data pass through untouched and are never kept.
+"""
+
+from collections.abc import Callable
+from enum import Enum, auto
+
+from popbridge.wire.login import (
+    Action,
+    Authenticated,
+    BackendNotice,
+    LoginFailed,
+    LoginProtocolError,
+    LoginSucceeded,
+    ToBackend,
+    ToClient,
+)
+from popbridge.wire.sasl import SaslUserReader
+
+HIDDEN_CAPABILITIES = (b"STLS", b"XCLIENT")
+CRLF = b"\r\n"
+
+
+class Pop3ProtocolError(LoginProtocolError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, b"-ERR [SYS/PERM] popbridge: " + message.encode() + b"\r\n")
+
+
+class State(Enum):
+    GREETING = auto()  # waiting for the backend's greeting
+    PROBE = auto()  # our own CAPA and XCLIENT, before the client may speak
+    READY = auto()  # no command outstanding: the next client line may go
+    REPLY = auto()  # a client command is out; waiting for its status line
+    MULTILINE = auto()  # reading a multi-line answer up to its "." line
+    SASL_SERVER = auto()  # AUTH is out; waiting for "+ challenge", +OK or -ERR
+    SASL_CLIENT = auto()  # the backend challenged; the next client line is SASL data
+    AUTHENTICATED = auto()  # a plain pipe
+
+
+class Pop3LoginWatcher:
+    """Fed client and backend bytes; returns the actions the glue carries out, in order."""
+
+    protocol = "pop3"
+
+    def __init__(
+        self,
+        client_address: tuple[str, int] | None = None,
+        max_line: int = 16_384,
+        max_pending: int = 65_536,
+    ) -> None:
+        self._forward_address = client_address
+        self._max_line, self._max_pending = max_line, max_pending
+        self._client, self._backend = b"", b""
+        self.state = State.GREETING
+        self._greeting = b""
+        self._on_status: StatusHandler = self._after_greeting
+        self._keep_line: Callable[[bytes], bool] = _everything
+        self._on_multiline_end: Callable[[], list[Action]] = lambda: []
+        self._user: str | None = None
+        self._sasl: SaslUserReader | None = None
+
+    def goodbye(self, reason: str) -> bytes:
+        """The last line popbridge itself sends before it closes a session (RFC 3206 code)."""
+        return f"-ERR [SYS/TEMP] popbridge: {reason}\r\n".encode()
+
+    # -- input --------------------------------------------------------------------------
+
+    def feed_client(self, data: bytes) -> list[Action]:
+        if self.state is State.AUTHENTICATED:
+            return [ToBackend(data)]
+        self._client += data
+        if len(self._client) > self._max_pending:
+            raise Pop3ProtocolError("too much input before login")
+        return self._run()
+
+    def feed_backend(self, data: bytes) -> list[Action]:
+        if self.state is State.AUTHENTICATED:
+            return [ToClient(data)]
+        self._backend += data
+        return self._run()
+
+    def _run(self) -> list[Action]:
+        actions: list[Action] = []
+        while self.state is not State.AUTHENTICATED:
+            if self.state in (State.READY, State.SASL_CLIENT):
+                if self._backend:
+                    raise Pop3ProtocolError("backend spoke out of turn")
+                line = self._take_line("_client")
+                if line is None:
+                    break
+                actions += self._client_line(line)
+            else:
+                line = self._take_line("_backend")
+                if line is None:
+                    break
+                actions += self._backend_line(line)
+        return actions
+
+    def _take_line(self, side: str) -> bytes | None:
+        """The next CRLF (or LF) terminated line of one side, without its terminator."""
+        buffer: bytes = getattr(self, side)
+        end = buffer.find(b"\n", 0, self._max_line + 1)
+        if end < 0:
+            if len(buffer) > self._max_line:
+                raise Pop3ProtocolError(f"line over {self._max_line} bytes")
+            return None
+        setattr(self, side, buffer[end + 1 :])
+        line = buffer[:end].removesuffix(b"\r")
+        if b"\r" in line or b"\0" in line:
+            raise Pop3ProtocolError("CR or NUL inside a line")
+        return line
+
+    # -- client commands ----------------------------------------------------------------
+
+    def _client_line(self, line: bytes) -> list[Action]:
+        if self.state is State.SASL_CLIENT:
+            assert self._sasl is not None
+            self._sasl.client_response(line)
+            self.state = State.SASL_SERVER
+            return [ToBackend(line + CRLF)]
+        verb, _, argument = line.partition(b" ")
+        verb = verb.upper()
+        if verb == b"STLS":
+            return [ToClient(b"-ERR STLS is not offered here\r\n")]
+        if verb == b"XCLIENT":
+            return [ToClient(b"-ERR XCLIENT is not accepted from clients\r\n")]
+        self.state, self._on_status = State.REPLY, _relay
+        if verb == b"CAPA":
+            self._on_status = self._multiline(_hide_capabilities, self._back_to_ready)
+        elif verb == b"USER":
+            self._on_status = self._after_user(argument.decode("utf-8", "replace"))
+        elif verb == b"PASS":
+            self._on_status = self._after_login("USER", self._user or "")
+        elif verb == b"APOP":
+            self._on_status = self._after_login("APOP", argument.rpartition(b" ")[0].decode("utf-8", "replace"))
+        elif verb == b"AUTH" and argument:
+            mechanism, _, initial = argument.partition(b" ")
+            sasl = self._sasl = SaslUserReader(mechanism.decode("ascii", "replace"))
+            if initial:
+                sasl.client_response(initial)
+            self.state, self._on_status = State.SASL_SERVER, self._after_login(f"AUTH {sasl.mechanism}", sasl)
+        elif verb == b"AUTH":
+            self._on_status = self._multiline(_everything, self._back_to_ready)
+        return [ToBackend(line + CRLF)]
+
+    # -- backend lines ------------------------------------------------------------------
+
+    def _backend_line(self, line: bytes) -> list[Action]:
+        if self.state is State.MULTILINE:
+            shown: list[Action] = [ToClient(line + CRLF)] if self._keep_line(line) else []
+            if line == b".":
+                self.state = State.READY
+                return shown + self._on_multiline_end()
+            return shown
+        if self.state is State.SASL_SERVER and (line == b"+" or line.startswith(b"+ ")):
+            self.state = State.SASL_CLIENT
+            return [ToClient(line + CRLF)]
+        ok = _status(line)
+        self.state = State.READY
+        return self._on_status(line, ok)
+
+    def _multiline(self, keep: Callable[[bytes], bool], then: Callable[[], list[Action]]) -> "StatusHandler":
+        """Status handler for a command whose +OK starts a multi-line answer."""
+
+        def on_status(line: bytes, ok: bool) -> list[Action]:
+            shown: list[Action] = [ToClient(line + CRLF)] if keep(line) else []
+            if ok:
+                self.state, self._keep_line, self._on_multiline_end = State.MULTILINE, keep, then
+                return shown
+            return shown + then()
+
+        return on_status
+
+    def _back_to_ready(self) -> list[Action]:
+        return []
+
+    def _after_user(self, name: str) -> "StatusHandler":
+        def on_status(line: bytes, ok: bool) -> list[Action]:
+            self._user = name if ok else None
+            return [ToClient(line + CRLF)]
+
+        return on_status
+
+    def _after_login(self, method: str, user: "str | SaslUserReader") -> "StatusHandler":
+        def on_status(line: bytes, ok: bool) -> list[Action]:
+            name = user if isinstance(user, str) else user.user
+            if not ok:
+                return [LoginFailed(name, method), ToClient(line + CRLF)]
+            self.state = State.AUTHENTICATED
+            leftovers = Authenticated(self._client, self._backend)
+            self._client = self._backend = b""
+            return [LoginSucceeded(name, method), ToClient(line + CRLF), leftovers]
+
+        return on_status
+
+    # -- greeting and the XCLIENT probe -------------------------------------------------
+
+    def _after_greeting(self, line: bytes, ok: bool) -> list[Action]:
+        if not ok or self._forward_address is None:
+            return [ToClient(line + CRLF)]
+        self._greeting, self.state = line, State.PROBE
+        self._offers_xclient = False
+        self._on_status = self._multiline(self._note_xclient, self._send_xclient)
+        return [ToBackend(b"CAPA\r\n")]
+
+    def _note_xclient(self, line: bytes) -> bool:
+        """Line filter for our own CAPA probe: remember XCLIENT, show the client nothing."""
+        if line.split(b" ", 1)[0].upper() == b"XCLIENT":
+            self._offers_xclient = True
+        return False
+
+    def _send_xclient(self) -> list[Action]:
+        assert self._forward_address is not None
+        if not self._offers_xclient:
+            notice = BackendNotice("backend does not offer XCLIENT: client address not forwarded")
+            return [notice, self._release_greeting()]
+        host, port = self._forward_address
+        self.state, self._on_status = State.PROBE, self._after_xclient
+        return [ToBackend(f"XCLIENT ADDR={host} PORT={port}\r\n".encode())]
+
+    def _after_xclient(self, line: bytes, ok: bool) -> list[Action]:
+        notice = [] if ok else [BackendNotice(f"backend refused XCLIENT: {line[:80]!r}")]
+        return [*notice, self._release_greeting()]
+
+    def _release_greeting(self) -> ToClient:
+        greeting, self._greeting = self._greeting, b""
+        return ToClient(greeting + CRLF)
+
+
+StatusHandler = Callable[[bytes, bool], list[Action]]
+
+
+def _relay(line: bytes, ok: bool) -> list[Action]:
+    return [ToClient(line + CRLF)]
+
+
+def _everything(line: bytes) -> bool:
+    return True
+
+
+def _status(line: bytes) -> bool:
+    """True for ``+OK``, False for ``-ERR``; anything else is a protocol error."""
+    indicator = line.split(b" ", 1)[0]
+    if indicator == b"+OK":
+        return True
+    if indicator == b"-ERR":
+        return False
+    raise Pop3ProtocolError(f"backend sent no status indicator: {line[:40]!r}")
+
+
+def _hide_capabilities(line: bytes) -> bool:
+    return line.split(b" ", 1)[0].upper() not in HIDDEN_CAPABILITIES

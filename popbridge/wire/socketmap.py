@@ -1,0 +1,87 @@
+"""The socketmap protocol (Postfix socketmap_table(5), Sendmail), sans-IO.
+
+Every query and every reply is a netstring, ``<length>:<payload>,``. A query's payload is
+``<map name> <key>``; a reply's is ``OK <value>``, ``NOTFOUND ``, ``TEMP <reason>`` or
+``PERM <reason>``. Several queries may share one connection. The length is plain decimal
+digits without leading zeros, at most `max_query` (Postfix sends at most 10000 bytes).
+"""
+
+from dataclasses import dataclass, field
+
+
+class SocketmapProtocolError(ValueError):
+    """The peer broke the socketmap protocol; the caller hangs up."""
+
+
+@dataclass(frozen=True)
+class SocketmapRequest:
+    map_name: str
+    key: str
+
+
+@dataclass
+class SocketmapDecoder:
+    """Turns bytes into SocketmapRequests; a payload may be at most `max_query` bytes."""
+
+    max_query: int = 10_000
+    _buffer: bytes = field(default=b"", init=False, repr=False)
+
+    def feed(self, data: bytes) -> list[SocketmapRequest]:
+        self._buffer += data
+        requests = []
+        while (request := self._next()) is not None:
+            requests.append(request)
+        return requests
+
+    def _next(self) -> SocketmapRequest | None:
+        """The first complete query in the buffer (removed from it), or None for more bytes."""
+        digits_max = len(str(self.max_query))
+        colon = self._buffer.find(b":", 0, digits_max + 1)
+        digits = self._buffer[:colon] if colon >= 0 else self._buffer[: digits_max + 1]
+        if digits and not digits.isdigit():
+            raise SocketmapProtocolError(f"bad netstring length {digits[:20]!r}")
+        if digits.startswith(b"0") and len(digits) > 1:
+            raise SocketmapProtocolError(f"netstring length with a leading zero {digits!r}")
+        if colon < 0:
+            if len(digits) > digits_max:
+                raise SocketmapProtocolError(f"netstring length over {digits_max} digits")
+            return None
+        if not digits:
+            raise SocketmapProtocolError("netstring without a length")
+        length = int(digits)
+        if length > self.max_query:
+            raise SocketmapProtocolError(f"query of {length} bytes, over {self.max_query}")
+        end = colon + 1 + length
+        if len(self._buffer) <= end:
+            return None
+        if self._buffer[end : end + 1] != b",":
+            raise SocketmapProtocolError("netstring not ended by a comma")
+        payload, self._buffer = self._buffer[colon + 1 : end], self._buffer[end + 1 :]
+        name, space, key = payload.partition(b" ")
+        if not space or not name:
+            raise SocketmapProtocolError(f"not '<map name> <key>': {payload[:40]!r}")
+        return SocketmapRequest(name.decode("utf-8", "replace"), key.decode("utf-8", "replace"))
+
+
+def netstring(payload: bytes) -> bytes:
+    return b"%d:%s," % (len(payload), payload)
+
+
+def encode_ok(value: str) -> bytes:
+    """``OK <value>``; the value must not be empty (older Postfix reads a bare OK as not found)."""
+    if not value:
+        raise ValueError("a socketmap OK reply needs a non-empty value")
+    return netstring(b"OK " + value.encode())
+
+
+def encode_notfound() -> bytes:
+    """``NOTFOUND `` with its trailing space, the canonical empty reply."""
+    return netstring(b"NOTFOUND ")
+
+
+def encode_temp(reason: str) -> bytes:
+    return netstring(b"TEMP " + (reason or "temporary failure").encode())
+
+
+def encode_perm(reason: str) -> bytes:
+    return netstring(b"PERM " + (reason or "permanent failure").encode())

@@ -1,0 +1,124 @@
+"""Fixtures for the integration tests: private Dovecot and Postfix, and the popbridge daemon.
+
+The real servers need root (Dovecot and Postfix drop privileges to their own users) and the
+Debian packages. Without them these tests skip with a message naming what is missing, except
+under CI (`CI=true`), where a missing server is a failure: a green CI run must mean the real
+servers were exercised.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .servers import Dovecot, Popbridge, Postfix, ServerError, find_binary, short_directory
+
+# binary -> the Debian package that provides it
+REQUIRED = {
+    "dovecot": "dovecot-pop3d",
+    "doveadm": "dovecot-core",
+    "postfix": "postfix",
+    "postmap": "postfix",
+    "curl": "curl",
+}
+
+USERS = {
+    "alice": "alice-pw",  # ordinary logins
+    "bob": "bob-pw",
+    "carol": "carol-pw",  # only the client-address forwarding test logs in as carol
+    "dave": "dave-pw",  # holds the 5 MB message
+}
+
+
+def missing_requirements(*binaries: str) -> list[str]:
+    reasons = []
+    if os.geteuid() != 0:
+        reasons.append(f"root (running as uid {os.geteuid()}; private Dovecot/Postfix need root)")
+    for name in binaries:
+        if find_binary(name) is None:
+            reasons.append(f"{name} (apt-get install {REQUIRED[name]})")
+    return reasons
+
+
+def require(*binaries: str) -> None:
+    """Skip the test if something is missing; under CI=true fail instead."""
+    reasons = missing_requirements(*binaries)
+    if not reasons:
+        return
+    message = "real-server test needs: " + "; ".join(reasons)
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: a missing real server is a failure, not a skip)", pytrace=False)
+    pytest.skip(message)
+
+
+def _started(server: Dovecot | Postfix) -> Dovecot | Postfix:
+    try:
+        return server.start()
+    except ServerError as e:
+        server.cleanup()
+        pytest.fail(f"{type(server).__name__} did not start: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    """Dovecot POP3 on 127.0.0.1 trusting 127.0.0.1 (popbridge) for XCLIENT."""
+    require("dovecot", "doveadm")
+    server = _started(Dovecot(users=USERS, trusted_networks=("127.0.0.1/32",)))
+    assert isinstance(server, Dovecot)
+    server.deliver("alice", b"From: a@example.org\r\nSubject: hello\r\n\r\nhello alice\r\n")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def socket_directory() -> Iterator[Path]:
+    """A short directory, searchable by `postfix`, for sockets shared by Postfix and popbridge."""
+    path = short_directory("pb-sockets-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def policy_socket(socket_directory: Path) -> Path:
+    """Where Postfix asks its policy service: every popbridge daemon listens here."""
+    return socket_directory / "policy.sock"
+
+
+@pytest.fixture(scope="session")
+def postfix(policy_socket: Path) -> Iterator[Postfix]:
+    """Postfix smtpd on 127.0.0.1: relay for 127.0.0.1 or by the policy service, else 554."""
+    require("postfix", "postmap")
+    server = _started(Postfix(policy_socket=policy_socket))
+    assert isinstance(server, Postfix)
+    yield server
+    server.cleanup()
+
+
+StartPopbridge = Callable[..., Popbridge]
+
+
+@pytest.fixture
+def popbridge_daemon(dovecot: Dovecot, policy_socket: Path) -> Iterator[StartPopbridge]:
+    """Start `popbridge run --config FILE` in front of the Dovecot fixture:
+    `daemon = popbridge_daemon(ttl=2, forward_client_address=True)`. Its policy socket is the
+    one the Postfix fixture asks, so run one daemon at a time. Stopped at teardown; its output
+    is printed then, so a failing test shows it."""
+    daemons: list[Popbridge] = []
+
+    def start(**options: object) -> Popbridge:
+        daemon = Popbridge(backend_port=dovecot.port, policy_socket=policy_socket, **options)  # type: ignore[arg-type]
+        daemons.append(daemon)
+        try:
+            return daemon.start()
+        except ServerError as e:
+            pytest.fail(f"popbridge did not start: {e}", pytrace=False)
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()
+        print(f"--- popbridge output ({daemon.config_path}):\n{daemon.output()}")
+        daemon.cleanup()

@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+popbridge = ServiceMaker(
+    "popbridge",
+    "popbridge.tap",
+    "POP-before-SMTP bridge: proxies POP3, remembers logins, answers relay lookups",
+    "popbridge",
+)
