@@ -46,6 +46,8 @@ class PolicyDecoder:
             requests.append(PolicyRequest(tuple(_attribute(line) for line in block.split(b"\n"))))
             start = end + 2
         self._buffer = self._buffer[start:]
+        if self._buffer.startswith(b"\n"):
+            raise PolicyProtocolError("empty line where a request should start")
         if len(self._buffer) > self.max_request:
             raise PolicyProtocolError(f"request over {self.max_request} bytes")
         self._scanned = max(len(self._buffer) - 1, 0)

@@ -8,6 +8,7 @@ these configurations rest on.
 
 from __future__ import annotations
 
+import json
 import os
 import poplib
 import shutil
@@ -99,6 +100,21 @@ def tcp_connectable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def tcp_listening(host: str, port: int) -> bool:
+    """Whether something listens on host:port, read from /proc/net/tcp so that no probe
+    connection is made (a probe of a proxy would open a backend connection too)."""
+    try:
+        table = Path("/proc/net/tcp").read_text()
+    except OSError:
+        return tcp_connectable(host, port)
+    wanted = {f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}", f"00000000:{port:04X}"}
+    for row in table.splitlines()[1:]:
+        fields = row.split()
+        if fields[1] in wanted and fields[3] == "0A":  # 0A: LISTEN
+            return True
+    return False
 
 
 def unix_connectable(path: str | Path) -> bool:
@@ -637,7 +653,7 @@ listen = "unix:address={self.control_socket}:mode=600"
 
     def _listening(self) -> bool:
         sockets = (self.policy_socket, self.socketmap_socket, self.whoson_socket, self.control_socket)
-        return tcp_connectable(self.host, self.port) and all(unix_connectable(path) for path in sockets)
+        return tcp_listening(self.host, self.port) and all(unix_connectable(path) for path in sockets)
 
     def _why_dead(self) -> str | None:
         assert self.process is not None
@@ -672,6 +688,20 @@ listen = "unix:address={self.control_socket}:mode=600"
             text=True,
             timeout=30,
         )
+
+    def logins(self, address: str) -> list[dict[str, object]]:
+        """The live logins the daemon holds for `address`, from `popbridge query --json`."""
+        result = self.cli("query", "--json", address)
+        if result.returncode != 0:
+            raise ServerError(f"popbridge query {address}: exit {result.returncode}: {result.stderr.strip()}")
+        reply = json.loads(result.stdout)
+        if not reply.get("ok"):
+            raise ServerError(f"popbridge query {address}: {reply}")
+        return list(reply["logins"])
+
+    def socketmap_table(self, name: str = "access") -> str:
+        """The Postfix table name for one of the daemon's socketmap maps."""
+        return f"socketmap:unix:{self.socketmap_socket}:{name}"
 
     def __enter__(self) -> "Popbridge":
         return self.start()

@@ -1,0 +1,200 @@
+"""The proxy glue driven with StringTransport, a spy backend endpoint and task.Clock."""
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
+
+from popbridge.config import ProxyConfig
+from popbridge.ledger.memory import MemoryLedger
+from popbridge.proxy import proxy_factory
+from popbridge.stats import Counters
+
+
+class SpyEndpoint:
+    """A backend endpoint whose connect() the test completes by hand."""
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[object, Deferred]] = []
+
+    def connect(self, factory):
+        d: Deferred = Deferred()
+        self.attempts.append((factory, d))
+        return d
+
+    def complete(self):
+        factory, d = self.attempts[-1]
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 110))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        d.callback(protocol)
+        return protocol, transport
+
+
+class Harness:
+    def __init__(self, ledger=None, **config):
+        self.clock = Clock()
+        self.ledger = ledger or MemoryLedger(self.clock, ttl=1800)
+        self.backend = SpyEndpoint()
+        settings = ProxyConfig("pop3", "tcp:1110", "tcp:host=127.0.0.1:port=110", **config)
+        factory = proxy_factory(settings, self.backend, self.ledger, Counters(0.0), self.clock)
+        self.proxy = factory.buildProtocol(IPv4Address("TCP", "127.0.0.5", 40000))
+        self.client = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.5", 40000))
+        self.proxy.makeConnection(self.client)
+
+    def connect_backend(self, greeting=b"+OK ready\r\n"):
+        self.leg, self.server = self.backend.complete()
+        self.leg.dataReceived(greeting)
+
+    def users(self, address="127.0.0.5"):
+        box = []
+        self.ledger.lookup(address).addCallback(box.append)
+        return [login.user for login in box[0]]
+
+
+def test_client_is_not_read_until_the_backend_connects():
+    h = Harness()
+    assert h.client.producerState == "paused"
+    h.connect_backend()
+    assert h.client.producerState == "producing"
+    assert h.client.value() == b"+OK ready\r\n"
+
+
+def test_unreachable_backend_gives_an_error_and_records_nothing():
+    h = Harness()
+    h.backend.attempts[-1][1].errback(ConnectionRefusedError())
+    assert h.client.value().startswith(b"-ERR [SYS/TEMP]")
+    assert h.client.disconnecting
+    assert h.users() == []
+
+
+def test_backend_connect_times_out():
+    h = Harness(connect_timeout=10)
+    h.clock.advance(10)
+    assert h.client.value().startswith(b"-ERR [SYS/TEMP]") and h.client.disconnecting
+
+
+def test_success_line_is_held_until_the_ledger_has_recorded():
+    class SlowLedger(MemoryLedger):
+        def record(self, *args):
+            self.pending = Deferred()
+            return self.pending.addCallback(lambda _: MemoryLedger.record(self, *args))
+
+    h = Harness(ledger=SlowLedger(Clock(), ttl=1800))
+    h.connect_backend()
+    h.client.clear()
+    h.proxy.dataReceived(b"USER alice\r\n")
+    h.leg.dataReceived(b"+OK\r\n")
+    h.proxy.dataReceived(b"PASS secret\r\nSTAT\r\n")
+    h.leg.dataReceived(b"+OK Logged in.\r\n")
+    assert h.client.value() == b"+OK\r\n"
+    assert h.server.value() == b"USER alice\r\nPASS secret\r\n"
+    h.ledger.pending.callback(None)
+    assert h.client.value() == b"+OK\r\n+OK Logged in.\r\n"
+    assert h.server.value().endswith(b"STAT\r\n")
+    assert h.users() == ["alice"]
+
+
+def test_wrong_password_records_nothing():
+    h = Harness()
+    h.connect_backend()
+    h.proxy.dataReceived(b"USER alice\r\nPASS wrong\r\n")
+    h.leg.dataReceived(b"+OK\r\n")
+    h.leg.dataReceived(b"-ERR [AUTH] Authentication failed.\r\n")
+    assert h.users() == []
+    assert not h.client.disconnecting
+
+
+def test_ledger_failure_tells_the_client_and_closes():
+    class BrokenLedger(MemoryLedger):
+        def record(self, *args):
+            return fail(RuntimeError("store down"))
+
+    h = Harness(ledger=BrokenLedger(Clock(), ttl=1800))
+    h.connect_backend()
+    h.client.clear()
+    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    with capturedLogs() as events:
+        h.leg.dataReceived(b"+OK\r\n")
+    assert h.client.value().startswith(b"-ERR [SYS/TEMP]")
+    assert h.client.disconnecting and h.server.disconnecting
+    assert [e["log_failure"].value.args for e in events if "log_failure" in e] == [("store down",)]
+
+
+def test_after_login_bytes_flow_both_ways_with_producers_registered():
+    h = Harness()
+    h.connect_backend()
+    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.leg.dataReceived(b"+OK\r\n")
+    h.client.clear()
+    h.server.clear()
+    h.proxy.dataReceived(b"RETR 1\r\n")
+    h.leg.dataReceived(b"+OK\r\nbody\r\n.\r\n")
+    assert h.server.value() == b"RETR 1\r\n"
+    assert h.client.value() == b"+OK\r\nbody\r\n.\r\n"
+    assert h.client.producer is h.server and h.server.producer is h.client
+
+
+def test_idle_client_before_login_is_disconnected():
+    h = Harness(idle_timeout=60)
+    h.connect_backend()
+    h.clock.advance(59)
+    assert not h.client.disconnecting
+    h.clock.advance(1)
+    assert h.client.disconnecting and h.server.disconnecting
+
+
+def test_protocol_error_closes_both_with_an_error_line():
+    h = Harness()
+    h.connect_backend()
+    h.proxy.dataReceived(b"USER " + b"x" * 70_000)
+    assert h.client.value().endswith(b"\r\n") and b"-ERR" in h.client.value()
+    assert h.client.disconnecting and h.server.disconnecting
+
+
+def test_session_end_starts_the_ttl():
+    h = Harness()
+    h.connect_backend()
+    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.leg.dataReceived(b"+OK\r\n")
+    h.ledger._clock.advance(7200)
+    assert h.users() == ["alice"]
+    h.proxy.connectionLost()
+    h.ledger._clock.advance(1799)
+    assert h.users() == ["alice"]
+    h.ledger._clock.advance(1)
+    assert h.users() == []
+
+
+def test_backend_closing_closes_the_client():
+    h = Harness()
+    h.connect_backend()
+    h.leg.connectionLost()
+    assert h.client.disconnecting
+
+
+def test_forward_client_address_sends_xclient_with_the_peer():
+    h = Harness(forward_client_address=True)
+    h.connect_backend()
+    h.leg.dataReceived(b"+OK\r\nXCLIENT\r\n.\r\n")
+    assert h.server.value() == b"CAPA\r\nXCLIENT ADDR=127.0.0.5 PORT=40000\r\n"
+
+
+def test_logs_name_the_login_but_never_the_password():
+    from twisted.logger import formatEvent
+
+    h = Harness()
+    h.connect_backend()
+    with capturedLogs() as events:
+        h.proxy.dataReceived(b"USER alice\r\n")
+        h.leg.dataReceived(b"+OK\r\n")
+        h.proxy.dataReceived(b"PASS hunter2\r\n")
+        h.leg.dataReceived(b"-ERR [AUTH] failed\r\n")
+        h.proxy.dataReceived(b"AUTH PLAIN AGFsaWNlAGh1bnRlcjI=\r\n")
+        h.leg.dataReceived(b"+OK\r\n")
+    text = "\n".join(formatEvent(e) for e in events)
+    assert "login failed: user 'alice' from 127.0.0.5 via pop3 USER" in text
+    assert "login succeeded: user 'alice' from 127.0.0.5 via pop3 AUTH PLAIN" in text
+    assert "hunter2" not in text and "AGFsaWNl" not in text
