@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, serverFromString
@@ -19,6 +20,8 @@ from popbridge.proxy import proxy_factory
 from popbridge.stats import Counters
 from popbridge.verdict import Verdicts
 
+PURGE_INTERVAL = 60.0  # seconds between sweeps of expired logins
+
 
 class Listener(Service):
     """One listening endpoint. Binds in privilegedStartService (before twistd drops root).
@@ -31,6 +34,7 @@ class Listener(Service):
 
     def __init__(self, reactor: Any, what: str, description: str, factory: Factory) -> None:
         self._reactor, self.what, self.description, self._factory = reactor, what, description, factory
+        factory.noisy = False  # this class logs the listener itself, with what it is for
         self._endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
         self._port: IListeningPort | None = None
         self.setName(f"{what} {description}")
@@ -57,6 +61,11 @@ class Listener(Service):
         return port.stopListening() if port is not None else None
 
 
+def _purge(ledger: ILedger) -> "Deferred[int]":
+    """One purge round; a failure is logged and the next round runs as planned."""
+    return ledger.purge().addErrback(lambda failure: Listener.log.failure("ledger purge failed", failure))
+
+
 def build_ledger(config: LedgerConfig, clock: Any) -> ILedger:
     return MemoryLedger(clock, config.ttl, config.ipv6_prefix)
 
@@ -67,6 +76,9 @@ def build_service(config: Config, reactor: Any) -> IService:
     counters = Counters(started=reactor.seconds())
     ledger = build_ledger(config.ledger, reactor)
     verdicts = Verdicts(ledger)
+    purging = TimerService(PURGE_INTERVAL, _purge, ledger)
+    purging.clock = reactor
+    purging.setServiceParent(top)
     for proxy in config.proxies:
         backend = clientFromString(reactor, proxy.backend)
         factory = proxy_factory(proxy, backend, ledger, counters, reactor)

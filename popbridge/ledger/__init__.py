@@ -56,3 +56,6 @@ class ILedger(Interface):
 
     def revoke(address: str) -> "Deferred[int]":
         """Forget every login on `address` (open sessions included); fires with how many."""
+
+    def purge() -> "Deferred[int]":
+        """Drop expired logins (run periodically); fires with how many addresses were forgotten."""

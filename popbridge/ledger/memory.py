@@ -15,8 +15,8 @@ from popbridge.ledger import ILedger, Login
 class MemoryLedger:
     """Logins in a dict keyed by normalised address, then by (user, protocol).
 
-    Expired entries are dropped when their address is next touched, so memory stays bounded by
-    the number of addresses seen within one `ttl`.
+    Expired entries are dropped when their address is next touched and by `purge`, which the
+    service runs every minute, so memory stays bounded by the addresses seen within one `ttl`.
     """
 
     def __init__(self, clock: IReactorTime, ttl: float, ipv6_prefix: int = 128) -> None:
@@ -55,6 +55,12 @@ class MemoryLedger:
     def revoke(self, address: str) -> "Deferred[int]":
         key = client_key(address, self._ipv6_prefix)
         return succeed(len(self._logins.pop(key, {})) if key else 0)
+
+    def purge(self) -> "Deferred[int]":
+        before = len(self._logins)
+        for key in list(self._logins):
+            self._live(key)
+        return succeed(before - len(self._logins))
 
     def _live(self, key: str) -> dict[tuple[str, str], Login]:
         """The unexpired logins of `key`; forgets the address once none is left."""

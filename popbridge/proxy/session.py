@@ -67,7 +67,9 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._counters.count(f"{self._watcher.protocol}_connections")
         self.transport.pauseProducing()  # nothing is read until the backend answers
         self.setTimeout(self._idle_timeout)
-        connecting = self._backend_endpoint.connect(Factory.forProtocol(lambda: BackendLeg(self)))
+        leg_factory = Factory.forProtocol(lambda: BackendLeg(self))
+        leg_factory.noisy = False  # one log line per connection is the login line, not this
+        connecting = self._backend_endpoint.connect(leg_factory)
         connecting.addTimeout(self._connect_timeout, self._clock)
         connecting.addCallbacks(self._backend_connected, self._backend_unreachable)
 

@@ -19,8 +19,10 @@ pytestmark = pytest.mark.realserver
 @contextmanager
 def policy_server(path: Path, action: str) -> Iterator[list[str]]:
     """A throwaway Postfix policy service answering `action` to every request; yields the
-    client addresses it was asked about."""
+    client addresses it was asked about. Its connections close on exit: smtpd keeps policy
+    connections open across SMTP sessions and would otherwise ask this server again."""
     asked: list[str] = []
+    connections: list[socket.socket] = []
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(os.fspath(path))
     path.chmod(0o666)
@@ -43,6 +45,7 @@ def policy_server(path: Path, action: str) -> Iterator[list[str]]:
                 connection, _ = listener.accept()
             except OSError:
                 return
+            connections.append(connection)
             threading.Thread(target=serve, args=(connection,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
@@ -51,6 +54,8 @@ def policy_server(path: Path, action: str) -> Iterator[list[str]]:
     finally:
         listener.shutdown(socket.SHUT_RDWR)
         listener.close()
+        for connection in connections:
+            connection.shutdown(socket.SHUT_RDWR)
         path.unlink()
 
 

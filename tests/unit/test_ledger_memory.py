@@ -111,4 +111,13 @@ def test_expired_addresses_are_forgotten(ledger, clock):
     ledger.record("192.0.2.7", "alice", "pop3", False)
     clock.advance(1800)
     assert result(ledger.logins()) == []
-    assert ledger._logins == {}
+    assert result(ledger.purge()) == 0
+
+
+def test_purge_forgets_expired_addresses_only(ledger, clock):
+    ledger.record("192.0.2.7", "alice", "pop3", False)
+    clock.advance(1000)
+    ledger.record("192.0.2.8", "bob", "pop3", False)
+    clock.advance(800)
+    assert result(ledger.purge()) == 1
+    assert users(ledger, "192.0.2.8") == ["bob"]
