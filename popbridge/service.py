@@ -5,6 +5,7 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
@@ -53,12 +54,20 @@ class Listener(Service):
             "cannot listen for {what} on {endpoint}: {error}; stopping",
             what=self.what, endpoint=self.description, error=failure.getErrorMessage(),
         )
-        self._reactor.callWhenRunning(self._reactor.stop)
+        self._reactor.callWhenRunning(_stop, self._reactor)
 
     def stopService(self) -> "Deferred[None] | None":
         super().stopService()
         port, self._port = self._port, None
         return port.stopListening() if port is not None else None
+
+
+def _stop(reactor: Any) -> None:
+    """Stop once, however many listeners failed."""
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
 
 
 def _purge(ledger: ILedger) -> "Deferred[int]":

@@ -48,15 +48,27 @@ def connect(factory: ServerFactory) -> tuple[object, StringTransport]:
 
 def test_login_authorises_its_address_until_the_ttl_passes() -> None:
     clock = Clock()
-    ledger = MemoryLedger(clock, ttl=1800)
+    ledger = MemoryLedger(clock, ttl=300)  # under the 600 s idle timeout, so one connection sees it
     ledger.record("192.0.2.7", "alice", "pop3", session=False)
     server, transport = connect(build(ledger, clock)[0])
     server.dataReceived(REQUEST % b"192.0.2.7")
     assert transport.value() == b"action=OK\n\n"
     transport.clear()
-    clock.advance(1800)
+    clock.advance(299)
+    server.dataReceived(REQUEST % b"192.0.2.7")
+    assert transport.value() == b"action=OK\n\n"
+    transport.clear()
+    clock.advance(1)
     server.dataReceived(REQUEST % b"192.0.2.7")
     assert transport.value() == b"action=DUNNO\n\n"
+
+
+def test_idle_policy_connection_is_closed_after_the_idle_timeout() -> None:
+    clock = Clock()
+    server, transport = connect(build(MemoryLedger(clock, ttl=1800), clock)[0])
+    server.dataReceived(REQUEST % b"192.0.2.7")
+    clock.advance(CONFIG.idle_timeout)
+    assert transport.disconnecting
 
 
 def test_connection_stays_open_for_the_next_request() -> None:
