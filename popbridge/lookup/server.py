@@ -50,7 +50,7 @@ class LookupServer(Protocol, TimeoutMixin, Generic[Request]):
     ) -> None:
         self._codec, self._respond, self._idle_timeout = codec, respond, idle_timeout
         self._decoder = codec.decoder()
-        self.callLater = clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock
+        self.callLater = clock.callLater  # type: ignore[method-assign,assignment]  # TimeoutMixin's clock
         self._replies: Deferred[None] = succeed(None)  # one chain keeps answers in order
         self._done = False  # set once the connection is going away: answer nothing more
 

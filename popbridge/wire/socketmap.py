@@ -28,16 +28,18 @@ class SocketmapDecoder:
 
     def feed(self, data: bytes) -> list[SocketmapRequest]:
         self._buffer += data
-        requests = []
-        while (request := self._next()) is not None:
+        requests, start = [], 0
+        while (parsed := self._next(start)) is not None:
+            request, start = parsed
             requests.append(request)
+        self._buffer = self._buffer[start:]
         return requests
 
-    def _next(self) -> SocketmapRequest | None:
-        """The first complete query in the buffer (removed from it), or None for more bytes."""
-        digits_max = len(str(self.max_query))
-        colon = self._buffer.find(b":", 0, digits_max + 1)
-        digits = self._buffer[:colon] if colon >= 0 else self._buffer[: digits_max + 1]
+    def _next(self, start: int) -> tuple[SocketmapRequest, int] | None:
+        """The query at `start` and where the next one starts, or None until more bytes come."""
+        buffer, digits_max = self._buffer, len(str(self.max_query))
+        colon = buffer.find(b":", start, start + digits_max + 1)
+        digits = buffer[start:colon] if colon >= 0 else buffer[start : start + digits_max + 1]
         if digits and not digits.isdigit():
             raise SocketmapProtocolError(f"bad netstring length {digits[:20]!r}")
         if digits.startswith(b"0") and len(digits) > 1:
@@ -52,15 +54,14 @@ class SocketmapDecoder:
         if length > self.max_query:
             raise SocketmapProtocolError(f"query of {length} bytes, over {self.max_query}")
         end = colon + 1 + length
-        if len(self._buffer) <= end:
+        if len(buffer) <= end:
             return None
-        if self._buffer[end : end + 1] != b",":
+        if buffer[end : end + 1] != b",":
             raise SocketmapProtocolError("netstring not ended by a comma")
-        payload, self._buffer = self._buffer[colon + 1 : end], self._buffer[end + 1 :]
-        name, space, key = payload.partition(b" ")
+        name, space, key = buffer[colon + 1 : end].partition(b" ")
         if not space or not name:
-            raise SocketmapProtocolError(f"not '<map name> <key>': {payload[:40]!r}")
-        return SocketmapRequest(name.decode("utf-8", "replace"), key.decode("utf-8", "replace"))
+            raise SocketmapProtocolError(f"not '<map name> <key>': {buffer[colon + 1 : end][:40]!r}")
+        return SocketmapRequest(name.decode("utf-8", "replace"), key.decode("utf-8", "replace")), end + 1
 
 
 def netstring(payload: bytes) -> bytes:
