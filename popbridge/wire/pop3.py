@@ -9,8 +9,10 @@ It sits between a mail client and the real POP3 server until the login succeeds:
 - CAPA answers lose STLS and XCLIENT (popbridge offers neither to clients yet), and a client's
   own STLS or XCLIENT is refused locally, never forwarded;
 - with `client_address`, the real client's address is passed to the backend with XCLIENT
-  before any client command, when the backend's CAPA offers it (Dovecot does for hosts in
-  ``login_trusted_networks``).
+  before any client command, when the backend offers it: Dovecot 2.3 does so with an
+  ``[XCLIENT]`` code in its greeting (to hosts in ``login_trusted_networks``), other servers
+  may list it in CAPA, which is asked only when the greeting does not say. The ``[XCLIENT]``
+  code is removed from the greeting clients see.
 
 After the login it emits `Authenticated` and turns into a plain pipe. Passwords, digests and
 SASL data pass through untouched and are never kept.
@@ -33,6 +35,7 @@ from popbridge.wire.sasl import SaslUserReader
 
 HIDDEN_CAPABILITIES = (b"STLS", b"XCLIENT")
 CRLF = b"\r\n"
+XCLIENT_GREETING = b"+OK [XCLIENT] "  # Dovecot 2.3 offers XCLIENT here, to trusted hosts only
 
 
 class Pop3ProtocolError(LoginProtocolError):
@@ -67,6 +70,7 @@ class Pop3LoginWatcher:
         self._client, self._backend = b"", b""
         self.state = State.GREETING
         self._greeting = b""
+        self._offers_xclient = False
         self._on_status: StatusHandler = self._after_greeting
         self._keep_line: Callable[[bytes], bool] = _everything
         self._on_multiline_end: Callable[[], list[Action]] = lambda: []
@@ -210,10 +214,13 @@ class Pop3LoginWatcher:
     # -- greeting and the XCLIENT probe -------------------------------------------------
 
     def _after_greeting(self, line: bytes, ok: bool) -> list[Action]:
+        offered = line.startswith(XCLIENT_GREETING)
+        greeting = b"+OK " + line.removeprefix(XCLIENT_GREETING) if offered else line
         if not ok or self._forward_address is None:
-            return [ToClient(line + CRLF)]
-        self._greeting, self.state = line, State.PROBE
-        self._offers_xclient = False
+            return [ToClient(greeting + CRLF)]
+        self._greeting, self.state, self._offers_xclient = greeting, State.PROBE, offered
+        if offered:
+            return self._send_xclient()
         self._on_status = self._multiline(self._note_xclient, self._send_xclient)
         return [ToBackend(b"CAPA\r\n")]
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .servers import Dovecot, Popbridge, Postfix, ServerError, find_binary, short_directory
+from .servers import Dovecot, Popbridge, Postfix, ServerError, StartPopbridge, find_binary, short_directory
 
 # binary -> the Debian package that provides it
 REQUIRED = {
@@ -50,7 +50,7 @@ def require(*binaries: str) -> None:
     if not reasons:
         return
     message = "real-server test needs: " + "; ".join(reasons)
-    if os.environ.get("CI", "").lower() == "true":
+    if os.environ.get("CI", "").lower() in ("true", "1"):
         pytest.fail(f"{message} (CI=true: a missing real server is a failure, not a skip)", pytrace=False)
     pytest.skip(message)
 
@@ -96,9 +96,6 @@ def postfix(policy_socket: Path) -> Iterator[Postfix]:
     assert isinstance(server, Postfix)
     yield server
     server.cleanup()
-
-
-StartPopbridge = Callable[..., Popbridge]
 
 
 @pytest.fixture

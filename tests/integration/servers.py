@@ -128,9 +128,7 @@ def unix_connectable(path: str | Path) -> bool:
 
 
 def _run(argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise ServerError(f"{what}: {' '.join(argv)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
     return result
@@ -207,6 +205,8 @@ class Dovecot:
     @property
     def log_path(self) -> Path:
         return self.log.path
+
+    info_path = log_path  # Dovecot's info_log_path: the same file
 
     def config_text(self) -> str:
         d = self.directory
@@ -529,7 +529,9 @@ smtpd_client_connection_rate_limit = 0
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def rcpt_code(self, source: str, recipient: str = "someone@outside.example", sender: str = "user@client.example") -> int:
+    def rcpt_code(
+        self, source: str, recipient: str = "someone@outside.example", sender: str = "user@client.example"
+    ) -> int:
         """Connect from `source` (a 127.0.0.x address), offer one mail to `recipient`, and return
         the reply code to RCPT TO (250 accepted, 554 relay denied, 451 a broken lookup)."""
         with smtplib.SMTP(self.host, self.port, source_address=(source, 0), timeout=30) as smtp:
@@ -585,7 +587,8 @@ class Popbridge:
     """The real daemon, `popbridge run --config FILE`, as a subprocess.
 
     `socket_directory` holds the lookup and control sockets; pass `policy_socket` to put the
-    policy socket where a Postfix fixture expects it.
+    policy socket where a Postfix fixture expects it. `extra_config` is TOML appended to the
+    generated file (more [[proxy]] or [[lookup]] tables, say).
     """
 
     backend_port: int
@@ -593,6 +596,7 @@ class Popbridge:
     forward_client_address: bool = False
     policy_socket: Path | None = None
     host: str = "127.0.0.1"
+    extra_config: str = ""
 
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-daemon-")
@@ -632,7 +636,7 @@ listen = "unix:address={self.whoson_socket}:mode=666"
 
 [control]
 listen = "unix:address={self.control_socket}:mode=600"
-"""
+{self.extra_config}"""
 
     def start(self) -> "Popbridge":
         self.config_path.write_text(self.config_text())
@@ -703,7 +707,7 @@ listen = "unix:address={self.control_socket}:mode=600"
         """The Postfix table name for one of the daemon's socketmap maps."""
         return f"socketmap:unix:{self.socketmap_socket}:{name}"
 
-    def __enter__(self) -> "Popbridge":
+    def __enter__(self) -> Popbridge:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -757,12 +761,17 @@ def pop3_retr_raw(port: int, source: str, user: str, password: str, which: int =
         pop.close()
 
 
-def curl_pop3(port: int, source: str, user: str, password: str, host: str = "127.0.0.1") -> subprocess.CompletedProcess[str]:
+def curl_pop3(
+    port: int, source: str, user: str, password: str, host: str = "127.0.0.1"
+) -> subprocess.CompletedProcess[str]:
     """`curl pop3://user:password@host:port/` from `source`: lists the mailbox (exit 0), or
     exit 67 when the login is refused."""
     return subprocess.run(
-        [binary("curl"), "--silent", "--show-error", "--max-time", "30", "--interface", source,
-         f"pop3://{user}:{password}@{host}:{port}/"],
+        [
+            binary("curl"),
+            *("--silent", "--show-error", "--max-time", "30", "--interface", source),
+            f"pop3://{user}:{password}@{host}:{port}/",
+        ],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -784,3 +793,6 @@ def message_of_size(size: int, subject: str = "big") -> bytes:
         n += 1
     lines.append(b".\r\n..\r\nend\r\n")
     return b"".join(lines)
+
+
+StartPopbridge = Callable[..., Popbridge]  # the popbridge_daemon fixture: start(ttl=..., ...)

@@ -9,8 +9,7 @@ import poplib
 
 import pytest
 
-from .conftest import StartPopbridge
-from .servers import Dovecot, Postfix, curl_pop3, message_of_size, pop3_login, pop3_retr_raw
+from .servers import Dovecot, Postfix, StartPopbridge, curl_pop3, message_of_size, pop3_login, pop3_retr_raw
 
 pytestmark = pytest.mark.realserver
 

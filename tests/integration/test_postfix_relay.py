@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from .conftest import StartPopbridge
-from .servers import Postfix, pop3_login, wait_until
+from .servers import Postfix, StartPopbridge, pop3_login, wait_until
 
 pytestmark = pytest.mark.realserver
 

@@ -225,6 +225,21 @@ def test_xclient_is_sent_before_any_client_command_when_offered():
     assert outcome.notices == []
 
 
+def test_xclient_offered_in_the_greeting_is_sent_without_asking_capa():
+    watcher = Pop3LoginWatcher(client_address=("192.0.2.7", 50123))
+    outcome = run_session([
+        ("backend", b"+OK [XCLIENT] Dovecot (Debian) ready.\r\n"), ("client", b"CAPA\r\n"),
+        ("backend", b"+OK Updated\r\n"),
+    ], watcher)
+    assert outcome.to_backend == b"XCLIENT ADDR=192.0.2.7 PORT=50123\r\nCAPA\r\n"
+    assert outcome.to_client == b"+OK Dovecot (Debian) ready.\r\n"
+
+
+def test_clients_never_see_the_xclient_greeting_code():
+    outcome = run_session([("backend", b"+OK [XCLIENT] Dovecot ready. <1.2@x>\r\n")])
+    assert outcome.to_client == b"+OK Dovecot ready. <1.2@x>\r\n"
+
+
 def test_without_xclient_on_offer_the_greeting_is_released_with_a_notice():
     watcher = Pop3LoginWatcher(client_address=("192.0.2.7", 50123))
     outcome = run_session([("backend", GREETING), ("backend", b"+OK\r\nUSER\r\n.\r\n")], watcher)
