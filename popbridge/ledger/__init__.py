@@ -24,6 +24,7 @@ class Login:
     protocol: str
     when: float  # when the login was recorded, or when its last session closed
     open_sessions: int = 0
+    tls: bool = False  # whether the client spoke TLS to popbridge when it logged in
 
     def expires(self, ttl: float) -> float | None:
         """When this login stops authorising its address; None while a session is open."""
@@ -39,7 +40,7 @@ class ILedger(Interface):
 
     ttl = Attribute("seconds a login authorises its address after it was made or its session ended")
 
-    def record(address: str, user: str, protocol: str, session: bool) -> "Deferred[Login | None]":
+    def record(address: str, user: str, protocol: str, session: bool, tls: bool = False) -> "Deferred[Login | None]":
         """Store a successful login; with `session`, it stays live until `end_session`.
 
         Fires with the stored Login, or None when `address` is not an IP address.

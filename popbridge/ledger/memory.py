@@ -23,14 +23,16 @@ class MemoryLedger:
         self._clock, self.ttl, self._ipv6_prefix = clock, ttl, ipv6_prefix
         self._logins: dict[str, dict[tuple[str, str], Login]] = {}
 
-    def record(self, address: str, user: str, protocol: str, session: bool) -> "Deferred[Login | None]":
+    def record(
+        self, address: str, user: str, protocol: str, session: bool, tls: bool = False
+    ) -> "Deferred[Login | None]":
         key = client_key(address, self._ipv6_prefix)
         if key is None:
             return succeed(None)
         entries = self._live(key)
         old = entries.get((user, protocol))
         opened = (old.open_sessions if old else 0) + (1 if session else 0)
-        login = Login(key, user, protocol, self._clock.seconds(), opened)
+        login = Login(key, user, protocol, self._clock.seconds(), opened, tls)
         entries[(user, protocol)] = login
         self._logins[key] = entries
         return succeed(login)
