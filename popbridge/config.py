@@ -13,10 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from ldap3.core.exceptions import LDAPException
+from ldap3.operation.search import parse_filter
 from twisted.internet.endpoints import clientFromString, serverFromString
 
-PROXY_PROTOCOLS = ("pop3",)
+PROXY_PROTOCOLS = ("pop3", "imap4")
 LOOKUP_PROTOCOLS = ("policy", "socketmap", "whoson")
 
 
@@ -48,8 +51,31 @@ class LookupConfig:
     authorised_action: str = "OK"
     unknown_action: str = "DUNNO"
     tempfail_action: str = "DEFER_IF_PERMIT popbridge cannot check logins right now"
+    exempt_action: str = ""  # policy only: the answer for exempt addresses ("" = authorised_action)
     allow_updates: bool = False
     idle_timeout: float = 600.0  # Postfix keeps policy connections for up to 300 s idle
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    """``[ldap]``: where per-user facts (exempt? which mail host?) come from.
+
+    `urls` are tried in order (fail-over). `bind_password` is kept out of repr so that it
+    cannot reach a log line or an error message by accident.
+    """
+
+    urls: tuple[str, ...]
+    base: str
+    start_tls: bool = False
+    bind_dn: str = ""
+    bind_password: str = field(default="", repr=False)
+    user_filter: str = "(uid={user})"
+    exempt_filter: str = ""  # "" = nobody is exempt
+    backend_attribute: str = ""  # "" = no per-user routing
+    cache_ttl: float = 300.0  # seconds an answer about an existing user is fresh
+    negative_cache_ttl: float = 60.0  # seconds "no such user" is fresh
+    stale_ttl: float = 3600.0  # seconds past freshness an answer may still serve while LDAP is down
+    timeout: float = 3.0  # seconds a look-up may take before the cached answer or the fallback serves
 
 
 @dataclass(frozen=True)
@@ -74,6 +100,7 @@ class Config:
     lookups: tuple[LookupConfig, ...] = ()
     control: ControlConfig | None = None
     demo: DemoConfig | None = None
+    ldap: LdapConfig | None = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -91,7 +118,7 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(document: Mapping[str, Any], source: str) -> Config:
     reader = _Reader(source)
-    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo"))
+    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo", "ldap"))
     config = Config(
         source=source,
         ledger=_ledger(reader, reader.table("[ledger]", document.get("ledger", {}))),
@@ -104,8 +131,10 @@ def parse_config(document: Mapping[str, Any], source: str) -> Config:
             for n, table in enumerate(reader.array("[[lookup]]", document.get("lookup", [])), 1)
         ),
         control=_control(reader, document["control"]) if "control" in document else None,
+        ldap=_ldap(reader, document["ldap"]) if "ldap" in document else None,
         demo=_demo(reader, document["demo"]) if "demo" in document else None,
     )
+    _check_exempt_action(reader, config)
     if not (config.proxies or config.lookups):
         raise ConfigError(f"{source}: nothing to do: no [[proxy]] and no [[lookup]]")
     return config
@@ -142,6 +171,7 @@ def _lookup(reader: "_Reader", where: str, table: Mapping[str, Any]) -> LookupCo
     protocol = reader.choice(where, table, "protocol", LOOKUP_PROTOCOLS)
     allowed = ["protocol", "listen", "idle_timeout"]
     allowed += ["allow_updates"] if protocol == "whoson" else ["authorised_action", "unknown_action", "tempfail_action"]
+    allowed += ["exempt_action"] if protocol == "policy" else []
     reader.only_keys(where, table, allowed, note=f"for protocol {protocol!r}")
     defaults = LookupConfig(protocol, "")
     return LookupConfig(
@@ -150,6 +180,7 @@ def _lookup(reader: "_Reader", where: str, table: Mapping[str, Any]) -> LookupCo
         authorised_action=reader.action(where, table, "authorised_action", defaults.authorised_action),
         unknown_action=reader.action(where, table, "unknown_action", defaults.unknown_action),
         tempfail_action=reader.action(where, table, "tempfail_action", defaults.tempfail_action),
+        exempt_action=reader.action(where, table, "exempt_action", "-") if "exempt_action" in table else "",
         allow_updates=reader.boolean(where, table, "allow_updates", False),
         idle_timeout=reader.number(where, table, "idle_timeout", defaults.idle_timeout, minimum=1),
     )
@@ -159,6 +190,77 @@ def _control(reader: "_Reader", value: Any) -> ControlConfig:
     table = reader.table("[control]", value)
     reader.only_keys("[control]", table, ("listen",))
     return ControlConfig(listen=reader.endpoint("[control]", table, "listen", serverFromString))
+
+
+LDAP_KEYS = (
+    "url", "start_tls", "bind_dn", "bind_password", "bind_password_file", "base", "user_filter",
+    "exempt_filter", "backend_attribute", "cache_ttl", "negative_cache_ttl", "stale_ttl", "timeout",
+)
+
+
+def _ldap(reader: "_Reader", value: Any) -> LdapConfig:
+    """``[ldap]``; complaints about the password name the key, never the value."""
+    where = "[ldap]"
+    table = reader.table(where, value)
+    reader.only_keys(where, table, LDAP_KEYS)
+    urls = table.get("url")
+    urls = [urls] if isinstance(urls, str) else urls
+    if not isinstance(urls, list) or not urls or not all(isinstance(url, str) for url in urls):
+        reader.fail(where, "url", "must be an ldap:// or ldaps:// URL, or a non-empty list of them")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ldap", "ldaps") or not parts.hostname or parts.path not in ("", "/"):
+            reader.fail(where, "url", f"{url!r} is not ldap://HOST[:PORT] or ldaps://HOST[:PORT]")
+    start_tls = reader.boolean(where, table, "start_tls", False)
+    if start_tls and any(url.startswith("ldaps:") for url in urls):
+        reader.fail(where, "start_tls", "ldaps:// is TLS already; use ldap:// URLs with start_tls")
+    bind_dn = reader.string(where, table, "bind_dn") if "bind_dn" in table else ""
+    password = _bind_password(reader, where, table)
+    if bool(bind_dn) != bool(password):
+        reader.fail(where, "bind_dn" if password else "bind_password", "bind_dn and a password go together")
+    user_filter = reader.ldap_filter(where, table, "user_filter", LdapConfig.user_filter)
+    if "{user}" not in user_filter:
+        reader.fail(where, "user_filter", "must contain {user}, where the escaped login name goes")
+    return LdapConfig(
+        urls=tuple(urls),
+        base=reader.string(where, table, "base"),
+        start_tls=start_tls,
+        bind_dn=bind_dn,
+        bind_password=password,
+        user_filter=user_filter,
+        exempt_filter=reader.ldap_filter(where, table, "exempt_filter", "") if "exempt_filter" in table else "",
+        backend_attribute=reader.string(where, table, "backend_attribute") if "backend_attribute" in table else "",
+        cache_ttl=reader.number(where, table, "cache_ttl", LdapConfig.cache_ttl, minimum=0),
+        negative_cache_ttl=reader.number(where, table, "negative_cache_ttl", LdapConfig.negative_cache_ttl, minimum=0),
+        stale_ttl=reader.number(where, table, "stale_ttl", LdapConfig.stale_ttl, minimum=0),
+        timeout=reader.number(where, table, "timeout", LdapConfig.timeout, minimum=0.1),
+    )
+
+
+def _bind_password(reader: "_Reader", where: str, table: Mapping[str, Any]) -> str:
+    if "bind_password" in table and "bind_password_file" in table:
+        reader.fail(where, "bind_password_file", "give bind_password or bind_password_file, not both")
+    if "bind_password" in table:
+        if not isinstance(table["bind_password"], str) or not table["bind_password"]:
+            reader.fail(where, "bind_password", "must be a non-empty string")
+        return str(table["bind_password"])
+    if "bind_password_file" not in table:
+        return ""
+    path = reader.string(where, table, "bind_password_file")
+    try:
+        password = Path(path).read_text().rstrip("\r\n")  # editors add a final newline
+    except (OSError, UnicodeDecodeError) as e:
+        reader.fail(where, "bind_password_file", f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
+    if not password:
+        reader.fail(where, "bind_password_file", f"{path} is empty")
+    return password
+
+
+def _check_exempt_action(reader: "_Reader", config: Config) -> None:
+    """An exempt_action that can never be answered would leave the operator believing it works."""
+    for n, lookup in enumerate(config.lookups, 1):
+        if lookup.exempt_action and (config.ldap is None or not config.ldap.exempt_filter):
+            reader.fail(f"[[lookup]] #{n}", "exempt_action", "needs an [ldap] table with an exempt_filter")
 
 
 def _demo(reader: "_Reader", value: Any) -> DemoConfig:
@@ -222,6 +324,14 @@ class _Reader:
         value = self.string(where, table, key, default)
         if any(c in value for c in "\r\n\0"):
             self.fail(where, key, "must be one line")
+        return value
+
+    def ldap_filter(self, where: str, table: Mapping[str, Any], key: str, default: str) -> str:
+        value = self.string(where, table, key, default or None)
+        try:  # checked with {user} filled in, as it will be used
+            parse_filter(value.replace("{user}", "x"), None, False, False, None, False)
+        except LDAPException as e:
+            self.fail(where, key, f"not an LDAP filter {value!r}: {e}")
         return value
 
     def boolean(self, where: str, table: Mapping[str, Any], key: str, default: bool) -> bool:

@@ -18,8 +18,8 @@ import json
 import os
 import shlex
 from collections.abc import Callable, Mapping
-from email.utils import format_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime
 from functools import partial
 from hashlib import md5
 from io import BytesIO
@@ -37,8 +37,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, ServerFactory
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
-from twisted.mail._cred import LOGINCredentials, PLAINCredentials
-from twisted.mail._except import IllegalClientResponse
+from twisted.mail.imap4 import IllegalClientResponse, LOGINCredentials, PLAINCredentials  # public re-exports
 from twisted.mail.interfaces import IChallengeResponse, IMailboxPOP3, IServerFactoryPOP3
 from twisted.mail.pop3 import POP3, APOPCredentials
 from twisted.python.failure import Failure
@@ -109,7 +108,9 @@ class DemoRealm:
     def __init__(self, messages: int) -> None:
         self._messages = messages
 
-    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, "DemoMailbox", Callable[[], None]]:
+    def requestAvatar(
+        self, avatarId: bytes, mind: object, *interfaces: Any
+    ) -> tuple[Any, "DemoMailbox", Callable[[], None]]:
         if IMailboxPOP3 not in interfaces:
             raise NotImplementedError("the demo realm only serves POP3 mailboxes")
         user = avatarId.decode("utf-8", "replace")
@@ -296,14 +297,15 @@ def write_demo_config(directory: Path) -> Path:
                 f" the limit is {UNIX_PATH_MAX}); choose a shorter --dir, for example --dir /tmp/popbridge-demo"
             )
     directory.mkdir(parents=True, exist_ok=True)
+    sockets = {
+        name.removesuffix(".sock"): _toml(_unix_endpoint(directory / name, "600" if name == "control.sock" else "666"))
+        for name in SOCKET_NAMES
+    }
     text = _DEMO_TEMPLATE.format(
         proxy_listen=_toml(_PROXY_LISTEN),
         proxy_backend=_toml(_DEMO_BACKEND),
         demo_listen=_toml(_DEMO_LISTEN),
-        **{
-            name.replace(".sock", ""): _toml(_unix_endpoint(directory / name, "600" if name == "control.sock" else "666"))
-            for name in SOCKET_NAMES
-        },
+        **sockets,
     )
     try:
         with open(path, "x", encoding="utf-8") as f:  # "x": never overwrite a file that appeared meanwhile
@@ -383,7 +385,7 @@ messages = 2                # sample messages in each mailbox
 
 def demo_instructions(config: Config) -> str:
     """Commands to try against a running demo, with the addresses and names from `config`."""
-    lines = ["popbridge demo is running. Try, in another terminal:", ""]
+    lines = [f"popbridge demo, configured by {config.source}", "Once it is listening, try in another terminal:", ""]
     users = list(config.demo.users.items()) if config.demo else []
     first = users[0] if users else ("USER", "PASSWORD")
     second = users[1] if len(users) > 1 else first
@@ -401,7 +403,8 @@ def demo_instructions(config: Config) -> str:
         lines += [
             "# 2. ask what the relay would ask (127.0.0.3 never logged in); `ask` talks to a unix socket",
             "ask() { python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
-            ' s.sendall(sys.argv[2].encode().decode("unicode_escape").encode()); print(s.recv(65536).decode())\' "$@"; }',
+            ' s.sendall(sys.argv[2].encode().decode("unicode_escape").encode());'
+            ' print(s.recv(65536).decode())\' "$@"; }',
         ]
     if "policy" in lookups:
         policy = lookups["policy"]
@@ -432,7 +435,7 @@ def demo_instructions(config: Config) -> str:
             "# 3. what popbridge knows, through the admin socket",
             f"popbridge list --socket {shlex.quote(_unix_address(config.control.listen))}",
         ]
-    lines += ["", f"The configuration is {config.source}; stop the demo with Ctrl-C."]
+    lines += ["", "Stop the demo with Ctrl-C; edit the configuration to experiment (it is never overwritten)."]
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,7 @@ class SaslUserReader:
             return
         decoded = _decode(encoded.strip())
         if decoded is not None:
-            self.user = _clean(self._reader(decoded))
+            self.user = clean_name(self._reader(decoded))
 
 
 def _decode(encoded: bytes) -> bytes | None:
@@ -43,7 +43,7 @@ def _decode(encoded: bytes) -> bytes | None:
         return None  # the server will refuse it; the name stays unknown
 
 
-def _clean(name: str) -> str:
+def clean_name(name: str) -> str:
     """A name fit for logs and lookups: printable, one line, bounded."""
     return "".join(c for c in name if c.isprintable())[:255]
 

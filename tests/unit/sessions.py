@@ -1,8 +1,17 @@
-"""Helpers to drive a Pop3LoginWatcher through scripted sessions."""
+"""Helpers to drive a login watcher (POP3 or IMAP4) through scripted sessions."""
 
 from dataclasses import dataclass, field
 
-from popbridge.wire.login import Action, Authenticated, BackendNotice, LoginFailed, LoginSucceeded, ToBackend, ToClient
+from popbridge.wire.login import (
+    Action,
+    Authenticated,
+    BackendNotice,
+    LoginFailed,
+    LoginSucceeded,
+    LoginWatcher,
+    ToBackend,
+    ToClient,
+)
 from popbridge.wire.pop3 import Pop3LoginWatcher
 
 GREETING = b"+OK Dovecot ready. <1896.697170952@dbc.mtview.ca.us>\r\n"
@@ -42,9 +51,7 @@ class Outcome:
         return [e for e in self.events if isinstance(e, BackendNotice)]
 
 
-def run_session(
-    steps: list[tuple[str, bytes]], watcher: Pop3LoginWatcher | None = None, chunk: int = 0
-) -> Outcome:
+def run_session(steps: list[tuple[str, bytes]], watcher: LoginWatcher | None = None, chunk: int = 0) -> Outcome:
     """Feed ("client"|"backend", bytes) steps in order; `chunk` > 0 splits every step."""
     watcher = watcher or Pop3LoginWatcher()
     outcome = Outcome()

@@ -1,0 +1,348 @@
+"""The IMAP4 login watcher (RFC 3501 / 9051, 7888 literals, 4959 SASL-IR), sans-IO.
+
+Like the POP3 watcher, it stands between client and backend until the login succeeds:
+
+- client commands reach the backend one at a time, each with its literals; the next command is
+  read only after the tagged completion of the previous one, so pipelined or tag-reusing
+  clients cannot make popbridge and the server disagree about which answer belongs to which
+  command. A sync literal ``{n}`` waits for the backend's own ``+`` (relayed); ``{n+}`` and
+  ``{n-}`` follow at once. If the backend ends a command early (a tagged NO to a literal),
+  whatever the client sends next is read as a new command, as the server reads it;
+- a login counts only on the tagged ``OK`` whose tag is the LOGIN or AUTHENTICATE command's:
+  never on ``PREAUTH``, untagged lines, NO, BAD, or the answer to any other command. A tagged
+  answer with any other tag is a protocol error and ends the session;
+- STARTTLS is refused locally and removed from capability lists until popbridge does TLS;
+- a client's ID loses any x-originating-* / x-connected-* fields (only popbridge may vouch for
+  the client's address). With `client_address`, popbridge sends its own ID with the real
+  address before the client's first command (Dovecot honours it from login_trusted_networks).
+
+After the login it emits `Authenticated` and becomes a plain pipe (IDLE, COMPRESS, FETCH...).
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from popbridge.wire.imap4_syntax import (
+    CRLF,
+    CommandPart,
+    ImapSyntaxError,
+    LiteralData,
+    astrings,
+    capabilities_in,
+    hide_starttls,
+    id_command,
+    id_fields,
+    is_tag,
+    literal_at_end,
+    quoted,
+    without_forwarding_fields,
+)
+from popbridge.wire.login import (
+    Action,
+    Authenticated,
+    BackendNotice,
+    LoginFailed,
+    LoginProtocolError,
+    LoginSucceeded,
+    ToBackend,
+    ToClient,
+)
+from popbridge.wire.sasl import SaslUserReader, clean_name
+
+PROBE_TAG = b"popbridge0"  # our own ID command; client commands only start after it is done
+
+
+class ImapProtocolError(LoginProtocolError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, b"* BYE popbridge: " + message.encode() + CRLF)
+
+
+class State(Enum):
+    GREETING = auto()  # waiting for the backend's greeting
+    PROBE = auto()  # our own ID is out; client commands wait
+    READY = auto()  # no command outstanding: the next client line starts one
+    CLIENT_LITERAL = auto()  # reading the bytes of a literal from the client
+    CLIENT_LINE = auto()  # reading the rest of a command line after a literal
+    CONTINUATION = auto()  # a sync literal was announced: waiting for the backend's "+"
+    RESPONSE = auto()  # the whole command is out: waiting for its tagged completion
+    SASL_SERVER = auto()  # AUTHENTICATE is out: waiting for "+ challenge" or completion
+    SASL_CLIENT = auto()  # the next client line is SASL data, never a command
+    AUTHENTICATED = auto()  # a plain pipe
+
+
+CLIENT_TURN = (State.READY, State.CLIENT_LITERAL, State.CLIENT_LINE, State.SASL_CLIENT)
+
+
+@dataclass
+class _Command:
+    tag: bytes
+    verb: bytes
+    parts: list[CommandPart] = field(default_factory=list)  # kept for LOGIN only, to read the user
+    size: int = 0
+    sasl: SaslUserReader | None = None
+
+
+class Imap4LoginWatcher:
+    """Fed client and backend bytes; returns the actions the glue carries out, in order."""
+
+    protocol = "imap4"
+
+    def __init__(
+        self,
+        client_address: tuple[str, int] | None = None,
+        max_line: int = 16_384,
+        max_literal: int = 65_536,
+        max_pending: int = 131_072,
+        max_bad_commands: int = 10,
+    ) -> None:
+        self._forward_address = client_address
+        self._max_line, self._max_literal, self._max_pending = max_line, max_literal, max_pending
+        self._max_bad, self._bad = max_bad_commands, 0
+        self._client, self._backend = b"", b""
+        self.state = State.GREETING
+        self._greeting = b""
+        self._command: _Command | None = None
+        self._literal = 0  # bytes of the literal the client is sending or about to send
+
+    def goodbye(self, reason: str) -> bytes:
+        return b"* BYE [UNAVAILABLE] popbridge: " + reason.encode() + CRLF
+
+    # -- input --------------------------------------------------------------------------
+
+    def feed_client(self, data: bytes) -> list[Action]:
+        if self.state is State.AUTHENTICATED:
+            return [ToBackend(data)]
+        self._client += data
+        if len(self._client) > self._max_pending:
+            raise ImapProtocolError("too much input before login")
+        return self._run()
+
+    def feed_backend(self, data: bytes) -> list[Action]:
+        if self.state is State.AUTHENTICATED:
+            return [ToClient(data)]
+        self._backend += data
+        return self._run()
+
+    def _run(self) -> list[Action]:
+        actions: list[Action] = []
+        try:
+            while self.state is not State.AUTHENTICATED:
+                response = self._take_response()
+                if response is not None:
+                    actions += self._on_response(*response)
+                    continue
+                step = self._client_step() if self.state in CLIENT_TURN else None
+                if step is None:
+                    break
+                actions += step
+        except ImapSyntaxError as e:
+            raise ImapProtocolError(str(e)) from None
+        return actions
+
+    # -- framing ------------------------------------------------------------------------
+
+    def _take_segment(self, buffer: bytes, start: int) -> tuple[bytes, int] | None:
+        """The line at `start` (terminator removed) and where the next one begins."""
+        end = buffer.find(b"\n", start, start + self._max_line + 1)
+        if end < 0:
+            if len(buffer) - start > self._max_line:
+                raise ImapProtocolError(f"line over {self._max_line} bytes")
+            return None
+        line = buffer[start:end].removesuffix(b"\r")
+        if b"\r" in line or b"\0" in line:
+            raise ImapProtocolError("CR or NUL inside a line")
+        return line, end + 1
+
+    def _take_response(self) -> tuple[bytes, bytes] | None:
+        """One whole backend response (server literals included): (raw bytes, first line)."""
+        first = self._take_segment(self._backend, 0)
+        if first is None:
+            return None
+        line, position = first
+        segment = line
+        while not line.startswith(b"+") and (literal := literal_at_end(segment, self._max_pending)):
+            if len(self._backend) < position + literal.size:
+                return None
+            following = self._take_segment(self._backend, position + literal.size)
+            if following is None:
+                return None
+            segment, position = following
+        raw, self._backend = self._backend[:position], self._backend[position:]
+        return raw, line
+
+    # -- client commands ----------------------------------------------------------------
+
+    def _client_step(self) -> list[Action] | None:
+        if self.state is State.CLIENT_LITERAL:
+            if len(self._client) < self._literal:
+                return None
+            data, self._client = self._client[: self._literal], self._client[self._literal :]
+            self._grow(data)
+            self.state = State.CLIENT_LINE
+            return [ToBackend(data)]
+        taken = self._take_segment(self._client, 0)
+        if taken is None:
+            return None
+        line, end = taken
+        raw, self._client = self._client[:end], self._client[end:]
+        if self.state is State.SASL_CLIENT:
+            assert self._command is not None and self._command.sasl is not None
+            self._command.sasl.client_response(line)
+            self.state = State.SASL_SERVER
+            return [ToBackend(raw)]
+        if self.state is State.CLIENT_LINE:
+            return self._command_text(line, raw)
+        return self._new_command(line, raw)
+
+    def _new_command(self, line: bytes, raw: bytes) -> list[Action]:
+        tag, _, rest = line.partition(b" ")
+        verb, _, arguments = rest.partition(b" ")
+        if not is_tag(tag) or not verb:
+            if literal_at_end(line, self._max_literal):
+                raise ImapProtocolError("literal after an invalid command")
+            return self._bad_command(b"* BAD popbridge: missing or invalid tag\r\n")
+        verb = verb.upper()
+        if verb == b"STARTTLS":
+            return self._bad_command(tag + b" BAD STARTTLS is not offered here\r\n")
+        if verb == b"ID":
+            return self._client_id(tag, arguments)
+        self._command = _Command(tag, verb)
+        if verb == b"AUTHENTICATE":
+            return self._authenticate(arguments, raw)
+        return self._command_text(line, raw)
+
+    def _command_text(self, line: bytes, raw: bytes) -> list[Action]:
+        """A line of the current command: the first, or the rest after a literal."""
+        assert self._command is not None
+        literal = literal_at_end(line, self._max_literal)
+        self._grow(line[: line.rfind(b"{")] if literal else line)
+        if literal is None:
+            self.state = State.RESPONSE
+        elif literal.synchronising:
+            self.state, self._literal = State.CONTINUATION, literal.size
+        else:
+            self.state, self._literal = State.CLIENT_LITERAL, literal.size
+        return [ToBackend(raw)]
+
+    def _grow(self, part: bytes) -> None:
+        command = self._command
+        assert command is not None
+        command.size += len(part)
+        if command.size > self._max_pending:
+            raise ImapProtocolError("command too long")
+        if command.verb == b"LOGIN":
+            command.parts.append(LiteralData(part) if self.state is State.CLIENT_LITERAL else part)
+
+    def _authenticate(self, arguments: bytes, raw: bytes) -> list[Action]:
+        assert self._command is not None
+        mechanism, _, initial = arguments.partition(b" ")
+        if not mechanism or literal_at_end(arguments, self._max_literal):
+            raise ImapProtocolError("malformed AUTHENTICATE")
+        self._command.sasl = SaslUserReader(mechanism.decode("ascii", "replace"))
+        if initial:
+            self._command.sasl.client_response(initial)
+        self.state = State.SASL_SERVER
+        return [ToBackend(raw)]
+
+    def _client_id(self, tag: bytes, arguments: bytes) -> list[Action]:
+        if literal_at_end(arguments, self._max_literal):
+            raise ImapProtocolError("literals in ID are not accepted before login")
+        try:
+            fields = without_forwarding_fields(id_fields(arguments))
+        except ImapSyntaxError:
+            return self._bad_command(tag + b" BAD popbridge: malformed ID\r\n")
+        self._command, self.state = _Command(tag, b"ID"), State.RESPONSE
+        return [ToBackend(id_command(tag, fields))]
+
+    def _bad_command(self, answer: bytes) -> list[Action]:
+        self._count_bad()
+        return [ToClient(answer)]
+
+    def _count_bad(self) -> None:
+        self._bad += 1
+        if self._bad > self._max_bad:
+            raise ImapProtocolError("too many bad commands")
+
+    # -- backend responses --------------------------------------------------------------
+
+    def _on_response(self, raw: bytes, line: bytes) -> list[Action]:
+        if line.startswith(b"+"):
+            return self._continuation(raw)
+        if line.startswith(b"* "):
+            return self._untagged(raw, line)
+        tag, _, rest = line.partition(b" ")
+        status = rest.partition(b" ")[0].upper()
+        if self.state is State.PROBE and tag == PROBE_TAG:
+            return self._after_probe(line, status)
+        command = self._command
+        if command is None or tag != command.tag or self.state in (State.GREETING, State.PROBE, State.READY):
+            raise ImapProtocolError(f"backend answered a command that is not outstanding: {line[:40]!r}")
+        if status not in (b"OK", b"NO", b"BAD"):
+            raise ImapProtocolError(f"backend sent no status: {line[:40]!r}")
+        self.state, self._command = State.READY, None
+        if status == b"BAD":
+            self._count_bad()
+        if command.verb not in (b"LOGIN", b"AUTHENTICATE"):
+            return [ToClient(hide_starttls(raw))]
+        user, method = _login_identity(command)
+        if status != b"OK":
+            return [LoginFailed(user, method), ToClient(raw)]
+        self.state = State.AUTHENTICATED
+        leftovers = Authenticated(self._client, self._backend)
+        self._client = self._backend = b""
+        return [LoginSucceeded(user, method), ToClient(hide_starttls(raw)), leftovers]
+
+    def _continuation(self, raw: bytes) -> list[Action]:
+        if self.state is State.CONTINUATION:
+            self.state = State.CLIENT_LITERAL
+        elif self.state is State.SASL_SERVER:
+            self.state = State.SASL_CLIENT
+        else:
+            raise ImapProtocolError("backend sent an unexpected continuation")
+        return [ToClient(raw)]
+
+    def _untagged(self, raw: bytes, line: bytes) -> list[Action]:
+        if self.state is State.GREETING:
+            return self._after_greeting(raw, line)
+        if self.state is State.PROBE and line[2:5].upper() == b"ID ":
+            return []  # the answer to our own ID is not the client's business
+        return [ToClient(hide_starttls(raw))]
+
+    def _after_greeting(self, raw: bytes, line: bytes) -> list[Action]:
+        status = line[2:].partition(b" ")[0].upper()
+        greeting = hide_starttls(raw)
+        if status == b"PREAUTH":  # logged in without a login: pass it on, record nothing
+            self.state = State.AUTHENTICATED
+            leftovers = Authenticated(self._client, self._backend)
+            self._client = self._backend = b""
+            return [ToClient(greeting), leftovers]
+        if status not in (b"OK", b"BYE"):
+            raise ImapProtocolError(f"backend greeting is not OK, PREAUTH or BYE: {line[:40]!r}")
+        self.state = State.READY
+        if status == b"BYE" or self._forward_address is None:
+            return [ToClient(greeting)]
+        offered = capabilities_in(line)
+        if offered is not None and b"ID" not in offered:
+            return [BackendNotice("backend does not offer ID: client address not forwarded"), ToClient(greeting)]
+        host, port = self._forward_address
+        self._greeting, self.state = greeting, State.PROBE
+        fields = b'("x-originating-ip" ' + quoted(host.encode()) + b' "x-originating-port" "' + str(port).encode() + b'")'
+        return [ToBackend(PROBE_TAG + b" ID " + fields + CRLF)]
+
+    def _after_probe(self, line: bytes, status: bytes) -> list[Action]:
+        self.state = State.READY
+        greeting, self._greeting = self._greeting, b""
+        if status == b"OK":
+            return [ToClient(greeting)]
+        return [BackendNotice(f"backend refused ID: {line[:80]!r}"), ToClient(greeting)]
+
+
+def _login_identity(command: _Command) -> tuple[str, str]:
+    """(user, method) of a LOGIN or AUTHENTICATE command; the user may be ""."""
+    if command.sasl is not None:
+        return command.sasl.user, f"AUTHENTICATE {command.sasl.mechanism}"
+    try:
+        arguments = astrings(command.parts, skip=2)
+    except ImapSyntaxError:
+        return "", "LOGIN"
+    return (clean_name(arguments[0].decode("utf-8", "replace")) if arguments else ""), "LOGIN"
