@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from popbridge.config import Config, LedgerConfig
-from popbridge.demo import demo_backend_factory
+from popbridge.demo_backend import demo_backend_factory
 from popbridge.ledger import ILedger
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import control_factory, lookup_factory

@@ -1,7 +1,8 @@
 """The ledger: which client addresses logged in recently, as whom, over which protocol.
 
-One interface, several stores (memory now; SQLite and Redis later). Every method returns a
-Deferred so a store may do I/O; the memory store answers at once. Addresses given to a ledger
+One interface, three stores: memory (`memory.py`), SQLite (`sqlite.py`, the durable default)
+and Redis (`redis.py`, shared by several nodes); `stores.py` builds the configured one. Every
+method returns a Deferred so a store may do I/O; the memory store answers at once. Addresses given to a ledger
 are raw peer addresses: the ledger normalises them with `popbridge.addresses.client_key`.
 
 Liveness rule (DESIGN.md): a login authorises its address for `ttl` seconds after it was
@@ -9,6 +10,7 @@ recorded; while the proxy session that made it is still open it stays live, and 
 starts again when that session ends. A new login for the same (user, protocol) refreshes it.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
@@ -35,8 +37,13 @@ class LedgerUnavailable(Exception):
     """The store could not answer; callers answer a temporary failure, never a yes."""
 
 
+class LedgerStoreError(Exception):
+    """A store cannot be opened at all (locked, corrupt, unwritable, bad URL); the message names
+    the file or server, and the daemon stops rather than run without its ledger."""
+
+
 class ILedger(Interface):
-    """Live logins per client address. Implementations: MemoryLedger (more later)."""
+    """Live logins per client address. Implementations: MemoryLedger, SqliteLedger, RedisLedger."""
 
     ttl = Attribute("seconds a login authorises its address after it was made or its session ended")
 
@@ -60,3 +67,13 @@ class ILedger(Interface):
 
     def purge() -> "Deferred[int]":
         """Drop expired logins (run periodically); fires with how many addresses were forgotten."""
+
+
+class IRestorableLedger(ILedger):
+    """A ledger that can take logins as they are, with their own times (`popbridge migrate-store`)."""
+
+    def restore(logins: "Iterable[Login]") -> "Deferred[int]":
+        """Store each login with its `when` and `tls`; fires with how many were stored.
+
+        Open sessions do not travel between stores: pass them as ended (`open_sessions=0`).
+        """

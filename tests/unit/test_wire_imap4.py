@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popbridge.wire.imap4 import PROBE_TAG, Imap4LoginWatcher, ImapProtocolError, State
+from popbridge.wire.imap4 import PROBE_TAG, Imap4LoginWatcher, ImapProtocolError
 from popbridge.wire.login import LoginFailed, LoginSucceeded
 from tests.unit.sessions import run_session
 

@@ -1,0 +1,234 @@
+"""The directory: per-user facts from LDAP (is this user exempt? which mail host is theirs?).
+
+Why it looks like this:
+
+- ldap3 blocks, so every query runs through an injected `run_blocking` (a bounded thread pool
+  in production, a direct call in tests) on a pooled, already-bound connection
+  (`popbridge.ldap_search`). The reactor thread never waits on LDAP.
+- Answers are cached with the injected clock: an existing user's for `cache_ttl`, "no such
+  user" for `negative_cache_ttl`, so a busy relay does not put a search behind every request.
+  Concurrent look-ups of one user share one query.
+- The directory never fails its caller. When LDAP is down, or slower than `timeout`, the last
+  answer serves if it is at most `stale_ttl` past its freshness, else FALLBACK: not exempt,
+  the default backend. So a failure never grants anything that LDAP did not recently grant,
+  and a look-up answers within `timeout` (plus the reactor's own latency). The outage is
+  logged once when it starts and once when LDAP answers again.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from cachetools import TTLCache
+from ldap3.core.exceptions import LDAPException
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import Interface, implementer
+
+from popbridge.config import LdapConfig
+from popbridge.ldap_search import ConnectionPool, Found, UserFacts, ldap_connector, search_user
+
+__all__ = ["FALLBACK", "IDirectory", "LdapDirectory", "MemoryDirectory", "UserFacts", "ldap_directory"]
+
+FALLBACK = UserFacts()  # what an unknown user, or a directory that cannot answer, gets
+LDAP_THREADS = 4  # worker threads, and so at most this many LDAP connections
+MAX_CACHED_USERS = 100_000
+
+T = TypeVar("T")
+RunBlocking = Callable[..., "Deferred[Any]"]  # run_blocking(f, *args) fires with f(*args)
+
+
+class IDirectory(Interface):
+    """Per-user facts. Implementations: LdapDirectory, MemoryDirectory (the test twin)."""
+
+    def facts(user: str) -> "Deferred[UserFacts]":
+        """What the directory says about `user`. Never fails: FALLBACK when it cannot tell."""
+
+    def is_exempt(user: str) -> "Deferred[bool]":
+        """Whether `user`'s outbound mail may skip filtering; False when unknown or in doubt."""
+
+    def backend_for(user: str) -> "Deferred[str | None]":
+        """`user`'s mail host as ``host`` or ``host:port``; None means the default backend."""
+
+
+class _FromFacts:
+    """`is_exempt` and `backend_for`, derived from `facts` the same way for every directory."""
+
+    def facts(self, user: str) -> "Deferred[UserFacts]":
+        raise NotImplementedError
+
+    def is_exempt(self, user: str) -> "Deferred[bool]":
+        return self.facts(user).addCallback(lambda facts: facts.exempt)
+
+    def backend_for(self, user: str) -> "Deferred[str | None]":
+        return self.facts(user).addCallback(lambda facts: facts.backend)
+
+
+@implementer(IDirectory)
+class MemoryDirectory(_FromFacts):
+    """Facts from a dict: the twin that tests (and a directory-less setup) use."""
+
+    def __init__(self, users: dict[str, UserFacts] | None = None) -> None:
+        self.users = dict(users or {})
+
+    def facts(self, user: str) -> "Deferred[UserFacts]":
+        return succeed(self.users.get(user, FALLBACK) if user else FALLBACK)
+
+
+@dataclass(frozen=True)
+class _Cached:
+    facts: UserFacts
+    fresh_until: float
+
+
+@dataclass(frozen=True)
+class _Unavailable:
+    """A query failed; travels down the shared query Deferred instead of a Failure."""
+
+    reason: str
+
+
+class DirectoryUnavailable(Exception):
+    """LDAP did not answer in time or at all; callers serve the cache or FALLBACK."""
+
+
+@implementer(IDirectory)
+class LdapDirectory(_FromFacts):
+    log = Logger()
+
+    def __init__(
+        self,
+        config: LdapConfig,
+        pool: ConnectionPool,
+        run_blocking: RunBlocking,
+        clock: IReactorTime,
+        max_users: int = MAX_CACHED_USERS,
+    ) -> None:
+        self._config, self._pool, self._run_blocking, self._clock = config, pool, run_blocking, clock
+        # entries outlive their freshness by stale_ttl: kept only to serve during outages
+        self._found: TTLCache[str, _Cached] = TTLCache(max_users, config.cache_ttl + config.stale_ttl, clock.seconds)
+        self._missing: TTLCache[str, _Cached] = TTLCache(
+            max_users, config.negative_cache_ttl + config.stale_ttl, clock.seconds
+        )
+        self._queries: dict[str, Deferred[UserFacts | _Unavailable]] = {}
+        self._down_since: float | None = None
+
+    def facts(self, user: str) -> "Deferred[UserFacts]":
+        return Deferred.fromCoroutine(self._facts(user))
+
+    def close(self) -> None:
+        """Drop the idle connections (the service calls this after the thread pool stopped)."""
+        self._pool.close()
+
+    async def _facts(self, user: str) -> UserFacts:
+        if not user:  # GSSAPI/EXTERNAL logins have no name to look up
+            return FALLBACK
+        cached = self._cached(user)
+        if cached is not None and self._clock.seconds() < cached.fresh_until:
+            return cached.facts
+        try:
+            return await self._query(user).addTimeout(self._config.timeout, self._clock)
+        except Exception as e:  # TimeoutError, DirectoryUnavailable
+            self._went_down(str(e) or type(e).__name__)
+            cached = self._cached(user)  # may have expired, or been refreshed, meanwhile
+            self.log.debug("LDAP look-up of {user!r} failed; serving {source}", user=user,
+                           source="the cached answer" if cached else "the fallback")
+            return cached.facts if cached is not None else FALLBACK
+
+    def _cached(self, user: str) -> _Cached | None:
+        return self._found.get(user) or self._missing.get(user)
+
+    def _query(self, user: str) -> "Deferred[UserFacts]":
+        """A Deferred of its own for this caller, fed by the one query running for `user`."""
+        shared = self._queries.get(user)
+        if shared is None:
+            shared = self._run_blocking(self._pool.run, partial(search_user, self._config, user))
+            self._queries[user] = shared  # before _landed, which may run at once (tests)
+            shared.addBoth(self._landed, user)
+        mine: Deferred[UserFacts] = Deferred()
+        shared.addCallback(_hand_over, mine)
+        return mine
+
+    def _landed(self, result: "Found | Failure", user: str) -> "UserFacts | _Unavailable":
+        """Every query ends here on the reactor thread: cache, log, and never leave a Failure."""
+        self._queries.pop(user, None)
+        if isinstance(result, Failure):
+            if not result.check(LDAPException, OSError):  # not an outage: our bug; still no grant
+                self.log.failure("LDAP look-up of {user!r} failed", result, user=user)
+            reason = self._scrub(result.getErrorMessage()) or result.type.__name__
+            self._went_down(reason)
+            return _Unavailable(reason)
+        self._came_back()
+        if result.note:
+            self.log.warn("LDAP entry for {user!r}: {note}", user=user, note=result.note)
+        now = self._clock.seconds()
+        if result.facts is None:
+            self._found.pop(user, None)
+            self._missing[user] = _Cached(FALLBACK, now + self._config.negative_cache_ttl)
+            return FALLBACK
+        self._missing.pop(user, None)
+        self._found[user] = _Cached(result.facts, now + self._config.cache_ttl)
+        return result.facts
+
+    def _went_down(self, reason: str) -> None:
+        if self._down_since is not None:
+            self.log.debug("LDAP still unavailable: {reason}", reason=reason)
+            return
+        self._down_since = self._clock.seconds()
+        self.log.error(
+            "LDAP directory unavailable ({reason}); answering from the cache (up to {stale} s stale), "
+            "else not exempt and the default backend, until it answers again",
+            reason=reason, stale=self._config.stale_ttl,
+        )
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            self.log.info("LDAP directory answers again after {seconds:.1f} s",
+                          seconds=self._clock.seconds() - self._down_since)
+            self._down_since = None
+
+    def _scrub(self, text: str) -> str:
+        """Error texts come from ldap3 and the network: make sure the password is not in one."""
+        password = self._config.bind_password
+        return text.replace(password, "********") if password else text
+
+
+def _hand_over(result: "UserFacts | _Unavailable", mine: "Deferred[UserFacts]") -> "UserFacts | _Unavailable":
+    """Pass the shared answer to one caller, unless that caller timed out already."""
+    if not mine.called:
+        if isinstance(result, _Unavailable):
+            mine.errback(DirectoryUnavailable(result.reason))
+        else:
+            mine.callback(result)
+    return result
+
+
+class ThreadPoolService(Service):
+    """Runs the LDAP thread pool while the daemon runs; closes idle connections at the end."""
+
+    def __init__(self, pool: ThreadPool, on_stop: Callable[[], None]) -> None:
+        self._threads, self._on_stop = pool, on_stop
+
+    def startService(self) -> None:
+        super().startService()
+        self._threads.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._threads.stop()  # waits for running queries: each is bounded by `timeout`
+        self._on_stop()
+
+
+def ldap_directory(config: LdapConfig, reactor: Any) -> tuple[LdapDirectory, Service]:
+    """The production directory and the service that owns its threads."""
+    threads = ThreadPool(minthreads=0, maxthreads=LDAP_THREADS, name="popbridge-ldap")
+    directory = LdapDirectory(
+        config, ConnectionPool(ldap_connector(config), LDAP_THREADS), partial(deferToThreadPool, reactor, threads), reactor
+    )
+    return directory, ThreadPoolService(threads, directory.close)
