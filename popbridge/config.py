@@ -19,6 +19,9 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.operation.search import parse_filter
 from twisted.internet.endpoints import clientFromString, serverFromString
 
+from popbridge.config_tls import TLS_KEYS, TlsConfig, proxy_tls
+from popbridge.ledger.spec import DEFAULT_STORE, parse_store
+
 PROXY_PROTOCOLS = ("pop3", "imap4")
 LOOKUP_PROTOCOLS = ("policy", "socketmap", "whoson")
 
@@ -30,8 +33,10 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class LedgerConfig:
     ttl: float = 1800.0
-    store: str = "memory"
+    store: str = DEFAULT_STORE  # see popbridge.ledger.spec
     ipv6_prefix: int = 128
+    redis_password: str = field(default="", repr=False)  # from redis_password_file
+    redis_timeout: float = 0.5  # seconds a Redis call may take before lookups answer tempfail
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,12 @@ class ProxyConfig:
     forward_client_address: bool = False
     idle_timeout: float = 600.0  # seconds without input from the client before it logs in
     connect_timeout: float = 10.0  # seconds to reach the backend
+    tls: TlsConfig = TlsConfig()
+    bind: str = ""  # the endpoint actually bound: `listen`, with ssl: turned into tcp:
+
+    @property
+    def listen_endpoint(self) -> str:
+        return self.bind or self.listen
 
 
 @dataclass(frozen=True)
@@ -142,24 +153,43 @@ def parse_config(document: Mapping[str, Any], source: str) -> Config:
 
 def _ledger(reader: "_Reader", table: Mapping[str, Any]) -> LedgerConfig:
     where = "[ledger]"
-    reader.only_keys(where, table, ("ttl", "store", "ipv6_prefix"))
+    reader.only_keys(where, table, ("ttl", "store", "ipv6_prefix", "redis_password_file", "redis_timeout"))
     ttl = reader.number(where, table, "ttl", LedgerConfig.ttl, minimum=1)
     store = reader.string(where, table, "store", LedgerConfig.store)
-    if store != "memory":
-        reader.fail(where, "store", f"unsupported store {store!r}: this version has only \"memory\"")
+    try:
+        kind = parse_store(store).kind
+    except ValueError as e:
+        reader.fail(where, "store", str(e))
+    for key in ("redis_password_file", "redis_timeout"):
+        if key in table and kind != "redis":
+            reader.fail(where, key, "only for a \"redis://\" or \"rediss://\" store")
+    password = ""
+    if "redis_password_file" in table:
+        path = reader.string(where, table, "redis_password_file")
+        try:
+            password = Path(path).read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            reader.fail(where, "redis_password_file", f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
     prefix = int(reader.number(where, table, "ipv6_prefix", LedgerConfig.ipv6_prefix, minimum=1, integer=True))
     if prefix > 128:
         reader.fail(where, "ipv6_prefix", f"{prefix} is not a prefix length (1-128)")
-    return LedgerConfig(ttl=ttl, store=store, ipv6_prefix=prefix)
+    return LedgerConfig(
+        ttl=ttl, store=store, ipv6_prefix=prefix, redis_password=password,
+        redis_timeout=reader.number(where, table, "redis_timeout", LedgerConfig.redis_timeout, minimum=0.01),
+    )
 
 
 def _proxy(reader: "_Reader", where: str, table: Mapping[str, Any]) -> ProxyConfig:
     reader.only_keys(
-        where, table, ("protocol", "listen", "backend", "forward_client_address", "idle_timeout", "connect_timeout")
+        where, table, ("protocol", "listen", "backend", "forward_client_address", "idle_timeout", "connect_timeout", *TLS_KEYS)
     )
+    listen = reader.string(where, table, "listen")
+    bind, tls = proxy_tls(reader, where, table, listen)
     return ProxyConfig(
         protocol=reader.choice(where, table, "protocol", PROXY_PROTOCOLS),
-        listen=reader.endpoint(where, table, "listen", serverFromString),
+        listen=listen,
+        bind=reader.endpoint(where, {"listen": bind}, "listen", serverFromString),
+        tls=tls,
         backend=reader.endpoint(where, table, "backend", clientFromString),
         forward_client_address=reader.boolean(where, table, "forward_client_address", False),
         idle_timeout=reader.number(where, table, "idle_timeout", ProxyConfig.idle_timeout, minimum=1),

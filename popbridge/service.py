@@ -12,13 +12,15 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from popbridge.config import Config, LedgerConfig
+from popbridge.config import Config
 from popbridge.demo_backend import demo_backend_factory
+from popbridge.directory import IDirectory, ldap_directory
 from popbridge.ledger import ILedger
-from popbridge.ledger.memory import MemoryLedger
+from popbridge.ledger.stores import open_store
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.proxy import proxy_factory
 from popbridge.stats import Counters
+from popbridge.tls_reload import CertificateReloader
 from popbridge.verdict import Verdicts
 
 PURGE_INTERVAL = 60.0  # seconds between sweeps of expired logins
@@ -33,10 +35,11 @@ class Listener(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, what: str, description: str, factory: Factory) -> None:
+    def __init__(self, reactor: Any, what: str, description: str, factory: Factory, bind: str = "") -> None:
+        """`description` as the operator wrote it; `bind`, when given, is what is really bound."""
         self._reactor, self.what, self.description, self._factory = reactor, what, description, factory
         factory.noisy = False  # this class logs the listener itself, with what it is for
-        self._endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+        self._endpoint: IStreamServerEndpoint = serverFromString(reactor, bind or description)
         self._port: IListeningPort | None = None
         self.setName(f"{what} {description}")
 
@@ -75,23 +78,28 @@ def _purge(ledger: ILedger) -> "Deferred[int]":
     return ledger.purge().addErrback(lambda failure: Listener.log.failure("ledger purge failed", failure))
 
 
-def build_ledger(config: LedgerConfig, clock: Any) -> ILedger:
-    return MemoryLedger(clock, config.ttl, config.ipv6_prefix)
-
-
 def build_service(config: Config, reactor: Any) -> IService:
     """The service tree for `config`; nothing listens or connects until it is started."""
     top = MultiService()
     counters = Counters(started=reactor.seconds())
-    ledger = build_ledger(config.ledger, reactor)
-    verdicts = Verdicts(ledger)
+    store = open_store(config.ledger, reactor, counters)
+    store.service.setServiceParent(top)  # first child: started before and stopped after its users
+    ledger = store.ledger
+    directory: IDirectory | None = None
+    if config.ldap is not None:
+        directory, ldap_threads = ldap_directory(config.ldap, reactor)
+        ldap_threads.setServiceParent(top)
+    verdicts = Verdicts(ledger, directory)
     purging = TimerService(PURGE_INTERVAL, _purge, ledger)
     purging.clock = reactor
     purging.setServiceParent(top)
+    certificates = CertificateReloader(reactor)
+    certificates.setServiceParent(top)
     for proxy in config.proxies:
         backend = clientFromString(reactor, proxy.backend)
-        factory = proxy_factory(proxy, backend, ledger, counters, reactor)
-        Listener(reactor, f"{proxy.protocol} clients", proxy.listen, factory).setServiceParent(top)
+        certificate = certificates.add(proxy.tls)
+        factory = proxy_factory(proxy, backend, ledger, counters, reactor, certificate)
+        Listener(reactor, f"{proxy.protocol} clients", proxy.listen, factory, proxy.listen_endpoint).setServiceParent(top)
     for lookup in config.lookups:
         factory = lookup_factory(lookup, verdicts, ledger, counters, reactor)
         Listener(reactor, f"{lookup.protocol} lookups", lookup.listen, factory).setServiceParent(top)

@@ -1,33 +1,66 @@
 """Mail proxies: a LoginProxy per client connection, with the watcher of the listener's protocol."""
 
 from functools import partial
+from pathlib import Path
 
 from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 
 from popbridge.config import ProxyConfig
+from popbridge.config_tls import backend_hostname
 from popbridge.ledger import ILedger
-from popbridge.proxy.session import LoginProxy
+from popbridge.proxy.session import LoginProxy, SessionTls
 from popbridge.stats import Counters
-from popbridge.wire.login import LoginWatcher
+from popbridge.tls import ServerCertificate, backend_tls_options
 from popbridge.wire.imap4 import Imap4LoginWatcher
+from popbridge.wire.login import LoginWatcher, TlsOptions
 from popbridge.wire.pop3 import Pop3LoginWatcher
 
 WATCHERS = {"pop3": Pop3LoginWatcher, "imap4": Imap4LoginWatcher}
 
 
 def proxy_factory(
-    config: ProxyConfig, backend: IStreamClientEndpoint, ledger: ILedger, counters: Counters, clock: IReactorTime
+    config: ProxyConfig,
+    backend: IStreamClientEndpoint,
+    ledger: ILedger,
+    counters: Counters,
+    clock: IReactorTime,
+    certificate: ServerCertificate | None = None,
 ) -> Factory:
+    """The factory for one [[proxy]] listener; `certificate` is shared with the SIGHUP reloader."""
     watcher_class = WATCHERS[config.protocol]
+    tls = config.tls
+    options = TlsOptions(
+        offer_starttls=certificate is not None and not tls.implicit,
+        active=tls.implicit,
+        required=tls.require,
+        backend_starttls=tls.backend_starttls,
+    )
+    session_tls = SessionTls(
+        certificate=certificate,
+        implicit=tls.implicit,
+        backend=backend_tls_options(
+            backend_hostname(tls, config.backend), Path(tls.backend_ca) if tls.backend_ca else None, tls.backend_verify
+        )
+        if tls.backend_starttls
+        else None,
+    )
 
     def watcher_for(peer: IAddress) -> LoginWatcher:
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
         forward = (host, port) if config.forward_client_address and host and port is not None else None
-        return watcher_class(client_address=forward)
+        return watcher_class(client_address=forward, tls=options)
 
     return Factory.forProtocol(
         partial(
-            LoginProxy, watcher_for, backend, ledger, counters, clock, config.idle_timeout, config.connect_timeout
+            LoginProxy,
+            watcher_for,
+            backend,
+            ledger,
+            counters,
+            clock,
+            config.idle_timeout,
+            config.connect_timeout,
+            session_tls,
         )
     )

@@ -9,9 +9,16 @@ store it, the client is told so and disconnected; the login is not half-trusted.
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint, ITransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -20,6 +27,7 @@ from twisted.python.failure import Failure
 from popbridge.ledger import ILedger
 from popbridge.proxy.splice import splice
 from popbridge.stats import Counters
+from popbridge.tls import ServerCertificate
 from popbridge.wire.login import (
     Action,
     Authenticated,
@@ -28,9 +36,20 @@ from popbridge.wire.login import (
     LoginProtocolError,
     LoginSucceeded,
     LoginWatcher,
+    StartBackendTls,
+    StartClientTls,
     ToBackend,
     ToClient,
 )
+
+
+@dataclass(frozen=True)
+class SessionTls:
+    """TLS for one listener: the certificate clients see, and how the backend leg is checked."""
+
+    certificate: ServerCertificate | None = None
+    implicit: bool = False  # TLS from the first byte (an ssl: listener)
+    backend: IOpenSSLClientConnectionCreator | None = None  # for backend_starttls
 
 
 class LoginProxy(Protocol, TimeoutMixin):
@@ -48,11 +67,13 @@ class LoginProxy(Protocol, TimeoutMixin):
         clock: IReactorTime,
         idle_timeout: float,
         connect_timeout: float,
+        tls: SessionTls = SessionTls(),
     ) -> None:
         self._watcher_for, self._backend_endpoint = watcher_for, backend
         self._ledger, self._counters, self._clock = ledger, counters, clock
         self._idle_timeout, self._connect_timeout = idle_timeout, connect_timeout
         self.callLater = clock.callLater  # TimeoutMixin's timer
+        self._tls_settings, self._tls = tls, False
         self._backend: BackendLeg | None = None
         self._actions: deque[Action] = deque()
         self._recording = False
@@ -65,6 +86,8 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._client = getattr(self._peer, "host", "")
         self._watcher = self._watcher_for(self._peer)
         self._counters.count(f"{self._watcher.protocol}_connections")
+        if self._tls_settings.implicit:
+            self._start_client_tls()
         self.transport.pauseProducing()  # nothing is read until the backend answers
         self.setTimeout(self._idle_timeout)
         leg_factory = Factory.forProtocol(lambda: BackendLeg(self))
@@ -129,13 +152,19 @@ class LoginProxy(Protocol, TimeoutMixin):
                 self.log.warn("{protocol} backend for {client}: {notice}", protocol=self._watcher.protocol, client=self._client, notice=action.text)
             elif isinstance(action, Authenticated):
                 self._splice(action)
+            elif isinstance(action, StartClientTls):
+                self._start_client_tls()
+            elif isinstance(action, StartBackendTls):
+                self._backend.transport.startTLS(self._tls_settings.backend)  # type: ignore[union-attr]
 
     # -- the login ----------------------------------------------------------------------
 
     def _record(self, login: LoginSucceeded) -> None:
         self._recording = True
         self._pause_both()
-        recorded: Deferred[object] = self._ledger.record(self._client, login.user, self._watcher.protocol, True)
+        recorded: Deferred[object] = self._ledger.record(
+            self._client, login.user, self._watcher.protocol, True, tls=self._tls
+        )
         recorded.addCallbacks(self._recorded, self._not_recorded, callbackArgs=(login,))
 
     def _recorded(self, _: object, login: LoginSucceeded) -> None:
@@ -164,6 +193,11 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._backend.transport.write(leftovers.client_data)
         self.transport.write(leftovers.backend_data)
         splice(self.transport, self._backend.transport)
+
+    def _start_client_tls(self) -> None:
+        assert self._tls_settings.certificate is not None
+        self.transport.startTLS(self._tls_settings.certificate.options())  # type: ignore[attr-defined]
+        self._tls = True
 
     def _pause_both(self) -> None:
         self.transport.pauseProducing()
@@ -196,7 +230,10 @@ class LoginProxy(Protocol, TimeoutMixin):
             ended.addErrback(lambda f: self.log.failure("could not end the session of {client}", f, client=host))
 
     def backendConnectionLost(self) -> None:
-        self.transport.loseConnection()
+        if self._spliced or self._closed:
+            self.transport.loseConnection()
+        else:  # before the login: say why, in the protocol's words
+            self._hang_up(self._watcher.goodbye("connection to the mail server lost"))
 
 
 class BackendLeg(Protocol):

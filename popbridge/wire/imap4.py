@@ -29,12 +29,13 @@ from popbridge.wire.imap4_syntax import (
     LiteralData,
     astrings,
     capabilities_in,
-    hide_starttls,
+    edit_capabilities,
     id_command,
     id_fields,
     is_tag,
     literal_at_end,
     quoted,
+    without_capability_code,
     without_forwarding_fields,
 )
 from popbridge.wire.login import (
@@ -44,12 +45,16 @@ from popbridge.wire.login import (
     LoginFailed,
     LoginProtocolError,
     LoginSucceeded,
+    StartBackendTls,
+    StartClientTls,
+    TlsOptions,
     ToBackend,
     ToClient,
 )
 from popbridge.wire.sasl import SaslUserReader, clean_name
 
 PROBE_TAG = b"popbridge0"  # our own ID command; client commands only start after it is done
+STARTTLS_TAG = b"popbridge1"  # our own STARTTLS towards the backend
 
 
 class ImapProtocolError(LoginProtocolError):
@@ -90,17 +95,21 @@ class Imap4LoginWatcher:
     def __init__(
         self,
         client_address: tuple[str, int] | None = None,
+        tls: TlsOptions = TlsOptions(),
         max_line: int = 16_384,
         max_literal: int = 65_536,
         max_pending: int = 131_072,
         max_bad_commands: int = 10,
     ) -> None:
         self._forward_address = client_address
+        self._tls, self.tls_active = tls, tls.active
         self._max_line, self._max_literal, self._max_pending = max_line, max_literal, max_pending
         self._max_bad, self._bad = max_bad_commands, 0
         self._client, self._backend = b"", b""
         self.state = State.GREETING
         self._greeting = b""
+        self._probe_tag = b""
+        self._offered: set[bytes] | None = None  # the backend greeting's capabilities, if it listed them
         self._command: _Command | None = None
         self._literal = 0  # bytes of the literal the client is sending or about to send
 
@@ -203,7 +212,11 @@ class Imap4LoginWatcher:
             return self._bad_command(b"* BAD popbridge: missing or invalid tag\r\n")
         verb = verb.upper()
         if verb == b"STARTTLS":
-            return self._bad_command(tag + b" BAD STARTTLS is not offered here\r\n")
+            return self._starttls(tag)
+        if verb in (b"LOGIN", b"AUTHENTICATE") and self._tls.required and not self.tls_active:
+            if literal_at_end(line, self._max_literal):
+                raise ImapProtocolError("TLS is required to log in here")
+            return [ToClient(tag + b" NO [PRIVACYREQUIRED] TLS is required to log in here: use STARTTLS\r\n")]
         if verb == b"ID":
             return self._client_id(tag, arguments)
         self._command = _Command(tag, verb)
@@ -254,6 +267,26 @@ class Imap4LoginWatcher:
         self._command, self.state = _Command(tag, b"ID"), State.RESPONSE
         return [ToBackend(id_command(tag, fields))]
 
+    def _starttls(self, tag: bytes) -> list[Action]:
+        if self.tls_active:
+            return self._bad_command(tag + b" BAD TLS is already active\r\n")
+        if not self._tls.offer_starttls:
+            return self._bad_command(tag + b" BAD STARTTLS is not offered here\r\n")
+        self.tls_active = True
+        self._client = b""  # bytes sent behind STARTTLS were sent in the clear: never obeyed
+        return [ToClient(tag + b" OK Begin TLS negotiation now\r\n"), StartClientTls()]
+
+    def _capabilities(self, raw: bytes) -> bytes:
+        """Capability lists as the client must see them: popbridge's STARTTLS, not the backend's."""
+        before_tls = not self.tls_active
+        locked = self._tls.required and before_tls
+        extra = [b"STARTTLS"] * (self._tls.offer_starttls and before_tls) + [b"LOGINDISABLED"] * locked
+
+        def keep(name: bytes) -> bool:
+            return name != b"STARTTLS" and not (locked and name.startswith(b"AUTH="))
+
+        return edit_capabilities(raw, keep, extra)
+
     def _bad_command(self, answer: bytes) -> list[Action]:
         self._count_bad()
         return [ToClient(answer)]
@@ -272,7 +305,7 @@ class Imap4LoginWatcher:
             return self._untagged(raw, line)
         tag, _, rest = line.partition(b" ")
         status = rest.partition(b" ")[0].upper()
-        if self.state is State.PROBE and tag == PROBE_TAG:
+        if self.state is State.PROBE and tag == self._probe_tag:
             return self._after_probe(line, status)
         command = self._command
         if command is None or tag != command.tag or self.state in (State.GREETING, State.PROBE, State.READY):
@@ -283,14 +316,14 @@ class Imap4LoginWatcher:
         if status == b"BAD":
             self._count_bad()
         if command.verb not in (b"LOGIN", b"AUTHENTICATE"):
-            return [ToClient(hide_starttls(raw))]
+            return [ToClient(self._capabilities(raw))]
         user, method = _login_identity(command)
         if status != b"OK":
             return [LoginFailed(user, method), ToClient(raw)]
         self.state = State.AUTHENTICATED
         leftovers = Authenticated(self._client, self._backend)
         self._client = self._backend = b""
-        return [LoginSucceeded(user, method), ToClient(hide_starttls(raw)), leftovers]
+        return [LoginSucceeded(user, method), ToClient(self._capabilities(raw)), leftovers]
 
     def _continuation(self, raw: bytes) -> list[Action]:
         if self.state is State.CONTINUATION:
@@ -306,11 +339,11 @@ class Imap4LoginWatcher:
             return self._after_greeting(raw, line)
         if self.state is State.PROBE and line[2:5].upper() == b"ID ":
             return []  # the answer to our own ID is not the client's business
-        return [ToClient(hide_starttls(raw))]
+        return [ToClient(self._capabilities(raw))]
 
     def _after_greeting(self, raw: bytes, line: bytes) -> list[Action]:
         status = line[2:].partition(b" ")[0].upper()
-        greeting = hide_starttls(raw)
+        greeting = self._capabilities(raw)
         if status == b"PREAUTH":  # logged in without a login: pass it on, record nothing
             self.state = State.AUTHENTICATED
             leftovers = Authenticated(self._client, self._backend)
@@ -319,22 +352,41 @@ class Imap4LoginWatcher:
         if status not in (b"OK", b"BYE"):
             raise ImapProtocolError(f"backend greeting is not OK, PREAUTH or BYE: {line[:40]!r}")
         self.state = State.READY
-        if status == b"BYE" or self._forward_address is None:
+        if status == b"BYE":
             return [ToClient(greeting)]
-        offered = capabilities_in(line)
-        if offered is not None and b"ID" not in offered:
-            return [BackendNotice("backend does not offer ID: client address not forwarded"), ToClient(greeting)]
+        self._greeting, self._offered = greeting, capabilities_in(line)
+        if self._tls.backend_starttls:
+            self._greeting = without_capability_code(greeting)  # the backend's list changes with TLS
+            return self._probe(STARTTLS_TAG, b"STARTTLS")
+        return self._forward_client_address()
+
+    def _probe(self, tag: bytes, command: bytes) -> list[Action]:
+        self._probe_tag, self.state = tag, State.PROBE
+        return [ToBackend(tag + b" " + command + CRLF)]
+
+    def _forward_client_address(self) -> list[Action]:
+        self.state = State.READY
+        if self._forward_address is None:
+            return [self._release_greeting()]
+        if self._offered is not None and b"ID" not in self._offered:
+            return [BackendNotice("backend does not offer ID: client address not forwarded"), self._release_greeting()]
         host, port = self._forward_address
-        self._greeting, self.state = greeting, State.PROBE
         fields = b'("x-originating-ip" ' + quoted(host.encode()) + b' "x-originating-port" "' + str(port).encode() + b'")'
-        return [ToBackend(PROBE_TAG + b" ID " + fields + CRLF)]
+        return self._probe(PROBE_TAG, b"ID " + fields)
 
     def _after_probe(self, line: bytes, status: bytes) -> list[Action]:
         self.state = State.READY
+        if self._probe_tag == STARTTLS_TAG:
+            if status != b"OK":
+                raise ImapProtocolError("the mail server refused STARTTLS")
+            self._backend = b""  # what the backend sent before its handshake is never believed
+            return [StartBackendTls(), *self._forward_client_address()]
+        notice = [] if status == b"OK" else [BackendNotice(f"backend refused ID: {line[:80]!r}")]
+        return [*notice, self._release_greeting()]
+
+    def _release_greeting(self) -> ToClient:
         greeting, self._greeting = self._greeting, b""
-        if status == b"OK":
-            return [ToClient(greeting)]
-        return [BackendNotice(f"backend refused ID: {line[:80]!r}"), ToClient(greeting)]
+        return ToClient(greeting)
 
 
 def _login_identity(command: _Command) -> tuple[str, str]:

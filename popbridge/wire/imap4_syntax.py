@@ -7,6 +7,7 @@ list, and capability lists. Everything is bytes in, plain values out; malformed 
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 CRLF = b"\r\n"
@@ -16,8 +17,6 @@ _TAG = re.compile(rb"[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]{1,64}")
 _ATOM = re.compile(rb"[\x21\x23-\x24\x26-\x27\x2b-\x5b\x5d-\x7a\x7c-\x7e]+")  # ATOM-CHAR and "]"
 _LITERAL_AT_END = re.compile(rb"\{([^{}]*)\}\Z")
 _LITERAL_SPEC = re.compile(rb"(\d{1,20})([+-]?)")
-_STARTTLS = re.compile(rb"(?i) STARTTLS(?=[ \]\r\n]|\Z)")
-_CAPABILITY_CODE = re.compile(rb"(?i)\[CAPABILITY [^\]]*\]")
 _CAPABILITY_LIST = re.compile(rb"(?i)\[CAPABILITY ([^\]]*)\]")
 _HIDDEN_ID_FIELDS = (b"x-originating-", b"x-connected-")
 
@@ -160,8 +159,23 @@ def capabilities_in(line: bytes) -> set[bytes] | None:
     return set(code.group(1).upper().split()) if code else None
 
 
-def hide_starttls(line: bytes) -> bytes:
-    """`line` with STARTTLS removed from a CAPABILITY response or ``[CAPABILITY ...]`` code."""
+def edit_capabilities(line: bytes, keep: Callable[[bytes], bool], extra: list[bytes]) -> bytes:
+    """`line` with its capability list edited: a CAPABILITY response or ``[CAPABILITY ...]`` code.
+
+    Capabilities failing `keep` are dropped, then `extra` ones are added. Other lines are
+    returned unchanged.
+    """
+
+    def edited(names: bytes) -> bytes:
+        kept = [name for name in names.split() if keep(name.upper())]
+        return b" ".join(kept + [name for name in extra if name not in kept])
+
     if line[:13].upper() == b"* CAPABILITY ":
-        return _STARTTLS.sub(b"", line)
-    return _CAPABILITY_CODE.sub(lambda code: _STARTTLS.sub(b"", code.group(0)), line)
+        body, ending = line[13:].rstrip(b"\r\n"), line[len(line.rstrip(b"\r\n")) :]
+        return line[:13] + edited(body) + ending
+    return _CAPABILITY_LIST.sub(lambda code: b"[CAPABILITY " + edited(code.group(1)) + b"]", line)
+
+
+def without_capability_code(line: bytes) -> bytes:
+    """`line` without its ``[CAPABILITY ...]`` code (a list that is no longer true)."""
+    return _CAPABILITY_LIST.sub(b"", line).replace(b"  ", b" ")

@@ -49,7 +49,33 @@ class Authenticated:
     backend_data: bytes  # backend bytes after the success line: send to the client
 
 
-Action = ToBackend | ToClient | LoginSucceeded | LoginFailed | BackendNotice | Authenticated
+@dataclass(frozen=True)
+class StartClientTls:
+    """Start TLS towards the client now (after STLS/STARTTLS was accepted).
+
+    Everything written before goes out in the clear; the watcher has already dropped any
+    client bytes that followed the command, so nothing sent before the handshake is obeyed.
+    """
+
+
+@dataclass(frozen=True)
+class StartBackendTls:
+    """Start TLS towards the backend now; its earlier unread bytes were dropped the same way."""
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """What a watcher may do about TLS on one session."""
+
+    offer_starttls: bool = False  # popbridge has a certificate: offer STLS / STARTTLS
+    active: bool = False  # the client leg is already TLS (implicit TLS listener)
+    required: bool = False  # refuse logins until the client leg is TLS
+    backend_starttls: bool = False  # popbridge does STARTTLS towards the backend
+
+
+Action = (
+    ToBackend | ToClient | LoginSucceeded | LoginFailed | BackendNotice | Authenticated | StartClientTls | StartBackendTls
+)
 
 
 class LoginProtocolError(ValueError):

@@ -26,6 +26,9 @@ from popbridge.wire.login import (
     Authenticated,
     BackendNotice,
     LoginFailed,
+    StartBackendTls,
+    StartClientTls,
+    TlsOptions,
     LoginProtocolError,
     LoginSucceeded,
     ToBackend,
@@ -34,6 +37,7 @@ from popbridge.wire.login import (
 from popbridge.wire.sasl import SaslUserReader
 
 HIDDEN_CAPABILITIES = (b"STLS", b"XCLIENT")
+LOGIN_VERBS = (b"USER", b"PASS", b"APOP", b"AUTH")
 CRLF = b"\r\n"
 XCLIENT_GREETING = b"+OK [XCLIENT] "  # Dovecot 2.3 offers XCLIENT here, to trusted hosts only
 
@@ -62,10 +66,13 @@ class Pop3LoginWatcher:
     def __init__(
         self,
         client_address: tuple[str, int] | None = None,
+        tls: TlsOptions = TlsOptions(),
         max_line: int = 16_384,
         max_pending: int = 65_536,
     ) -> None:
         self._forward_address = client_address
+        self._tls = tls
+        self.tls_active = tls.active
         self._max_line, self._max_pending = max_line, max_pending
         self._client, self._backend = b"", b""
         self.state = State.GREETING
@@ -139,12 +146,14 @@ class Pop3LoginWatcher:
         verb, _, argument = line.partition(b" ")
         verb = verb.upper()
         if verb == b"STLS":
-            return [ToClient(b"-ERR STLS is not offered here\r\n")]
+            return self._stls()
         if verb == b"XCLIENT":
             return [ToClient(b"-ERR XCLIENT is not accepted from clients\r\n")]
+        if verb in LOGIN_VERBS and (verb != b"AUTH" or argument) and self._tls.required and not self.tls_active:
+            return [ToClient(b"-ERR [AUTH] TLS is required to log in here: use STLS first\r\n")]
         self.state, self._on_status = State.REPLY, _relay
         if verb == b"CAPA":
-            self._on_status = self._multiline(_hide_capabilities, self._back_to_ready)
+            self._on_status = self._multiline(self._capability_shown, self._capabilities_added)
         elif verb == b"USER":
             self._on_status = self._after_user(argument.decode("utf-8", "replace"))
         elif verb == b"PASS":
@@ -168,7 +177,7 @@ class Pop3LoginWatcher:
             shown: list[Action] = [ToClient(line + CRLF)] if self._keep_line(line) else []
             if line == b".":
                 self.state = State.READY
-                return shown + self._on_multiline_end()
+                return self._on_multiline_end() + shown
             return shown
         if self.state is State.SASL_SERVER and (line == b"+" or line.startswith(b"+ ")):
             self.state = State.SASL_CLIENT
@@ -191,6 +200,29 @@ class Pop3LoginWatcher:
 
     def _back_to_ready(self) -> list[Action]:
         return []
+
+    # -- TLS ----------------------------------------------------------------------------
+
+    def _stls(self) -> list[Action]:
+        if self.tls_active:
+            return [ToClient(b"-ERR Command not permitted when TLS active\r\n")]
+        if not self._tls.offer_starttls:
+            return [ToClient(b"-ERR STLS is not offered here\r\n")]
+        self.tls_active, self._user = True, None
+        self._client = b""  # bytes sent behind STLS were sent in the clear: never obeyed
+        return [ToClient(b"+OK Begin TLS negotiation\r\n"), StartClientTls()]
+
+    def _capability_shown(self, line: bytes) -> bool:
+        """CAPA lines the client sees: never the backend's STLS or XCLIENT, and no login
+        methods while TLS is required but not yet on."""
+        name = line.split(b" ", 1)[0].upper()
+        if name in HIDDEN_CAPABILITIES:
+            return False
+        return not (self._tls.required and not self.tls_active and name in (b"USER", b"SASL"))
+
+    def _capabilities_added(self) -> list[Action]:
+        """popbridge's own STLS, listed just before the closing dot."""
+        return [ToClient(b"STLS\r\n")] if self._tls.offer_starttls and not self.tls_active else []
 
     def _after_user(self, name: str) -> "StatusHandler":
         def on_status(line: bytes, ok: bool) -> list[Action]:
@@ -216,10 +248,25 @@ class Pop3LoginWatcher:
     def _after_greeting(self, line: bytes, ok: bool) -> list[Action]:
         offered = line.startswith(XCLIENT_GREETING)
         greeting = b"+OK " + line.removeprefix(XCLIENT_GREETING) if offered else line
-        if not ok or self._forward_address is None:
+        if not ok:
             return [ToClient(greeting + CRLF)]
-        self._greeting, self.state, self._offers_xclient = greeting, State.PROBE, offered
-        if offered:
+        self._greeting, self._offers_xclient = greeting, offered
+        if self._tls.backend_starttls:
+            self.state, self._on_status = State.PROBE, self._after_backend_stls
+            return [ToBackend(b"STLS\r\n")]
+        return self._forward_client_address()
+
+    def _after_backend_stls(self, line: bytes, ok: bool) -> list[Action]:
+        if not ok:
+            raise Pop3ProtocolError("the mail server refused STLS")
+        self._backend = b""  # what the backend sent before its handshake is never believed
+        return [StartBackendTls(), *self._forward_client_address()]
+
+    def _forward_client_address(self) -> list[Action]:
+        if self._forward_address is None:
+            return [self._release_greeting()]
+        self.state = State.PROBE
+        if self._offers_xclient:
             return self._send_xclient()
         self._on_status = self._multiline(self._note_xclient, self._send_xclient)
         return [ToBackend(b"CAPA\r\n")]
@@ -267,7 +314,3 @@ def _status(line: bytes) -> bool:
     if indicator == b"-ERR":
         return False
     raise Pop3ProtocolError(f"backend sent no status indicator: {line[:40]!r}")
-
-
-def _hide_capabilities(line: bytes) -> bool:
-    return line.split(b" ", 1)[0].upper() not in HIDDEN_CAPABILITIES

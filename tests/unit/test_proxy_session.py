@@ -78,9 +78,9 @@ def test_backend_connect_times_out():
 
 def test_success_line_is_held_until_the_ledger_has_recorded():
     class SlowLedger(MemoryLedger):
-        def record(self, *args):
+        def record(self, *args, **kwargs):
             self.pending = Deferred()
-            return self.pending.addCallback(lambda _: MemoryLedger.record(self, *args))
+            return self.pending.addCallback(lambda _: MemoryLedger.record(self, *args, **kwargs))
 
     h = Harness(ledger=SlowLedger(Clock(), ttl=1800))
     h.connect_backend()
@@ -109,7 +109,7 @@ def test_wrong_password_records_nothing():
 
 def test_ledger_failure_tells_the_client_and_closes():
     class BrokenLedger(MemoryLedger):
-        def record(self, *args):
+        def record(self, *args, **kwargs):
             return fail(RuntimeError("store down"))
 
     h = Harness(ledger=BrokenLedger(Clock(), ttl=1800))
