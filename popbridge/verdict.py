@@ -1,18 +1,29 @@
-"""Verdict: what the ledger (and, later, the directory) says about one client address.
+"""Verdict: what the ledger and the directory say about one client address.
 
 Lookup services ask here and only translate the answer into their wire format, so every
-protocol gives the same answer for the same address. Failures propagate as exceptions: the
-caller turns them into that protocol's temporary failure, never into a yes.
+protocol gives the same answer for the same address. Ledger failures propagate as exceptions:
+the caller turns them into that protocol's temporary failure, never into a yes.
+
+Exempt rule (DESIGN.md): an address is EXEMPT only while every live login on it belongs to an
+exempt user. Behind NAT one ordinary user makes the address ordinary, because the relay cannot
+tell whose message it is. A login without a user name (GSSAPI, EXTERNAL) is never exempt, and
+a directory failure counts as "not exempt": the address stays AUTHORISED by its logins, but
+the failure never grants the exemption.
 """
 
 from dataclasses import dataclass
 from enum import Enum
 
+from twisted.internet.defer import gatherResults
+from twisted.logger import Logger
+
+from popbridge.directory import IDirectory
 from popbridge.ledger import ILedger, Login
 
 
 class Status(Enum):
     AUTHORISED = "authorised"
+    EXEMPT = "exempt"  # authorised, and every live login on the address is an exempt user
     UNKNOWN = "unknown"
 
 
@@ -24,20 +35,43 @@ class Verdict:
 
     @property
     def authorised(self) -> bool:
-        return self.status is Status.AUTHORISED
+        """Exempt addresses are authorised too: exemption only adds to the authorisation."""
+        return self.status in (Status.AUTHORISED, Status.EXEMPT)
+
+    @property
+    def exempt(self) -> bool:
+        return self.status is Status.EXEMPT
 
 
 UNKNOWN = Verdict(Status.UNKNOWN)
 
 
 class Verdicts:
-    """Turns ledger contents into a Verdict for one address."""
+    """Turns ledger contents (and, when asked, directory facts) into a Verdict for one address."""
 
-    def __init__(self, ledger: ILedger) -> None:
-        self._ledger = ledger
+    log = Logger()
 
-    async def for_address(self, address: str) -> Verdict:
+    def __init__(self, ledger: ILedger, directory: IDirectory | None = None) -> None:
+        self._ledger, self._directory = ledger, directory
+
+    async def for_address(self, address: str, exempt: bool = False) -> Verdict:
+        """With `exempt`, an authorised address may come back EXEMPT; without it the directory
+        is not asked at all (WHOSON and the `access` map need only the logins)."""
         logins = await self._ledger.lookup(address)
         if not logins:
             return UNKNOWN
-        return Verdict(Status.AUTHORISED, logins[0].user, tuple(logins))
+        status = Status.AUTHORISED
+        if exempt and await self._all_exempt(logins):
+            status = Status.EXEMPT
+        return Verdict(status, logins[0].user, tuple(logins))
+
+    async def _all_exempt(self, logins: list[Login]) -> bool:
+        users = sorted({login.user for login in logins})
+        if self._directory is None or "" in users:
+            return False
+        try:
+            answers = await gatherResults([self._directory.is_exempt(user) for user in users], consumeErrors=True)
+        except Exception:  # directories should not fail; if one does, it is not a grant
+            self.log.failure("exempt look-up for {users} failed: answering not exempt", users=users)
+            return False
+        return all(answers)

@@ -21,8 +21,10 @@ POLICY = Codec("policy", PolicyDecoder, PolicyProtocolError)
 class PolicyResponder:
     """Answers the authorised action for a live address, the unknown action otherwise.
 
+    With `exempt_action` set, an address whose every live login is an exempt user gets that
+    instead (say ``FILTER smtp:[127.0.0.1]:10025``, so its mail skips the content filter).
     A request without ``client_address`` gets the unknown action; a ledger failure gets the
-    tempfail action, never the authorised one.
+    tempfail action, never the authorised one; a directory failure gets the authorised one.
     """
 
     config: LookupConfig
@@ -40,11 +42,13 @@ class PolicyResponder:
             self.log.debug("policy request without client_address: {action}", action=self.config.unknown_action)
             return encode_action(self.config.unknown_action)
         try:
-            verdict = await self.verdicts.for_address(client)
+            verdict = await self.verdicts.for_address(client, exempt=bool(self.config.exempt_action))
         except Exception:
             self.log.failure("policy lookup for {client} failed, answering tempfail", client=client)
             return encode_action(self.config.tempfail_action)
         action = self.config.authorised_action if verdict.authorised else self.config.unknown_action
+        if verdict.exempt and self.config.exempt_action:
+            action = self.config.exempt_action
         self.log.debug("policy {client} ({user}): {action}", client=client, user=verdict.user, action=action)
         return encode_action(action)
 

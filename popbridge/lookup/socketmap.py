@@ -7,6 +7,8 @@ Maps:
   otherwise. When that login has no name (GSSAPI, EXTERNAL) the answer is ``NOTFOUND ``
   too: the map has no value to give, and inventing a placeholder could collide with a real
   account in per-user rules downstream. Use ``access`` to ask whether an address is allowed.
+- ``exempt``: ``OK yes`` while every live login on the address is an exempt user (``[ldap]``
+  ``exempt_filter``), ``NOTFOUND `` otherwise, also when the directory cannot answer.
 
 A key that is not an IP address (Postfix asks for the client hostname first, or ``unknown``)
 is ``NOTFOUND `` without asking the ledger, so it is never TEMP or PERM. Any other map name
@@ -37,7 +39,7 @@ from popbridge.wire.socketmap import (
 )
 
 SOCKETMAP = Codec("socketmap", SocketmapDecoder, SocketmapProtocolError)
-MAPS = ("access", "user")
+MAPS = ("access", "user", "exempt")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class SocketmapResponder:
             self.log.debug("socketmap {map} {key!r}: not an address", map=request.map_name, key=request.key)
             return encode_notfound()
         try:
-            verdict = await self.verdicts.for_address(request.key)
+            verdict = await self.verdicts.for_address(request.key, exempt=request.map_name == "exempt")
         except Exception:
             self.log.failure("socketmap lookup for {key} failed, answering TEMP", key=request.key)
             return encode_temp("popbridge cannot check logins right now")
@@ -71,6 +73,8 @@ class SocketmapResponder:
         """The OK value, or "" for NOTFOUND."""
         if not verdict.authorised:
             return ""
+        if map_name == "exempt":
+            return "yes" if verdict.exempt else ""
         return self.config.authorised_action if map_name == "access" else verdict.user
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import Dovecot, Popbridge, Postfix, ServerError, StartPopbridge, find_binary, short_directory
+from .servers import Dovecot, Popbridge, Postfix, Redis, ServerError, StartPopbridge, find_binary, short_directory
 
 # binary -> the Debian package that provides it
 REQUIRED = {
@@ -24,6 +24,8 @@ REQUIRED = {
     "postfix": "postfix",
     "postmap": "postfix",
     "curl": "curl",
+    "redis-server": "redis-server",
+    "fetchmail": "fetchmail",
 }
 
 USERS = {
@@ -31,12 +33,13 @@ USERS = {
     "bob": "bob-pw",
     "carol": "carol-pw",  # only the client-address forwarding test logs in as carol
     "dave": "dave-pw",  # holds the 5 MB message
+    "erin": "erin-pw",  # holds the 5 MB message fetched over IMAP
 }
 
 
-def missing_requirements(*binaries: str) -> list[str]:
+def missing_requirements(*binaries: str, root: bool = True) -> list[str]:
     reasons = []
-    if os.geteuid() != 0:
+    if root and os.geteuid() != 0:
         reasons.append(f"root (running as uid {os.geteuid()}; private Dovecot/Postfix need root)")
     for name in binaries:
         if find_binary(name) is None:
@@ -44,9 +47,9 @@ def missing_requirements(*binaries: str) -> list[str]:
     return reasons
 
 
-def require(*binaries: str) -> None:
+def require(*binaries: str, root: bool = True) -> None:
     """Skip the test if something is missing; under CI=true fail instead."""
-    reasons = missing_requirements(*binaries)
+    reasons = missing_requirements(*binaries, root=root)
     if not reasons:
         return
     message = "real-server test needs: " + "; ".join(reasons)
@@ -55,7 +58,7 @@ def require(*binaries: str) -> None:
     pytest.skip(message)
 
 
-def _started(server: Dovecot | Postfix) -> Dovecot | Postfix:
+def _started(server: Dovecot | Postfix | Redis) -> Dovecot | Postfix | Redis:
     try:
         return server.start()
     except ServerError as e:
@@ -70,6 +73,26 @@ def dovecot() -> Iterator[Dovecot]:
     server = _started(Dovecot(users=USERS, trusted_networks=("127.0.0.1/32",)))
     assert isinstance(server, Dovecot)
     server.deliver("alice", b"From: a@example.org\r\nSubject: hello\r\n\r\nhello alice\r\n")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    """One private redis-server for tests that only read and write it (each flushes it first)."""
+    require("redis-server", root=False)
+    server = _started(Redis())
+    assert isinstance(server, Redis)
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[Redis]:
+    """A redis-server of the test's own, to kill, pause and restart."""
+    require("redis-server", root=False)
+    server = _started(Redis())
+    assert isinstance(server, Redis)
     yield server
     server.cleanup()
 
@@ -101,12 +124,15 @@ def postfix(policy_socket: Path) -> Iterator[Postfix]:
 @pytest.fixture
 def popbridge_daemon(dovecot: Dovecot, policy_socket: Path) -> Iterator[StartPopbridge]:
     """Start `popbridge run --config FILE` in front of the Dovecot fixture:
-    `daemon = popbridge_daemon(ttl=2, forward_client_address=True)`. Its policy socket is the
-    one the Postfix fixture asks, so run one daemon at a time. Stopped at teardown; its output
-    is printed then, so a failing test shows it."""
+    `daemon = popbridge_daemon(ttl=2, forward_client_address=True)`; with `imap4=True` it also
+    proxies Dovecot's IMAP on `daemon.imap_port`. Its policy socket is the one the Postfix
+    fixture asks, so run one daemon at a time. Stopped at teardown; its output is printed then,
+    so a failing test shows it."""
     daemons: list[Popbridge] = []
 
-    def start(**options: object) -> Popbridge:
+    def start(imap4: bool = False, **options: object) -> Popbridge:
+        if imap4:
+            options["imap_backend_port"] = dovecot.imap_port
         daemon = Popbridge(backend_port=dovecot.port, policy_socket=policy_socket, **options)  # type: ignore[arg-type]
         daemons.append(daemon)
         try:

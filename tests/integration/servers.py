@@ -18,11 +18,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MAIL_UID = MAIL_GID = 65534  # nobody/nogroup: Maildirs need an existing uid, not a system user
 START_TIMEOUT = 20.0
@@ -182,10 +184,11 @@ class LogFile:
 
 @dataclass
 class Dovecot:
-    """A private Dovecot 2.3 POP3 server on 127.0.0.1 with passwd-file users.
+    """A private Dovecot 2.3 POP3 (`port`) and IMAP (`imap_port`) server on 127.0.0.1 with
+    passwd-file users.
 
     `trusted_networks` become `login_trusted_networks`: clients there may send XCLIENT (POP3)
-    and are then logged and rate-limited by the address they forward.
+    or ID x-originating-ip (IMAP) and are then logged and rate-limited by the address they forward.
     """
 
     users: Mapping[str, str] = field(default_factory=lambda: {"alice": "alice-pw", "bob": "bob-pw"})
@@ -195,6 +198,7 @@ class Dovecot:
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-dovecot-")
         self.port = free_port(self.host)
+        self.imap_port = free_port(self.host)
         self.config_path = self.directory / "dovecot.conf"
         self.passwd_path = self.directory / "passwd"
         self.mail_root = self.directory / "mail"
@@ -216,7 +220,7 @@ class Dovecot:
 instance_name = {self.instance_name}
 base_dir = {d}/run
 state_dir = {d}/state
-protocols = pop3
+protocols = pop3 imap
 listen = {self.host}
 ssl = no
 disable_plaintext_auth = no
@@ -252,7 +256,8 @@ service pop3-login {{
 }}
 service imap-login {{
   inet_listener imap {{
-    port = 0
+    address = {self.host}
+    port = {self.imap_port}
   }}
   inet_listener imaps {{
     port = 0
@@ -312,7 +317,10 @@ service lmtp {{
     def _answers(self) -> bool:
         try:
             with socket.create_connection((self.host, self.port), timeout=2) as s:
-                return s.recv(512).startswith(b"+OK")
+                if not s.recv(512).startswith(b"+OK"):
+                    return False
+            with socket.create_connection((self.host, self.imap_port), timeout=2) as s:
+                return s.recv(512).startswith(b"* OK")
         except OSError:
             return False
 
@@ -418,6 +426,8 @@ class Postfix:
 
     policy_socket: Path
     host: str = "127.0.0.1"
+    main_extra: str = ""  # main.cf lines appended (a later line overrides an earlier one)
+    master_extra: str = ""  # master.cf lines appended (more services)
 
     def __post_init__(self) -> None:
         self.policy_socket = check_socket_path(Path(self.policy_socket).absolute())
@@ -468,6 +478,7 @@ smtpd_error_sleep_time = 0
 smtpd_soft_error_limit = 1000
 smtpd_hard_error_limit = 1000
 smtpd_client_connection_rate_limit = 0
+{self.main_extra}
 """
 
     def postfix(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -484,7 +495,7 @@ smtpd_client_connection_rate_limit = 0
         data.mkdir(mode=0o700)
         shutil.chown(data, "postfix")
         (self.config_directory / "main.cf").write_text(self.main_cf())
-        (self.config_directory / "master.cf").write_text(_MASTER_CF.format(host=self.host, port=self.port))
+        (self.config_directory / "master.cf").write_text(_MASTER_CF.format(host=self.host, port=self.port) + self.master_extra)
         self.postfix("check")
         self.postfix("start")
         self._started = True
@@ -568,6 +579,335 @@ smtpd_client_connection_rate_limit = 0
         self.cleanup()
 
 
+# ---------------------------------------------------------------- Redis
+
+
+@dataclass
+class Redis:
+    """A private redis-server on 127.0.0.1 with its own directory. Writes are appended to an
+    AOF fsynced on every write, so a killed server keeps what it acknowledged; `kill()` or
+    `stop()`, then `start()` again, restarts it on the same port with the same data."""
+
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        self.directory = short_directory("pb-redis-")
+        self.port = free_port(self.host)
+        self.log = LogFile(self.directory / "redis.log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self) -> "Redis":
+        argv = [
+            binary("redis-server"), "--port", str(self.port), "--bind", self.host, "--dir", str(self.directory),
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
+            "--logfile", str(self.log.path),
+        ]
+        # like dovecot, never hand it our pipes
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(self.answers, f"redis-server on {self.host}:{self.port}", alive=self._why_dead)
+        except ServerError as e:
+            self.stop()
+            raise ServerError(f"{e}\n{_tail(self.log.path)}") from None
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _why_dead(self) -> str | None:
+        assert self.process is not None
+        code = self.process.poll()
+        return None if code is None else f"redis-server exited with status {code}"
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an unplugged server would end it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel but never answered (a hung server)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- OpenLDAP slapd
+
+LDAP_BASE = "dc=example,dc=org"
+LDAP_EXEMPT_GROUP = f"cn=exempt,ou=groups,{LDAP_BASE}"
+LDAP_BIND_DN = f"cn=popbridge,ou=services,{LDAP_BASE}"
+LDAP_BIND_PASSWORD = "popbridge-bind-pw"
+_LDAP_ADMIN_DN, _LDAP_ADMIN_PASSWORD = f"cn=admin,{LDAP_BASE}", "admin-pw"
+
+
+@dataclass
+class Slapd:
+    """A private OpenLDAP 2.5 slapd on 127.0.0.1: cn=config built with ``slapadd -n0``, an mdb
+    database in its own directory, and the memberof overlay, so members of the groupOfNames
+    `LDAP_EXEMPT_GROUP` carry ``memberOf``. `people` maps uid -> extra attributes (``mailHost``);
+    `exempt` lists the uids in the group. Only `LDAP_BIND_DN` (a simple bind) may read entries.
+
+    slapd runs in the foreground (``-d``), so `pause`/`resume` (SIGSTOP/SIGCONT) and `stop` act
+    on the process itself; `start` again reuses the database on the same port.
+    """
+
+    people: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    exempt: Iterable[str] = ()
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        self.directory = short_directory("pb-slapd-")
+        self.port = free_port(self.host)
+        self.log = LogFile(self.directory / "slapd.log")
+        self.process: subprocess.Popen[bytes] | None = None
+        self._loaded = False
+
+    @property
+    def url(self) -> str:
+        return f"ldap://{self.host}:{self.port}"
+
+    def config_ldif(self) -> str:
+        d = self.directory
+        schemas = "".join(f"include: file:///etc/ldap/schema/{name}.ldif\n\n" for name in ("core", "cosine", "inetorgperson", "misc"))
+        return f"""\
+dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcPidFile: {d}/slapd.pid
+
+dn: cn=module{{0}},cn=config
+objectClass: olcModuleList
+cn: module{{0}}
+olcModulePath: /usr/lib/ldap
+olcModuleLoad: back_mdb
+olcModuleLoad: memberof
+
+dn: cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: schema
+
+{schemas}dn: olcDatabase={{-1}}frontend,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcFrontendConfig
+olcDatabase: {{-1}}frontend
+
+dn: olcDatabase={{0}}config,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{0}}config
+olcAccess: {{0}}to * by * none
+
+dn: olcDatabase={{1}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{1}}mdb
+olcSuffix: {LDAP_BASE}
+olcRootDN: {_LDAP_ADMIN_DN}
+olcRootPW: {_LDAP_ADMIN_PASSWORD}
+olcDbDirectory: {d}/db
+olcDbMaxSize: 16777216
+olcAccess: {{0}}to attrs=userPassword by anonymous auth by * none
+olcAccess: {{1}}to * by dn.exact="{LDAP_BIND_DN}" read by * none
+
+dn: olcOverlay={{0}}memberof,olcDatabase={{1}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcMemberOf
+olcOverlay: {{0}}memberof
+olcMemberOfGroupOC: groupOfNames
+olcMemberOfMemberAD: member
+olcMemberOfMemberOfAD: memberOf
+"""
+
+    def data_ldif(self) -> str:
+        entries = [
+            f"dn: {LDAP_BASE}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: example\n",
+            *(f"dn: ou={ou},{LDAP_BASE}\nobjectClass: organizationalUnit\nou: {ou}\n" for ou in ("people", "groups", "services")),
+            f"dn: {LDAP_BIND_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
+            f"cn: popbridge\nuserPassword: {LDAP_BIND_PASSWORD}\n",
+        ]
+        for uid, extra in self.people.items():
+            lines = [f"dn: uid={uid},ou=people,{LDAP_BASE}", "objectClass: inetOrgPerson",
+                     "objectClass: inetLocalMailRecipient", f"uid: {uid}", f"cn: {uid}", f"sn: {uid}"]
+            lines += [f"{name}: {value}" for name, value in extra.items()]
+            entries.append("\n".join(lines) + "\n")
+        return "\n".join(entries)
+
+    def start(self) -> "Slapd":
+        if not self._loaded:
+            config, db = self.directory / "slapd.d", self.directory / "db"
+            config.mkdir()
+            db.mkdir()
+            (self.directory / "config.ldif").write_text(self.config_ldif())
+            (self.directory / "data.ldif").write_text(self.data_ldif())
+            _run([binary("slapadd"), "-n0", "-F", str(config), "-l", str(self.directory / "config.ldif")], "slapadd -n0")
+            _run([binary("slapadd"), "-n1", "-F", str(config), "-l", str(self.directory / "data.ldif")], "slapadd -n1")
+        with open(self.log.path, "ab") as output:
+            self.process = subprocess.Popen(
+                [binary("slapd"), "-h", f"{self.url}/", "-F", str(self.directory / "slapd.d"), "-d", "256"],
+                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until(lambda: tcp_listening(self.host, self.port), f"slapd on {self.url}", alive=self._why_dead)
+            if not self._loaded:
+                self._add_exempt_group()  # through slapd, so that the memberof overlay sees it
+        except ServerError as e:
+            self.stop()
+            raise ServerError(f"{e}\n{_tail(self.log.path)}") from None
+        self._loaded = True
+        return self
+
+    def _add_exempt_group(self) -> None:
+        from ldap3 import Connection, Server
+
+        members = [f"uid={uid},ou=people,{LDAP_BASE}" for uid in self.exempt] or [_LDAP_ADMIN_DN]
+        with Connection(Server(self.url), _LDAP_ADMIN_DN, _LDAP_ADMIN_PASSWORD, auto_bind=True) as admin:
+            if not admin.add(LDAP_EXEMPT_GROUP, ["groupOfNames"], {"cn": "exempt", "member": members}):
+                raise ServerError(f"adding {LDAP_EXEMPT_GROUP}: {admin.result}")
+
+    def _why_dead(self) -> str | None:
+        code = self.process.poll() if self.process is not None else None
+        return None if code is None else f"slapd exited with status {code}"
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are still accepted by the kernel, but nothing is answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGCONT)  # a paused slapd cannot act on SIGTERM
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> "Slapd":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+# ---------------------------------------------------------------- an SMTP sink
+
+
+@dataclass(frozen=True)
+class SinkMessage:
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+
+
+class SmtpSink:
+    """A minimal SMTP server on 127.0.0.1 that accepts every message and remembers it: a
+    stand-in for a content filter or the next hop. Tests wait on `wait_for`, never sleep."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1") -> None:
+        import socketserver
+
+        self.name, self.host = name, host
+        self.messages: list[SinkMessage] = []
+        self._arrived = threading.Condition()
+        sink = self
+
+        class Session(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                sink._session(self.rfile, self.wfile)
+
+        self._server = socketserver.ThreadingTCPServer((host, 0), Session)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"smtp-sink-{name}", daemon=True)
+        self._thread.start()
+
+    def _session(self, rfile: Any, wfile: Any) -> None:
+        def reply(line: str) -> None:
+            wfile.write(line.encode() + b"\r\n")
+            wfile.flush()
+
+        reply(f"220 {self.name}.sink.invalid ESMTP test sink")
+        sender, recipients = "", []
+        for raw in rfile:
+            command = raw.decode("ascii", "replace").strip()
+            verb = command[:4].upper()
+            if verb in ("EHLO", "HELO"):
+                reply(f"250 {self.name}.sink.invalid")
+            elif verb == "MAIL":
+                sender, recipients = command[10:].split()[0].strip("<>") if command[10:].strip() else "", []
+                reply("250 ok")
+            elif verb == "RCPT":
+                recipients.append(command[8:].strip().strip("<>"))
+                reply("250 ok")
+            elif verb == "DATA":
+                reply("354 go ahead")
+                lines = []
+                for line in rfile:
+                    if line in (b".\r\n", b".\n"):
+                        break
+                    lines.append(line[1:] if line.startswith(b"..") else line)
+                with self._arrived:
+                    self.messages.append(SinkMessage(sender, tuple(recipients), b"".join(lines)))
+                    self._arrived.notify_all()
+                reply("250 queued")
+            elif verb == "QUIT":
+                reply("221 bye")
+                return
+            else:
+                reply("250 ok" if verb in ("RSET", "NOOP") else "502 not implemented")
+
+    def wait_for(self, marker: bytes, timeout: float = 30.0) -> SinkMessage:
+        """The first message containing `marker`, waiting up to `timeout` seconds for it."""
+        with self._arrived:
+            found = self._arrived.wait_for(lambda: self.find(marker), timeout)
+        if not found:
+            raise ServerError(f"no message with {marker!r} reached the {self.name} sink in {timeout:.0f} s")
+        return found
+
+    def find(self, marker: bytes) -> SinkMessage | None:
+        return next((message for message in self.messages if marker in message.data), None)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 # ---------------------------------------------------------------- popbridge
 
 
@@ -588,19 +928,23 @@ class Popbridge:
 
     `socket_directory` holds the lookup and control sockets; pass `policy_socket` to put the
     policy socket where a Postfix fixture expects it. `extra_config` is TOML appended to the
-    generated file (more [[proxy]] or [[lookup]] tables, say).
+    generated file (more [[proxy]] or [[lookup]] tables, say). With `imap_backend_port`, an
+    imap4 [[proxy]] listens on `imap_port` too (`forward_client_address` applies to both).
     """
 
     backend_port: int
     ttl: float = 1800
     forward_client_address: bool = False
+    imap_backend_port: int | None = None
     policy_socket: Path | None = None
     host: str = "127.0.0.1"
     extra_config: str = ""
+    store: str = "memory"  # [ledger] store; a sqlite: path relative to the directory is kept there
 
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-daemon-")
         self.port = free_port(self.host)
+        self.imap_port = free_port(self.host) if self.imap_backend_port is not None else None
         self.policy_socket = check_socket_path(Path(self.policy_socket or self.directory / "policy.sock"))
         self.socketmap_socket = check_socket_path(self.directory / "socketmap.sock")
         self.whoson_socket = check_socket_path(self.directory / "whoson.sock")
@@ -614,14 +958,14 @@ class Popbridge:
         return f"""\
 [ledger]
 ttl = {self.ttl}
-store = "memory"
+store = "{self.store}"
 
 [[proxy]]
 protocol = "pop3"
 listen = "tcp:port={self.port}:interface={self.host}"
 backend = "tcp:host=127.0.0.1:port={self.backend_port}"
 forward_client_address = {forward}
-
+{self._imap_proxy_config()}
 [[lookup]]
 protocol = "policy"
 listen = "unix:address={self.policy_socket}:mode=666"
@@ -638,9 +982,21 @@ listen = "unix:address={self.whoson_socket}:mode=666"
 listen = "unix:address={self.control_socket}:mode=600"
 {self.extra_config}"""
 
+    def _imap_proxy_config(self) -> str:
+        if self.imap_backend_port is None:
+            return ""
+        forward = "true" if self.forward_client_address else "false"
+        return f"""
+[[proxy]]
+protocol = "imap4"
+listen = "tcp:port={self.imap_port}:interface={self.host}"
+backend = "tcp:host=127.0.0.1:port={self.imap_backend_port}"
+forward_client_address = {forward}
+"""
+
     def start(self) -> "Popbridge":
         self.config_path.write_text(self.config_text())
-        with open(self.log.path, "wb") as output:
+        with open(self.log.path, "ab") as output:  # a restarted daemon appends to its log
             self.process = subprocess.Popen(
                 [*popbridge_command(), "run", "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
@@ -657,7 +1013,10 @@ listen = "unix:address={self.control_socket}:mode=600"
 
     def _listening(self) -> bool:
         sockets = (self.policy_socket, self.socketmap_socket, self.whoson_socket, self.control_socket)
-        return tcp_listening(self.host, self.port) and all(unix_connectable(path) for path in sockets)
+        ports = [self.port] if self.imap_port is None else [self.port, self.imap_port]
+        return all(tcp_listening(self.host, port) for port in ports) and all(
+            unix_connectable(path) for path in sockets
+        )
 
     def _why_dead(self) -> str | None:
         assert self.process is not None

@@ -5,6 +5,7 @@ from popbridge.config import parse_config
 from popbridge.service import build_service
 
 DOCUMENT = {
+    "ledger": {"store": "memory"},  # the default SQLite file lives under /var/lib
     "proxy": [{"protocol": "pop3", "listen": "tcp:port=1110:interface=127.0.0.1", "backend": "tcp:host=127.0.0.1:port=110"}],
     "lookup": [
         {"protocol": "policy", "listen": "unix:address=/tmp/pb-policy:mode=666"},

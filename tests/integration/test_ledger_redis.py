@@ -1,0 +1,142 @@
+"""The Redis store against a real redis-server: the shared ledger behaviour suite, then what
+only a shared store does (several nodes, leases on open sessions, outages)."""
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
+
+from popbridge.ledger import LedgerUnavailable
+from popbridge.ledger.redis import RedisLedger, redis_client
+from tests.unit.test_ledger_behaviour import *  # noqa: F401,F403  the shared behaviour suite
+from tests.unit.test_ledger_behaviour import TTL, direct_call, result, users
+
+from .servers import Redis
+
+
+def node(server: Redis, clock: Clock, ttl: float = TTL, timeout: float = 2.0) -> RedisLedger:
+    """One popbridge node's store, run synchronously on the test's clock."""
+    ledger = RedisLedger(redis_client(server.url, "", timeout), clock, ttl, 64, run_blocking=direct_call, timeout=timeout)
+    ledger.start_refreshing()
+    return ledger
+
+
+@pytest.fixture
+def ledger(redis_server: Redis, clock: Clock) -> Iterator[RedisLedger]:  # noqa: F811  replaces the suite's stores
+    redis_client(redis_server.url, "", 2.0).flushdb()
+    store = node(redis_server, clock)
+    yield store
+    store.stop_refreshing()
+
+
+@pytest.fixture
+def nodes(redis_server: Redis, clock: Clock) -> Iterator[tuple[RedisLedger, RedisLedger]]:
+    redis_client(redis_server.url, "", 2.0).flushdb()
+    a, b = node(redis_server, clock), node(redis_server, clock)
+    yield a, b
+    a.stop_refreshing()
+    b.stop_refreshing()
+
+
+def test_a_login_on_one_node_is_seen_by_another(nodes):
+    a, b = nodes
+    result(a.record("192.0.2.7", "alice", "pop3", False))
+    assert users(b, "192.0.2.7") == ["alice"]
+
+
+def test_a_revoke_on_one_node_is_seen_by_every_node(nodes):
+    a, b = nodes
+    result(a.record("192.0.2.7", "alice", "pop3", True))
+    assert result(b.revoke("192.0.2.7")) == 1
+    assert users(a, "192.0.2.7") == []
+
+
+def test_a_revoked_session_is_not_brought_back_by_its_node(nodes, clock):
+    a, b = nodes
+    result(a.record("192.0.2.7", "alice", "imap4", True))
+    result(b.revoke("192.0.2.7"))
+    clock.advance(a.refresh)  # a's lease refresh finds the login gone
+    result(a.end_session("192.0.2.7", "alice", "imap4"))
+    assert users(b, "192.0.2.7") == []
+
+
+def test_a_session_held_by_one_node_keeps_the_address_live_for_all(nodes, clock):
+    a, b = nodes
+    result(a.record("192.0.2.7", "alice", "imap4", True))
+    for _ in range(200):
+        clock.advance(a.refresh)
+    [login] = result(b.lookup("192.0.2.7"))
+    assert login.expires(b.ttl) is None
+
+
+def test_a_crashed_nodes_sessions_end_ttl_after_it_was_last_seen(redis_server, clock):
+    redis_client(redis_server.url, "", 2.0).flushdb()
+    crashed, survivor = node(redis_server, clock), node(redis_server, clock)
+    result(crashed.record("192.0.2.7", "alice", "imap4", True))
+    clock.advance(crashed.refresh)
+    crashed.stop_refreshing()  # the node dies holding the session
+    last_seen = clock.seconds()
+    clock.advance(TTL - 1)
+    assert users(survivor, "192.0.2.7") == ["alice"]
+    clock.advance(1)
+    assert clock.seconds() == last_seen + TTL and users(survivor, "192.0.2.7") == []
+    survivor.stop_refreshing()
+
+
+def test_redis_expires_the_address_itself(redis_server):
+    """Real time here: the Redis TTL, not only popbridge's reading of `when`, ends a login."""
+    redis_client(redis_server.url, "", 2.0).flushdb()
+    from twisted.internet import reactor
+
+    store = RedisLedger(redis_client(redis_server.url, "", 2.0), reactor, 1, 128, run_blocking=direct_call)
+    result(store.record("192.0.2.7", "alice", "pop3", False))
+    raw = redis_client(redis_server.url, "", 2.0)
+    assert 0 < raw.pttl("popbridge:login:192.0.2.7") <= 2000
+    deadline = time.monotonic() + 5
+    while raw.exists("popbridge:login:192.0.2.7") and time.monotonic() < deadline:
+        time.sleep(0.1)  # waiting for time to pass: the TTL is what is tested
+    assert not raw.exists("popbridge:login:192.0.2.7")
+
+
+def test_a_dead_redis_is_unavailable_not_unknown(own_redis, clock):
+    store = node(own_redis, clock)
+    own_redis.kill()
+    with pytest.raises(LedgerUnavailable):
+        result(store.lookup("192.0.2.7"))
+    with pytest.raises(LedgerUnavailable):
+        result(store.record("192.0.2.7", "alice", "pop3", False))
+    store.stop_refreshing()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hung_redis_answers_unavailable_within_the_timeout_then_recovers(own_redis):
+    from twisted.internet import reactor
+    from twisted.python.threadpool import ThreadPool
+    from functools import partial
+    from twisted.internet.threads import deferToThreadPool
+
+    pool = ThreadPool(1, 4, name="test-redis")
+    pool.start()
+    try:
+        store = RedisLedger(
+            redis_client(own_redis.url, "", 0.3), reactor, TTL, 128,
+            run_blocking=partial(deferToThreadPool, reactor, pool), timeout=0.3,
+        )
+        await store.record("192.0.2.7", "alice", "pop3", False)
+        own_redis.pause()
+        started = time.monotonic()
+        with pytest.raises(LedgerUnavailable):
+            await store.lookup("192.0.2.7")
+        assert time.monotonic() - started < 1.0
+        own_redis.resume()
+        assert [login.user for login in await store.lookup("192.0.2.7")] == ["alice"]
+        own_redis.kill()
+        with pytest.raises(LedgerUnavailable):
+            await store.lookup("192.0.2.7")
+        await deferToThread(own_redis.start)
+        assert [login.user for login in await store.lookup("192.0.2.7")] == ["alice"]  # reconnected; AOF kept it
+    finally:
+        await deferToThread(pool.stop)

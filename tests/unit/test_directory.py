@@ -1,0 +1,228 @@
+"""Directory behaviour: one shared test run against LdapDirectory (ldap3 MOCK_SYNC) and the
+MemoryDirectory twin, then the LDAP-only parts: cache, timeouts, outages, logging."""
+
+from dataclasses import replace
+
+import pytest
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from zope.interface.verify import verifyObject
+
+from popbridge.directory import FALLBACK, IDirectory, LdapDirectory, MemoryDirectory
+from popbridge.ldap_search import ConnectionPool, UserFacts
+
+from .ldap_mock import BIND_PASSWORD, CONFIG, MockLdap
+
+INJECTIONS = ["alice)(|(uid=*", "*", "alice*", "*)(memberOf=*", "alice\\", "alice\x00", "(uid=alice)", "ALICE )"]
+
+
+def result(d: Deferred) -> object:
+    box: list[object] = []
+    d.addBoth(box.append)
+    assert box, "the Deferred has not fired"
+    return box[0]
+
+
+def direct(f, *args):  # run_blocking for tests: the "thread" runs at once
+    return maybeDeferred(f, *args)
+
+
+def ldap_directory(ldap: MockLdap, clock: Clock, run_blocking=direct, **overrides) -> LdapDirectory:
+    config = replace(CONFIG, **overrides)
+    return LdapDirectory(config, ConnectionPool(ldap.connect, 2), run_blocking, clock)
+
+
+def memory_directory() -> MemoryDirectory:
+    return MemoryDirectory({
+        "alice": UserFacts(exempt=True),
+        "bob": UserFacts(),
+        "carol": UserFacts(backend="mail2.example.org:1110"),
+        "dave": UserFacts(exempt=True),
+    })
+
+
+@pytest.fixture(params=["ldap", "memory"])
+def directory(request) -> IDirectory:
+    if request.param == "memory":
+        return memory_directory()
+    return ldap_directory(MockLdap(), Clock())
+
+
+# ---------------------------------------------------------------- shared behaviour
+
+
+def test_directory_provides_the_interface(directory) -> None:
+    assert verifyObject(IDirectory, directory)
+
+
+def test_user_in_the_exempt_group_is_exempt(directory) -> None:
+    assert result(directory.is_exempt("alice")) is True
+
+
+def test_ordinary_user_is_not_exempt(directory) -> None:
+    assert result(directory.is_exempt("bob")) is False
+
+
+def test_unknown_user_gets_the_fallback(directory) -> None:
+    assert result(directory.facts("mallory")) == FALLBACK
+    assert result(directory.backend_for("mallory")) is None
+
+
+def test_login_without_a_name_is_not_exempt(directory) -> None:
+    assert result(directory.facts("")) == FALLBACK
+
+
+@pytest.mark.parametrize("name", INJECTIONS)
+def test_filter_injection_never_makes_a_name_exempt(directory, name) -> None:
+    assert result(directory.is_exempt(name)) is False
+
+
+def test_user_entry_names_its_backend(directory) -> None:
+    assert result(directory.backend_for("carol")) == "mail2.example.org:1110"
+    assert result(directory.backend_for("alice")) is None
+
+
+# ---------------------------------------------------------------- LDAP only
+
+
+def test_unusable_backend_value_means_the_default_backend_and_a_warning() -> None:
+    directory = ldap_directory(MockLdap(), Clock())
+    with capturedLogs() as events:
+        facts = result(directory.facts("dave"))
+    assert facts == UserFacts(exempt=True, backend=None)
+    assert any("not host or host:port" in formatEvent(e) for e in events)
+
+
+def test_answer_is_cached_for_cache_ttl() -> None:
+    clock, ldap = Clock(), MockLdap()
+    directory = ldap_directory(ldap, clock)
+    assert result(directory.is_exempt("alice")) is True
+    ldap.remove("alice")
+    clock.advance(CONFIG.cache_ttl - 1)
+    assert result(directory.is_exempt("alice")) is True
+    clock.advance(1)
+    assert result(directory.is_exempt("alice")) is False
+
+
+def test_no_such_user_is_cached_for_negative_cache_ttl() -> None:
+    clock, ldap = Clock(), MockLdap()
+    directory = ldap_directory(ldap, clock)
+    assert result(directory.is_exempt("erin")) is False
+    ldap.add("erin", {"memberOf": CONFIG.exempt_filter[10:-1]})
+    clock.advance(CONFIG.negative_cache_ttl - 1)
+    assert result(directory.is_exempt("erin")) is False
+    clock.advance(1)
+    assert result(directory.is_exempt("erin")) is True
+
+
+def test_outage_serves_the_stale_answer_up_to_stale_ttl_then_the_fallback() -> None:
+    clock, ldap = Clock(), MockLdap()
+    directory = ldap_directory(ldap, clock)
+    assert result(directory.is_exempt("alice")) is True
+    ldap.down = True
+    clock.advance(CONFIG.cache_ttl + CONFIG.stale_ttl - 1)
+    assert result(directory.is_exempt("alice")) is True
+    clock.advance(1)
+    assert result(directory.is_exempt("alice")) is False
+
+
+def test_outage_without_a_cached_answer_gives_the_fallback() -> None:
+    ldap = MockLdap()
+    ldap.down = True
+    directory = ldap_directory(ldap, Clock())
+    assert result(directory.facts("alice")) == FALLBACK
+    assert result(directory.facts("carol")) == FALLBACK
+
+
+def test_fresh_answers_resume_when_ldap_is_back() -> None:
+    ldap = MockLdap()
+    ldap.down = True
+    directory = ldap_directory(ldap, Clock())
+    assert result(directory.is_exempt("alice")) is False
+    ldap.down = False
+    assert result(directory.is_exempt("alice")) is True
+
+
+def test_outage_is_logged_once_and_its_end_once() -> None:
+    ldap = MockLdap()
+    directory = ldap_directory(ldap, Clock())
+    ldap.down = True
+    with capturedLogs() as events:
+        for user in ("alice", "bob", "carol", "alice"):
+            result(directory.facts(user))
+        ldap.down = False
+        result(directory.facts("alice"))
+        ldap.down = True
+        result(directory.facts("bob"))
+    loud = [formatEvent(e) for e in events if e["log_level"].name in ("error", "critical", "info")]
+    assert len([line for line in loud if "unavailable" in line]) == 2  # two outages
+    assert len([line for line in loud if "answers again after" in line]) == 1
+
+
+def test_slow_ldap_answers_the_fallback_after_timeout() -> None:
+    clock, pending = Clock(), []
+
+    def never(f, *args):
+        d: Deferred = Deferred()
+        pending.append((d, f, args))
+        return d
+
+    directory = ldap_directory(MockLdap(), clock, run_blocking=never)
+    answer = directory.facts("alice")
+    assert not answer.called
+    clock.advance(CONFIG.timeout - 0.01)
+    assert not answer.called
+    clock.advance(0.01)
+    assert result(answer) == FALLBACK
+    # the late answer still lands in the cache and serves the next look-up
+    d, f, args = pending[0]
+    d.callback(f(*args))
+    assert result(directory.is_exempt("alice")) is True
+
+
+def test_concurrent_lookups_of_one_user_share_one_query() -> None:
+    clock, pending = Clock(), []
+
+    def held(f, *args):
+        d: Deferred = Deferred()
+        pending.append((d, f, args))
+        return d
+
+    directory = ldap_directory(MockLdap(), clock, run_blocking=held)
+    answers = [directory.is_exempt("alice") for _ in range(3)] + [directory.is_exempt("bob")]
+    assert len(pending) == 2
+    for d, f, args in pending:
+        d.callback(f(*args))
+    assert [result(a) for a in answers] == [True, True, True, False]
+
+
+def test_unexpected_error_is_logged_and_is_not_a_grant() -> None:
+    def broken(f, *args):
+        return maybeDeferred(lambda: 1 / 0)
+
+    directory = ldap_directory(MockLdap(), Clock(), run_blocking=broken)
+    with capturedLogs() as events:
+        assert result(directory.is_exempt("alice")) is False
+    assert any(e.get("log_failure") is not None for e in events)
+
+
+def test_bind_password_never_reaches_the_log() -> None:
+    ldap = MockLdap()
+
+    def refusing():
+        from ldap3.core.exceptions import LDAPBindError
+        raise LDAPBindError(f"bind with password {BIND_PASSWORD} refused")
+
+    directory = LdapDirectory(CONFIG, ConnectionPool(refusing, 2), direct, Clock())
+    with capturedLogs() as events:
+        assert result(directory.facts("alice")) == FALLBACK
+    assert events
+    assert not any(BIND_PASSWORD in formatEvent(e) for e in events)
+    assert BIND_PASSWORD not in repr(CONFIG)
+    assert ldap.connections == 0
+
+
+def test_no_exempt_filter_means_nobody_is_exempt() -> None:
+    directory = ldap_directory(MockLdap(), Clock(), exempt_filter="")
+    assert result(directory.is_exempt("alice")) is False
