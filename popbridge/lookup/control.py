@@ -1,7 +1,7 @@
 """The admin control socket: list, query and revoke logins, and report counters.
 
 Replies are JSON lines (`popbridge.wire.control`). A login is reported as
-``{"client", "user", "protocol", "when", "expires", "open_sessions"}``, where ``expires`` is
+``{"client", "user", "protocol", "when", "expires", "open_sessions", "tls"}``, where ``expires`` is
 null while a proxy session is open. A ledger failure is an ``{"ok": false}`` reply; the
 connection keeps serving.
 """
@@ -79,6 +79,7 @@ class ControlResponder:
             "when": login.when,
             "expires": login.expires(self.ledger.ttl),
             "open_sessions": login.open_sessions,
+            "tls": login.tls,
         }
 
 

@@ -47,7 +47,7 @@ def test_list_reports_every_live_login() -> None:
     factory, ledger, _, clock = setup()
     ledger.record("192.0.2.7", "alice", "pop3", session=False)
     clock.advance(10)
-    ledger.record("192.0.2.8", "bob", "imap4", session=True)
+    ledger.record("192.0.2.8", "bob", "imap4", session=True, tls=True)
     server, transport = connect(factory)
     server.dataReceived(b'{"command": "list"}\n')
     assert replies(transport) == [
@@ -55,9 +55,9 @@ def test_list_reports_every_live_login() -> None:
             "ok": True,
             "logins": [
                 {"client": "192.0.2.8", "user": "bob", "protocol": "imap4", "when": 1010.0, "expires": None,
-                 "open_sessions": 1},
+                 "open_sessions": 1, "tls": True},
                 {"client": "192.0.2.7", "user": "alice", "protocol": "pop3", "when": 1000.0, "expires": 2800.0,
-                 "open_sessions": 0},
+                 "open_sessions": 0, "tls": False},
             ],
         }
     ]
