@@ -23,6 +23,8 @@ from popbridge.config_tls import TLS_KEYS, TlsConfig, proxy_tls
 from popbridge.ledger.spec import DEFAULT_STORE, parse_store
 
 PROXY_PROTOCOLS = ("pop3", "imap4")
+COUNT_KEYS = ("max_line", "max_literal", "max_bad_commands", "max_sessions", "max_sessions_per_client")
+LIMIT_KEYS = ("idle_timeout", "session_idle_timeout", *COUNT_KEYS)
 LOOKUP_PROTOCOLS = ("policy", "socketmap", "whoson")
 
 
@@ -45,14 +47,27 @@ class ProxyConfig:
     listen: str
     backend: str
     forward_client_address: bool = False
-    idle_timeout: float = 600.0  # seconds without input from the client before it logs in
+    idle_timeout: float = 60.0  # seconds without input from the client before it logs in
+    session_idle_timeout: float | None = None  # after the login; None: 600 (POP3) / 1800 (IMAP4)
     connect_timeout: float = 10.0  # seconds to reach the backend
+    max_line: int = 16_384  # bytes in one line before the login
+    max_literal: int = 65_536  # bytes in one IMAP literal before the login
+    max_bad_commands: int = 5  # refused or failed commands (logins included) before the close
+    max_sessions: int = 5_000  # open sessions on this listener
+    max_sessions_per_client: int = 50  # open sessions from one client address
     tls: TlsConfig = TlsConfig()
     bind: str = ""  # the endpoint actually bound: `listen`, with ssl: turned into tcp:
 
     @property
     def listen_endpoint(self) -> str:
         return self.bind or self.listen
+
+    @property
+    def idle_after_login(self) -> float:
+        """RFC 1939 asks for at least 10 minutes, RFC 9051 for at least 30 (IDLE re-issues every 29)."""
+        if self.session_idle_timeout is not None:
+            return self.session_idle_timeout
+        return 1800.0 if self.protocol == "imap4" else 600.0
 
 
 @dataclass(frozen=True)
@@ -181,7 +196,7 @@ def _ledger(reader: "_Reader", table: Mapping[str, Any]) -> LedgerConfig:
 
 def _proxy(reader: "_Reader", where: str, table: Mapping[str, Any]) -> ProxyConfig:
     reader.only_keys(
-        where, table, ("protocol", "listen", "backend", "forward_client_address", "idle_timeout", "connect_timeout", *TLS_KEYS)
+        where, table, ("protocol", "listen", "backend", "forward_client_address", "connect_timeout", *LIMIT_KEYS, *TLS_KEYS)
     )
     listen = reader.string(where, table, "listen")
     bind, tls = proxy_tls(reader, where, table, listen)
@@ -192,8 +207,12 @@ def _proxy(reader: "_Reader", where: str, table: Mapping[str, Any]) -> ProxyConf
         tls=tls,
         backend=reader.endpoint(where, table, "backend", clientFromString),
         forward_client_address=reader.boolean(where, table, "forward_client_address", False),
-        idle_timeout=reader.number(where, table, "idle_timeout", ProxyConfig.idle_timeout, minimum=1),
         connect_timeout=reader.number(where, table, "connect_timeout", ProxyConfig.connect_timeout, minimum=1),
+        idle_timeout=reader.number(where, table, "idle_timeout", ProxyConfig.idle_timeout, minimum=1),
+        session_idle_timeout=(
+            reader.number(where, table, "session_idle_timeout", 0, minimum=1) if "session_idle_timeout" in table else None
+        ),
+        **{key: int(reader.number(where, table, key, getattr(ProxyConfig, key), minimum=1, integer=True)) for key in COUNT_KEYS},
     )
 
 

@@ -9,7 +9,8 @@ from twisted.internet.protocol import Factory
 from popbridge.config import ProxyConfig
 from popbridge.config_tls import backend_hostname
 from popbridge.ledger import ILedger
-from popbridge.proxy.session import LoginProxy, SessionTls
+from popbridge.proxy.session import LoginProxy
+from popbridge.proxy.settings import OpenSessions, SessionSettings, SessionTls
 from popbridge.stats import Counters
 from popbridge.tls import ServerCertificate, backend_tls_options
 from popbridge.wire.imap4 import Imap4LoginWatcher
@@ -46,21 +47,20 @@ def proxy_factory(
         else None,
     )
 
+    limits = {"max_line": config.max_line, "max_bad_commands": config.max_bad_commands}
+    if config.protocol == "imap4":
+        limits["max_literal"] = config.max_literal
+
     def watcher_for(peer: IAddress) -> LoginWatcher:
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
         forward = (host, port) if config.forward_client_address and host and port is not None else None
-        return watcher_class(client_address=forward, tls=options)
+        return watcher_class(client_address=forward, tls=options, **limits)
 
-    return Factory.forProtocol(
-        partial(
-            LoginProxy,
-            watcher_for,
-            backend,
-            ledger,
-            counters,
-            clock,
-            config.idle_timeout,
-            config.connect_timeout,
-            session_tls,
-        )
+    settings = SessionSettings(
+        idle_timeout=config.idle_timeout,
+        idle_after_login=config.idle_after_login,
+        connect_timeout=config.connect_timeout,
+        tls=session_tls,
+        sessions=OpenSessions(config.max_sessions, config.max_sessions_per_client),
     )
+    return Factory.forProtocol(partial(LoginProxy, watcher_for, backend, ledger, counters, clock, settings))

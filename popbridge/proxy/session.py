@@ -9,12 +9,10 @@ store it, the client is told so and disconnected; the login is not half-trusted.
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
-    IOpenSSLClientConnectionCreator,
     IReactorTime,
     IStreamClientEndpoint,
     ITransport,
@@ -27,7 +25,7 @@ from twisted.python.failure import Failure
 from popbridge.ledger import ILedger
 from popbridge.proxy.splice import splice
 from popbridge.stats import Counters
-from popbridge.tls import ServerCertificate
+from popbridge.proxy.settings import SessionSettings
 from popbridge.wire.login import (
     Action,
     Authenticated,
@@ -43,15 +41,6 @@ from popbridge.wire.login import (
 )
 
 
-@dataclass(frozen=True)
-class SessionTls:
-    """TLS for one listener: the certificate clients see, and how the backend leg is checked."""
-
-    certificate: ServerCertificate | None = None
-    implicit: bool = False  # TLS from the first byte (an ssl: listener)
-    backend: IOpenSSLClientConnectionCreator | None = None  # for backend_starttls
-
-
 class LoginProxy(Protocol, TimeoutMixin):
     """Faces the mail client; owns the backend leg and the watcher until the pipe is spliced."""
 
@@ -65,15 +54,14 @@ class LoginProxy(Protocol, TimeoutMixin):
         ledger: ILedger,
         counters: Counters,
         clock: IReactorTime,
-        idle_timeout: float,
-        connect_timeout: float,
-        tls: SessionTls = SessionTls(),
+        settings: SessionSettings = SessionSettings(),
     ) -> None:
         self._watcher_for, self._backend_endpoint = watcher_for, backend
         self._ledger, self._counters, self._clock = ledger, counters, clock
-        self._idle_timeout, self._connect_timeout = idle_timeout, connect_timeout
+        self._settings = settings
         self.callLater = clock.callLater  # TimeoutMixin's timer
-        self._tls_settings, self._tls = tls, False
+        self._tls_settings, self._tls = settings.tls, False
+        self._admitted = False
         self._backend: BackendLeg | None = None
         self._actions: deque[Action] = deque()
         self._recording = False
@@ -88,12 +76,17 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._counters.count(f"{self._watcher.protocol}_connections")
         if self._tls_settings.implicit:
             self._start_client_tls()
+        self._admitted = self._settings.sessions.admit(self._client)
+        if not self._admitted:
+            self.log.warn("{protocol} client {client} refused: too many sessions", protocol=self._watcher.protocol, client=self._client)
+            self._hang_up(self._watcher.goodbye("too many connections, try again later"))
+            return
         self.transport.pauseProducing()  # nothing is read until the backend answers
-        self.setTimeout(self._idle_timeout)
+        self.setTimeout(self._settings.idle_timeout)
         leg_factory = Factory.forProtocol(lambda: BackendLeg(self))
         leg_factory.noisy = False  # one log line per connection is the login line, not this
         connecting = self._backend_endpoint.connect(leg_factory)
-        connecting.addTimeout(self._connect_timeout, self._clock)
+        connecting.addTimeout(self._settings.connect_timeout, self._clock)
         connecting.addCallbacks(self._backend_connected, self._backend_unreachable)
 
     def _backend_connected(self, leg: "BackendLeg") -> None:
@@ -117,6 +110,7 @@ class LoginProxy(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._spliced:
             self._backend.transport.write(data)  # type: ignore[union-attr]
+            self.resetTimeout()
             return
         self.resetTimeout()
         self._feed(self._watcher.feed_client, data)
@@ -189,7 +183,7 @@ class LoginProxy(Protocol, TimeoutMixin):
     def _splice(self, leftovers: Authenticated) -> None:
         assert self._backend is not None
         self._spliced = True
-        self.setTimeout(None)  # from here on the backend's own timeouts apply
+        self.setTimeout(self._settings.idle_after_login)
         self._backend.transport.write(leftovers.client_data)
         self.transport.write(leftovers.backend_data)
         splice(self.transport, self._backend.transport)
@@ -210,8 +204,13 @@ class LoginProxy(Protocol, TimeoutMixin):
     # -- endings ------------------------------------------------------------------------
 
     def timeoutConnection(self) -> None:
-        self.log.info("{protocol} client {client} idle before login: closed", protocol=self._watcher.protocol, client=self._client)
-        self._hang_up(self._watcher.goodbye("idle for too long"))
+        when = "after" if self._spliced else "before"
+        self.log.info("{protocol} client {client} idle {when} login: closed", protocol=self._watcher.protocol, client=self._client, when=when)
+        if self._spliced:  # mid-session the protocol's state is unknown: just close both
+            self.transport.loseConnection()
+            self._backend.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            self._hang_up(self._watcher.goodbye("idle for too long"))
 
     def _hang_up(self, last_words: bytes) -> None:
         self.transport.write(last_words)
@@ -222,6 +221,9 @@ class LoginProxy(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._closed = True
         self.setTimeout(None)
+        if self._admitted:
+            self._settings.sessions.release(self._client)
+            self._admitted = False
         if self._backend is not None:
             self._backend.transport.loseConnection()
         if self._session is not None:

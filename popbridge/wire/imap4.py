@@ -99,7 +99,7 @@ class Imap4LoginWatcher:
         max_line: int = 16_384,
         max_literal: int = 65_536,
         max_pending: int = 131_072,
-        max_bad_commands: int = 10,
+        max_bad_commands: int = 5,
     ) -> None:
         self._forward_address = client_address
         self._tls, self.tls_active = tls, tls.active
@@ -216,7 +216,7 @@ class Imap4LoginWatcher:
         if verb in (b"LOGIN", b"AUTHENTICATE") and self._tls.required and not self.tls_active:
             if literal_at_end(line, self._max_literal):
                 raise ImapProtocolError("TLS is required to log in here")
-            return [ToClient(tag + b" NO [PRIVACYREQUIRED] TLS is required to log in here: use STARTTLS\r\n")]
+            return self._bad_command(tag + b" NO [PRIVACYREQUIRED] TLS is required to log in here: use STARTTLS\r\n")
         if verb == b"ID":
             return self._client_id(tag, arguments)
         self._command = _Command(tag, verb)
@@ -313,7 +313,7 @@ class Imap4LoginWatcher:
         if status not in (b"OK", b"NO", b"BAD"):
             raise ImapProtocolError(f"backend sent no status: {line[:40]!r}")
         self.state, self._command = State.READY, None
-        if status == b"BAD":
+        if status == b"BAD" or (status == b"NO" and command.verb in (b"LOGIN", b"AUTHENTICATE")):
             self._count_bad()
         if command.verb not in (b"LOGIN", b"AUTHENTICATE"):
             return [ToClient(self._capabilities(raw))]

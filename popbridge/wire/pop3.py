@@ -69,11 +69,14 @@ class Pop3LoginWatcher:
         tls: TlsOptions = TlsOptions(),
         max_line: int = 16_384,
         max_pending: int = 65_536,
+        max_bad_commands: int = 5,
     ) -> None:
         self._forward_address = client_address
         self._tls = tls
         self.tls_active = tls.active
         self._max_line, self._max_pending = max_line, max_pending
+        self._max_bad, self._bad = max_bad_commands, 0
+        self._answering_client = False  # the outstanding command is the client's, not a probe
         self._client, self._backend = b"", b""
         self.state = State.GREETING
         self._greeting = b""
@@ -148,10 +151,10 @@ class Pop3LoginWatcher:
         if verb == b"STLS":
             return self._stls()
         if verb == b"XCLIENT":
-            return [ToClient(b"-ERR XCLIENT is not accepted from clients\r\n")]
+            return self._refuse(b"-ERR XCLIENT is not accepted from clients\r\n")
         if verb in LOGIN_VERBS and (verb != b"AUTH" or argument) and self._tls.required and not self.tls_active:
-            return [ToClient(b"-ERR [AUTH] TLS is required to log in here: use STLS first\r\n")]
-        self.state, self._on_status = State.REPLY, _relay
+            return self._refuse(b"-ERR [AUTH] TLS is required to log in here: use STLS first\r\n")
+        self.state, self._on_status, self._answering_client = State.REPLY, _relay, True
         if verb == b"CAPA":
             self._on_status = self._multiline(self._capability_shown, self._capabilities_added)
         elif verb == b"USER":
@@ -183,8 +186,20 @@ class Pop3LoginWatcher:
             self.state = State.SASL_CLIENT
             return [ToClient(line + CRLF)]
         ok = _status(line)
+        if not ok and self._answering_client:
+            self._count_bad()
         self.state = State.READY
         return self._on_status(line, ok)
+
+    def _count_bad(self) -> None:
+        """Refused and failed commands, failed logins included, up to `max_bad_commands`."""
+        self._bad += 1
+        if self._bad > self._max_bad:
+            raise Pop3ProtocolError("too many bad commands")
+
+    def _refuse(self, answer: bytes) -> list[Action]:
+        self._count_bad()
+        return [ToClient(answer)]
 
     def _multiline(self, keep: Callable[[bytes], bool], then: Callable[[], list[Action]]) -> "StatusHandler":
         """Status handler for a command whose +OK starts a multi-line answer."""
@@ -205,9 +220,9 @@ class Pop3LoginWatcher:
 
     def _stls(self) -> list[Action]:
         if self.tls_active:
-            return [ToClient(b"-ERR Command not permitted when TLS active\r\n")]
+            return self._refuse(b"-ERR Command not permitted when TLS active\r\n")
         if not self._tls.offer_starttls:
-            return [ToClient(b"-ERR STLS is not offered here\r\n")]
+            return self._refuse(b"-ERR STLS is not offered here\r\n")
         self.tls_active, self._user = True, None
         self._client = b""  # bytes sent behind STLS were sent in the clear: never obeyed
         return [ToClient(b"+OK Begin TLS negotiation\r\n"), StartClientTls()]

@@ -198,3 +198,45 @@ def test_logs_name_the_login_but_never_the_password():
     assert "login failed: user 'alice' from 127.0.0.5 via pop3 USER" in text
     assert "login succeeded: user 'alice' from 127.0.0.5 via pop3 AUTH PLAIN" in text
     assert "hunter2" not in text and "AGFsaWNl" not in text
+
+
+def test_sessions_past_the_per_client_limit_are_refused_before_any_backend_connection():
+    first = Harness(max_sessions_per_client=1)
+    factory_backend = first.backend
+    second_proxy = first.proxy.factory.buildProtocol(IPv4Address("TCP", "127.0.0.5", 40001))
+    second = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.5", 40001))
+    second_proxy.makeConnection(second)
+    assert second.value().startswith(b"-ERR [SYS/TEMP] popbridge: too many connections")
+    assert second.disconnecting and len(factory_backend.attempts) == 1
+
+
+def test_a_closed_session_frees_its_slot():
+    h = Harness(max_sessions_per_client=1)
+    h.proxy.connectionLost()
+    again = h.proxy.factory.buildProtocol(IPv4Address("TCP", "127.0.0.5", 40002))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.5", 40002))
+    again.makeConnection(transport)
+    assert not transport.disconnecting and len(h.backend.attempts) == 2
+
+
+def test_idle_session_after_login_is_closed_after_its_own_timeout():
+    h = Harness(idle_timeout=60, session_idle_timeout=600)
+    h.connect_backend()
+    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.leg.dataReceived(b"+OK\r\n")
+    h.clock.advance(599)
+    h.proxy.dataReceived(b"NOOP\r\n")
+    h.clock.advance(599)
+    assert not h.client.disconnecting
+    h.clock.advance(1)
+    assert h.client.disconnecting and h.server.disconnecting
+
+
+def test_too_many_failed_logins_close_the_session():
+    h = Harness(max_bad_commands=2)
+    h.connect_backend()
+    for _ in range(3):
+        h.proxy.dataReceived(b"APOP alice 0123\r\n")
+        h.leg.dataReceived(b"-ERR [AUTH] failed\r\n")
+    assert h.client.disconnecting and h.server.disconnecting
+    assert h.client.value().endswith(b"-ERR [SYS/PERM] popbridge: too many bad commands\r\n")
