@@ -31,6 +31,14 @@ class CheckConfigOptions(usage.Options):
         self["path"] = path
 
 
+class MigrateOptions(usage.Options):
+    synopsis = "Usage: popbridge migrate-store [--ttl SECONDS] FROM TO"
+    optParameters = [["ttl", "t", 1800.0, "the daemons' [ledger] ttl: logins older than this are not copied", float]]
+
+    def parseArgs(self, source: str, target: str) -> None:
+        self["from"], self["to"] = source, target
+
+
 class ControlOptions(usage.Options):
     optParameters = [["socket", "s", "/run/popbridge/control.sock", "the control socket ([control] listen)"]]
     optFlags = [["json", "j", "print the daemon's JSON answer as it is"]]
@@ -61,6 +69,7 @@ class Options(usage.Options):
         ["query", None, AddressOptions, "show the live logins of one client address"],
         ["revoke", None, AddressOptions, "forget every login of one client address"],
         ["stats", None, ControlOptions, "counters since the daemon started"],
+        ["migrate-store", None, MigrateOptions, "copy the live logins of one store to another (daemons stopped)"],
     ]
 
     def postOptions(self) -> None:
@@ -80,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             _run(load_config(sub["config"]), sub["config"])
         elif command == "demo":
             _demo(Path(sub["dir"]))
+        elif command == "migrate-store":
+            _migrate_store(sub)
         elif command == "check-config":
             _check_config(sub["path"])
         else:
@@ -113,6 +124,24 @@ def _check_config(path: str) -> None:
         f"control {'on ' + config.control.listen if config.control else 'off'}, "
         f"ledger {config.ledger.store} with ttl {config.ledger.ttl:g} s"
     )
+
+
+def _migrate_store(options: MigrateOptions) -> None:
+    """FROM and TO are `[ledger] store` strings; prints how many logins were copied."""
+    from twisted.internet import task
+    from twisted.internet.defer import Deferred
+
+    from popbridge.ledger import LedgerStoreError, LedgerUnavailable
+    from popbridge.ledger.migrate import migrate_store
+
+    async def main(reactor: Any) -> None:
+        try:
+            copied = await migrate_store(options["from"], options["to"], options["ttl"], reactor)
+        except (LedgerStoreError, LedgerUnavailable) as e:
+            sys.exit(f"popbridge migrate-store: {e}")
+        print(f"copied {copied} live logins from {options['from']} to {options['to']}")
+
+    task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
 
 
 def _control(command: str, options: ControlOptions) -> None:

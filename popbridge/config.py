@@ -8,11 +8,12 @@ Endpoint strings are checked by parsing them with Twisted's own parsers, which h
 effects until `listen()` / `connect()`.
 """
 
+import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from ldap3.core.exceptions import LDAPException
@@ -56,7 +57,9 @@ class ProxyConfig:
     max_sessions: int = 5_000  # open sessions on this listener
     max_sessions_per_client: int = 50  # open sessions from one client address
     tls: TlsConfig = TlsConfig()
-    bind: str = ""  # the endpoint actually bound: `listen`, with ssl: turned into tcp:
+    bind: str = ""  # the endpoint actually bound: `listen` without haproxy:, with ssl: turned into tcp:
+    proxy_header: bool = False  # an haproxy: listener: a PROXY header comes first
+    trusted_proxies: tuple[str, ...] = ()  # networks whose PROXY headers are believed
 
     @property
     def listen_endpoint(self) -> str:
@@ -196,15 +199,26 @@ def _ledger(reader: "_Reader", table: Mapping[str, Any]) -> LedgerConfig:
 
 def _proxy(reader: "_Reader", where: str, table: Mapping[str, Any]) -> ProxyConfig:
     reader.only_keys(
-        where, table, ("protocol", "listen", "backend", "forward_client_address", "connect_timeout", *LIMIT_KEYS, *TLS_KEYS)
+        where,
+        table,
+        ("protocol", "listen", "backend", "forward_client_address", "connect_timeout", "trusted_proxies", *LIMIT_KEYS, *TLS_KEYS),
     )
     listen = reader.string(where, table, "listen")
-    bind, tls = proxy_tls(reader, where, table, listen)
+    proxy_header = listen.startswith("haproxy:")
+    inner = listen.removeprefix("haproxy:")
+    if proxy_header and inner.startswith("ssl:"):
+        reader.fail(where, "listen", "haproxy:ssl: is not supported: use haproxy:tcp: and STLS/STARTTLS")
+    bind, tls = proxy_tls(reader, where, table, inner)
+    trusted = reader.networks(where, table, "trusted_proxies")
+    if proxy_header and not trusted:
+        reader.fail(where, "trusted_proxies", "an haproxy: listener needs the networks its PROXY headers may come from")
     return ProxyConfig(
         protocol=reader.choice(where, table, "protocol", PROXY_PROTOCOLS),
         listen=listen,
         bind=reader.endpoint(where, {"listen": bind}, "listen", serverFromString),
         tls=tls,
+        proxy_header=proxy_header,
+        trusted_proxies=trusted,
         backend=reader.endpoint(where, table, "backend", clientFromString),
         forward_client_address=reader.boolean(where, table, "forward_client_address", False),
         connect_timeout=reader.number(where, table, "connect_timeout", ProxyConfig.connect_timeout, minimum=1),
@@ -333,7 +347,7 @@ class _Reader:
 
     source: str
 
-    def fail(self, where: str, key: str, problem: str) -> None:
+    def fail(self, where: str, key: str, problem: str) -> NoReturn:
         prefix = f"{where} {key}" if where else key
         raise ConfigError(f"{self.source}: {prefix}: {problem}")
 
@@ -397,6 +411,15 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
             self.fail(where, key, f"must be {'an integer' if integer else 'a number'} >= {minimum}")
         return value
+
+    def networks(self, where: str, table: Mapping[str, Any], key: str) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            self.fail(where, key, 'must be a list of networks like ["127.0.0.1/32"]')
+        try:
+            return tuple(str(ipaddress.ip_network(item, strict=False)) for item in value)
+        except ValueError as e:
+            self.fail(where, key, str(e))
 
     def endpoint(self, where: str, table: Mapping[str, Any], key: str, parse: Callable[[Any, str], object]) -> str:
         description = self.string(where, table, key)

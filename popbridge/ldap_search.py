@@ -9,6 +9,7 @@ goes into `user_filter`, and a filter that matches more than one entry finds nob
 crafted name can borrow another user's facts even if a filter were written carelessly.
 """
 
+import math
 import re
 import ssl
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ldap3 import BASE, FIRST, NONE, NO_ATTRIBUTES, SUBTREE, Connection, Server, ServerPool, Tls
+from ldap3 import BASE, NONE, NO_ATTRIBUTES, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
@@ -61,7 +62,7 @@ def search_user(config: LdapConfig, user: str, connection: Connection) -> Found:
     """Find `user`'s entry, then ask whether it also matches `exempt_filter` (a base search
     on that entry, so the exempt test can only ever be about this one user)."""
     attributes = [config.backend_attribute] if config.backend_attribute else NO_ATTRIBUTES
-    time_limit = max(1, int(config.timeout + 0.999))  # the server gives up too
+    time_limit = _whole_seconds(config.timeout)  # the server gives up too
     connection.search(
         config.base, user_filter(config.user_filter, user), SUBTREE,
         attributes=attributes, size_limit=2, time_limit=time_limit,
@@ -80,6 +81,12 @@ def search_user(config: LdapConfig, user: str, connection: Connection) -> Found:
         code = _result_code(connection, "exempt search")
         exempt = code == SUCCESS and any(r.get("type") == "searchResEntry" for r in connection.response or ())
     return Found(UserFacts(exempt=exempt, backend=backend), note)
+
+
+def _whole_seconds(seconds: float) -> int:
+    """LDAP time limits and ldap3's receive timeout are whole seconds: round up, at least 1.
+    The exact `timeout` is enforced on the reactor side; this only frees the thread."""
+    return max(1, math.ceil(seconds))
 
 
 def _result_code(connection: Connection, what: str) -> int:
@@ -151,32 +158,47 @@ def _close(connection: Connection) -> None:
 
 
 def ldap_connector(config: LdapConfig) -> Callable[[], Connection]:
-    """Opens and binds a connection to the first server of `urls` that answers."""
+    """Opens and binds a connection to the first server of `urls` that answers.
+
+    Fail-over is this loop rather than ldap3's active ServerPool: that one probes every server
+    with an extra connection and then sleeps 10 s (POOLING_LOOP_TIMEOUT) after a cycle that
+    found none, which would hold a worker thread long after the caller gave up. Each attempt
+    here is bounded by `timeout`, and the next query tries the first server again, so a
+    restarted primary is used as soon as it answers. A new `Server` per attempt, because an
+    ldap3 Server remembers a refused address as unavailable for a while.
+    """
     tls = Tls(validate=ssl.CERT_REQUIRED)
-    servers = [Server(url, connect_timeout=config.timeout, get_info=NONE, tls=tls) for url in config.urls]
-    # active=1: try each server once per connection attempt, never loop; exhaust=False: a
-    # server that failed is tried again next time, so a restarted server is used at once
-    servers_in_order = ServerPool(servers, FIRST, active=1, exhaust=False)
 
     def connect() -> Connection:
-        connection = Connection(
-            servers_in_order,
-            user=config.bind_dn or None,
-            password=config.bind_password or None,
-            receive_timeout=config.timeout,
-            read_only=True,
-            raise_exceptions=False,
-        )
-        try:
-            connection.open()
-            if config.start_tls and not connection.start_tls():
-                raise DirectoryError(f"StartTLS refused: {(connection.result or {}).get('description')}")
-            if not connection.bind():
-                who = config.bind_dn or "anonymous"
-                raise DirectoryError(f"bind as {who} refused: {(connection.result or {}).get('description')}")
-        except BaseException:
-            _close(connection)
-            raise
-        return connection
+        failure: LDAPException | None = None
+        for url in config.urls:
+            try:
+                return _open(config, Server(url, connect_timeout=config.timeout, get_info=NONE, tls=tls))
+            except LDAPException as e:
+                failure = e
+        assert failure is not None  # config guarantees at least one URL
+        raise failure
 
     return connect
+
+
+def _open(config: LdapConfig, server: Server) -> Connection:
+    connection = Connection(
+        server,
+        user=config.bind_dn or None,
+        password=config.bind_password or None,
+        receive_timeout=_whole_seconds(config.timeout),  # ldap3 packs it into SO_RCVTIMEO as an int
+        read_only=True,
+        raise_exceptions=False,
+    )
+    try:
+        connection.open()
+        if config.start_tls and not connection.start_tls():
+            raise DirectoryError(f"StartTLS refused by {server.name}: {(connection.result or {}).get('description')}")
+        if not connection.bind():
+            who = config.bind_dn or "anonymous"
+            raise DirectoryError(f"bind as {who} refused by {server.name}: {(connection.result or {}).get('description')}")
+    except BaseException:
+        _close(connection)
+        raise
+    return connection

@@ -19,6 +19,7 @@ from popbridge.ledger import ILedger
 from popbridge.ledger.stores import open_store
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.proxy import proxy_factory
+from popbridge.proxy.trusted_proxy import TrustedProxyHeaderFactory
 from popbridge.stats import Counters
 from popbridge.tls_reload import CertificateReloader
 from popbridge.verdict import Verdicts
@@ -99,6 +100,8 @@ def build_service(config: Config, reactor: Any) -> IService:
         backend = clientFromString(reactor, proxy.backend)
         certificate = certificates.add(proxy.tls)
         factory = proxy_factory(proxy, backend, ledger, counters, reactor, certificate)
+        if proxy.proxy_header:
+            factory = TrustedProxyHeaderFactory(factory, proxy.trusted_proxies, reactor)
         Listener(reactor, f"{proxy.protocol} clients", proxy.listen, factory, proxy.listen_endpoint).setServiceParent(top)
     for lookup in config.lookups:
         factory = lookup_factory(lookup, verdicts, ledger, counters, reactor)

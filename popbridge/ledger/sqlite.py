@@ -96,6 +96,8 @@ class SqliteLedger:
 
     def open(self) -> None:
         """Open, check and load the file; raises LedgerStoreError naming it."""
+        if self._db is not None:
+            return
         try:
             self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             self._lock = open(self.path, "ab")
