@@ -12,6 +12,7 @@ from typing import Any
 from twisted.python import usage
 
 from popbridge.config import Config, ConfigError, load_config
+from popbridge.ledger.spec import parse_store
 
 
 class RunOptions(usage.Options):
@@ -122,7 +123,7 @@ def _check_config(path: str) -> None:
     print(
         f"{path}: OK: {len(config.proxies)} proxy, {len(config.lookups)} lookup listener(s), "
         f"control {'on ' + config.control.listen if config.control else 'off'}, "
-        f"ledger {config.ledger.store} with ttl {config.ledger.ttl:g} s"
+        f"ledger {parse_store(config.ledger.store).describe()} with ttl {config.ledger.ttl:g} s"
     )
 
 

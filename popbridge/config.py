@@ -25,7 +25,7 @@ from popbridge.ledger.spec import DEFAULT_STORE, parse_store
 
 PROXY_PROTOCOLS = ("pop3", "imap4")
 COUNT_KEYS = ("max_line", "max_literal", "max_bad_commands", "max_sessions", "max_sessions_per_client")
-LIMIT_KEYS = ("idle_timeout", "session_idle_timeout", *COUNT_KEYS)
+LIMIT_KEYS = ("idle_timeout", "session_idle_timeout", "shutdown_grace", *COUNT_KEYS)
 LOOKUP_PROTOCOLS = ("policy", "socketmap", "whoson")
 
 
@@ -56,6 +56,7 @@ class ProxyConfig:
     max_bad_commands: int = 5  # refused or failed commands (logins included) before the close
     max_sessions: int = 5_000  # open sessions on this listener
     max_sessions_per_client: int = 50  # open sessions from one client address
+    shutdown_grace: float = 30.0  # seconds logged-in sessions may go on after SIGTERM
     tls: TlsConfig = TlsConfig()
     bind: str = ""  # the endpoint actually bound: `listen` without haproxy:, with ssl: turned into tcp:
     proxy_header: bool = False  # an haproxy: listener: a PROXY header comes first
@@ -223,6 +224,7 @@ def _proxy(reader: "_Reader", where: str, table: Mapping[str, Any]) -> ProxyConf
         forward_client_address=reader.boolean(where, table, "forward_client_address", False),
         connect_timeout=reader.number(where, table, "connect_timeout", ProxyConfig.connect_timeout, minimum=1),
         idle_timeout=reader.number(where, table, "idle_timeout", ProxyConfig.idle_timeout, minimum=1),
+        shutdown_grace=reader.number(where, table, "shutdown_grace", ProxyConfig.shutdown_grace, minimum=0),
         session_idle_timeout=(
             reader.number(where, table, "session_idle_timeout", 0, minimum=1) if "session_idle_timeout" in table else None
         ),

@@ -1,10 +1,12 @@
 """Everything the config file describes, built into one Twisted service tree."""
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -36,9 +38,19 @@ class Listener(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, what: str, description: str, factory: Factory, bind: str = "") -> None:
-        """`description` as the operator wrote it; `bind`, when given, is what is really bound."""
+    def __init__(
+        self,
+        reactor: Any,
+        what: str,
+        description: str,
+        factory: Factory,
+        bind: str = "",
+        drain: "Callable[[], Deferred[None]] | None" = None,
+    ) -> None:
+        """`description` as the operator wrote it; `bind`, when given, is what is really bound;
+        `drain` is waited for after the listener stops (sessions finishing at shutdown)."""
         self._reactor, self.what, self.description, self._factory = reactor, what, description, factory
+        self._drain = drain
         factory.noisy = False  # this class logs the listener itself, with what it is for
         self._endpoint: IStreamServerEndpoint = serverFromString(reactor, bind or description)
         self._port: IListeningPort | None = None
@@ -63,7 +75,10 @@ class Listener(Service):
     def stopService(self) -> "Deferred[None] | None":
         super().stopService()
         port, self._port = self._port, None
-        return port.stopListening() if port is not None else None
+        stopped = port.stopListening() if port is not None else None
+        if self._drain is None:
+            return stopped
+        return maybeDeferred(lambda: stopped).addCallback(lambda _: self._drain())  # type: ignore[misc]
 
 
 def _stop(reactor: Any) -> None:
@@ -100,9 +115,10 @@ def build_service(config: Config, reactor: Any) -> IService:
         backend = clientFromString(reactor, proxy.backend)
         certificate = certificates.add(proxy.tls)
         factory = proxy_factory(proxy, backend, ledger, counters, reactor, certificate)
+        drain = partial(factory.sessions.drain, proxy.shutdown_grace, reactor)
         if proxy.proxy_header:
             factory = TrustedProxyHeaderFactory(factory, proxy.trusted_proxies, reactor)
-        Listener(reactor, f"{proxy.protocol} clients", proxy.listen, factory, proxy.listen_endpoint).setServiceParent(top)
+        Listener(reactor, f"{proxy.protocol} clients", proxy.listen, factory, proxy.listen_endpoint, drain).setServiceParent(top)
     for lookup in config.lookups:
         factory = lookup_factory(lookup, verdicts, ledger, counters, reactor)
         Listener(reactor, f"{lookup.protocol} lookups", lookup.listen, factory).setServiceParent(top)

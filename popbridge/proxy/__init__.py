@@ -63,4 +63,6 @@ def proxy_factory(
         tls=session_tls,
         sessions=OpenSessions(config.max_sessions, config.max_sessions_per_client),
     )
-    return Factory.forProtocol(partial(LoginProxy, watcher_for, backend, ledger, counters, clock, settings))
+    factory = Factory.forProtocol(partial(LoginProxy, watcher_for, backend, ledger, counters, clock, settings))
+    factory.sessions = settings.sessions  # type: ignore[attr-defined]  # for the drain at shutdown
+    return factory

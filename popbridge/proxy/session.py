@@ -76,7 +76,7 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._counters.count(f"{self._watcher.protocol}_connections")
         if self._tls_settings.implicit:
             self._start_client_tls()
-        self._admitted = self._settings.sessions.admit(self._client)
+        self._admitted = self._settings.sessions.admit(self._client, self)
         if not self._admitted:
             self.log.warn("{protocol} client {client} refused: too many sessions", protocol=self._watcher.protocol, client=self._client)
             self._hang_up(self._watcher.goodbye("too many connections, try again later"))
@@ -212,6 +212,18 @@ class LoginProxy(Protocol, TimeoutMixin):
         else:
             self._hang_up(self._watcher.goodbye("idle for too long"))
 
+    @property
+    def logged_in(self) -> bool:
+        return self._spliced
+
+    def shut_down(self) -> None:
+        """The daemon is stopping: a goodbye before the login, a plain close after it."""
+        if self._spliced:
+            self.transport.loseConnection()
+            self._backend.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            self._hang_up(self._watcher.goodbye("server shutting down, try again later"))
+
     def _hang_up(self, last_words: bytes) -> None:
         self.transport.write(last_words)
         self.transport.loseConnection()
@@ -222,8 +234,8 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._closed = True
         self.setTimeout(None)
         if self._admitted:
-            self._settings.sessions.release(self._client)
             self._admitted = False
+            self._settings.sessions.release(self._client, self)
         if self._backend is not None:
             self._backend.transport.loseConnection()
         if self._session is not None:

@@ -2,8 +2,10 @@
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 
 from popbridge.tls import ServerCertificate
 
@@ -17,31 +19,69 @@ class SessionTls:
     backend: IOpenSSLClientConnectionCreator | None = None  # for backend_starttls
 
 
+class Session(Protocol):
+    logged_in: bool
+
+    def shut_down(self) -> None:
+        """Close now: with the protocol's goodbye before the login, plainly after it."""
+
+
 @dataclass
 class OpenSessions:
     """Open sessions of one listener, in total and per client address.
 
     A flood from one address (or one NAT) must not take every slot: past either limit a new
-    connection gets the protocol's goodbye before any backend connection is made.
+    connection gets the protocol's goodbye before any backend connection is made. At shutdown
+    `drain` lets logged-in sessions finish for a grace period.
     """
 
     max_total: int = 5_000
     max_per_client: int = 50
-    total: int = 0
     per_client: Counter[str] = field(default_factory=Counter)
+    open: set[Session] = field(default_factory=set)
+    _drained: list["Deferred[None]"] = field(default_factory=list)
 
-    def admit(self, client: str) -> bool:
+    @property
+    def total(self) -> int:
+        return len(self.open)
+
+    def admit(self, client: str, session: Session) -> bool:
         if self.total >= self.max_total or self.per_client[client] >= self.max_per_client:
             return False
-        self.total += 1
+        self.open.add(session)
         self.per_client[client] += 1
         return True
 
-    def release(self, client: str) -> None:
-        self.total -= 1
+    def release(self, client: str, session: Session) -> None:
+        self.open.discard(session)
         self.per_client[client] -= 1
         if not self.per_client[client]:
             del self.per_client[client]
+        if not self.open:
+            waiting, self._drained = self._drained, []
+            for drained in waiting:
+                drained.callback(None)
+
+    def drain(self, grace: float, clock: IReactorTime) -> "Deferred[None]":
+        """Close sessions still logging in now, the others when they end or after `grace`."""
+        for session in [s for s in self.open if not s.logged_in]:
+            session.shut_down()
+        if not self.open:
+            return succeed(None)
+        drained: Deferred[None] = Deferred()
+        self._drained.append(drained)
+        deadline = clock.callLater(grace, self._close_all)
+
+        def in_time(result: None) -> None:
+            if deadline.active():
+                deadline.cancel()
+            return result
+
+        return drained.addBoth(in_time)
+
+    def _close_all(self) -> None:
+        for session in list(self.open):
+            session.shut_down()
 
 
 @dataclass(frozen=True)

@@ -240,3 +240,34 @@ def test_too_many_failed_logins_close_the_session():
         h.leg.dataReceived(b"-ERR [AUTH] failed\r\n")
     assert h.client.disconnecting and h.server.disconnecting
     assert h.client.value().endswith(b"-ERR [SYS/PERM] popbridge: too many bad commands\r\n")
+
+
+def test_shutdown_closes_sessions_still_logging_in_at_once():
+    h = Harness()
+    h.connect_backend()
+    h.client.clear()
+    h.proxy.factory.sessions.drain(30, h.clock)
+    assert h.client.value() == b"-ERR [SYS/TEMP] popbridge: server shutting down, try again later\r\n"
+    assert h.client.disconnecting
+
+
+def test_shutdown_lets_logged_in_sessions_finish_within_the_grace_period():
+    h = Harness()
+    h.connect_backend()
+    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.leg.dataReceived(b"+OK\r\n")
+    drained = h.proxy.factory.sessions.drain(30, h.clock)
+    h.clock.advance(29)
+    assert not h.client.disconnecting and not drained.called
+    h.proxy.connectionLost()
+    assert drained.called
+
+
+def test_shutdown_closes_logged_in_sessions_after_the_grace_period():
+    h = Harness()
+    h.connect_backend()
+    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.leg.dataReceived(b"+OK\r\n")
+    h.proxy.factory.sessions.drain(30, h.clock)
+    h.clock.advance(30)
+    assert h.client.disconnecting and h.server.disconnecting
