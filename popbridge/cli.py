@@ -16,7 +16,11 @@ from popbridge.ledger.spec import parse_store
 
 
 class RunOptions(usage.Options):
-    optParameters = [["config", "c", None, "the popbridge configuration file (TOML)"]]
+    optParameters = [
+        ["config", "c", None, "the popbridge configuration file (TOML)"],
+        ["user", "u", None, "run as this user once the listeners are bound (twistd --uid)"],
+        ["group", "g", None, "run with this group once the listeners are bound (twistd --gid)"],
+    ]
 
     def postOptions(self) -> None:
         if not self["config"]:
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     command, sub = options.subCommand, options.subOptions
     try:
         if command == "run":
-            _run(load_config(sub["config"]), sub["config"])
+            _run(load_config(sub["config"]), sub["config"], sub["user"], sub["group"])
         elif command == "demo":
             _demo(Path(sub["dir"]))
         elif command == "migrate-store":
@@ -100,12 +104,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"popbridge: {e}")
 
 
-def _run(config: Config, path: str) -> None:
-    """Hand over to twistd, which logs to stdout and stops cleanly on SIGTERM/SIGINT."""
+def _run(config: Config, path: str, user: str | None = None, group: str | None = None) -> None:
+    """Hand over to twistd, which logs to stdout and stops cleanly on SIGTERM/SIGINT.
+
+    With `user`/`group`, twistd binds every listener as root first, then drops to them.
+    """
     from twisted.scripts.twistd import run
 
     del config  # checked first so a config error is one line, not twistd's usage text
-    sys.argv = ["twistd", "--nodaemon", "--pidfile=", "popbridge", "--config", path]
+    privileges = [*(["--uid", user] if user else []), *(["--gid", group] if group else [])]
+    sys.argv = ["twistd", "--nodaemon", "--pidfile=", *privileges, "popbridge", "--config", path]
     run()
 
 

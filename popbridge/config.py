@@ -8,7 +8,9 @@ Endpoint strings are checked by parsing them with Twisted's own parsers, which h
 effects until `listen()` / `connect()`.
 """
 
+import grp
 import ipaddress
+import pwd
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -84,6 +86,8 @@ class LookupConfig:
     exempt_action: str = ""  # policy only: the answer for exempt addresses ("" = authorised_action)
     allow_updates: bool = False
     idle_timeout: float = 600.0  # Postfix keeps policy connections for up to 300 s idle
+    owner: str | None = None  # unix socket owner and group, set after binding (as root)
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class LdapConfig:
 @dataclass(frozen=True)
 class ControlConfig:
     listen: str
+    owner: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -234,7 +240,7 @@ def _proxy(reader: "_Reader", where: str, table: Mapping[str, Any]) -> ProxyConf
 
 def _lookup(reader: "_Reader", where: str, table: Mapping[str, Any]) -> LookupConfig:
     protocol = reader.choice(where, table, "protocol", LOOKUP_PROTOCOLS)
-    allowed = ["protocol", "listen", "idle_timeout"]
+    allowed = ["protocol", "listen", "idle_timeout", "owner", "group"]
     allowed += ["allow_updates"] if protocol == "whoson" else ["authorised_action", "unknown_action", "tempfail_action"]
     allowed += ["exempt_action"] if protocol == "policy" else []
     reader.only_keys(where, table, allowed, note=f"for protocol {protocol!r}")
@@ -247,14 +253,20 @@ def _lookup(reader: "_Reader", where: str, table: Mapping[str, Any]) -> LookupCo
         tempfail_action=reader.action(where, table, "tempfail_action", defaults.tempfail_action),
         exempt_action=reader.action(where, table, "exempt_action", "-") if "exempt_action" in table else "",
         allow_updates=reader.boolean(where, table, "allow_updates", False),
+        owner=reader.account(where, table, "owner"),
+        group=reader.account(where, table, "group"),
         idle_timeout=reader.number(where, table, "idle_timeout", defaults.idle_timeout, minimum=1),
     )
 
 
 def _control(reader: "_Reader", value: Any) -> ControlConfig:
     table = reader.table("[control]", value)
-    reader.only_keys("[control]", table, ("listen",))
-    return ControlConfig(listen=reader.endpoint("[control]", table, "listen", serverFromString))
+    reader.only_keys("[control]", table, ("listen", "owner", "group"))
+    return ControlConfig(
+        listen=reader.endpoint("[control]", table, "listen", serverFromString),
+        owner=reader.account("[control]", table, "owner"),
+        group=reader.account("[control]", table, "group"),
+    )
 
 
 LDAP_KEYS = (
@@ -413,6 +425,19 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
             self.fail(where, key, f"must be {'an integer' if integer else 'a number'} >= {minimum}")
         return value
+
+    def account(self, where: str, table: Mapping[str, Any], key: str) -> str | None:
+        """A user ("owner") or group ("group") name that exists on this machine, or None."""
+        if key not in table:
+            return None
+        name = self.string(where, table, key)
+        try:
+            (pwd.getpwnam if key == "owner" else grp.getgrnam)(name)
+        except KeyError:
+            self.fail(where, key, f"no such {'user' if key == 'owner' else 'group'} {name!r}")
+        if not table.get("listen", "").startswith("unix:"):
+            self.fail(where, key, "only unix: sockets have an owner and a group")
+        return name
 
     def networks(self, where: str, table: Mapping[str, Any], key: str) -> tuple[str, ...]:
         value = table.get(key, [])

@@ -1,5 +1,8 @@
 """Everything the config file describes, built into one Twisted service tree."""
 
+import grp
+import os
+import pwd
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -46,11 +49,13 @@ class Listener(Service):
         factory: Factory,
         bind: str = "",
         drain: "Callable[[], Deferred[None]] | None" = None,
+        owner: str | None = None,
+        group: str | None = None,
     ) -> None:
         """`description` as the operator wrote it; `bind`, when given, is what is really bound;
         `drain` is waited for after the listener stops (sessions finishing at shutdown)."""
         self._reactor, self.what, self.description, self._factory = reactor, what, description, factory
-        self._drain = drain
+        self._drain, self._owner, self._group = drain, owner, group
         factory.noisy = False  # this class logs the listener itself, with what it is for
         self._endpoint: IStreamServerEndpoint = serverFromString(reactor, bind or description)
         self._port: IListeningPort | None = None
@@ -63,6 +68,8 @@ class Listener(Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self._port = port
+        if self._owner or self._group:
+            _give_socket(port, self._owner, self._group)
         self.log.info("listening for {what} on {endpoint}", what=self.what, endpoint=self.description)
 
     def _cannot_listen(self, failure: Failure) -> None:
@@ -79,6 +86,13 @@ class Listener(Service):
         if self._drain is None:
             return stopped
         return maybeDeferred(lambda: stopped).addCallback(lambda _: self._drain())  # type: ignore[misc]
+
+
+def _give_socket(port: IListeningPort, owner: str | None, group: str | None) -> None:
+    """chown a unix socket bound as root to the account its clients (Postfix, admins) use."""
+    uid = pwd.getpwnam(owner).pw_uid if owner else -1
+    gid = grp.getgrnam(group).gr_gid if group else -1
+    os.chown(port.getHost().name, uid, gid)  # type: ignore[attr-defined]
 
 
 def _stop(reactor: Any) -> None:
@@ -121,10 +135,14 @@ def build_service(config: Config, reactor: Any) -> IService:
         Listener(reactor, f"{proxy.protocol} clients", proxy.listen, factory, proxy.listen_endpoint, drain).setServiceParent(top)
     for lookup in config.lookups:
         factory = lookup_factory(lookup, verdicts, ledger, counters, reactor)
-        Listener(reactor, f"{lookup.protocol} lookups", lookup.listen, factory).setServiceParent(top)
+        Listener(
+            reactor, f"{lookup.protocol} lookups", lookup.listen, factory, owner=lookup.owner, group=lookup.group
+        ).setServiceParent(top)
     if config.control is not None:
         factory = control_factory(ledger, counters, reactor)
-        Listener(reactor, "control requests", config.control.listen, factory).setServiceParent(top)
+        Listener(
+            reactor, "control requests", config.control.listen, factory, owner=config.control.owner, group=config.control.group
+        ).setServiceParent(top)
     if config.demo is not None:
         Listener(reactor, "demo POP3 backend", config.demo.listen, demo_backend_factory(config.demo)).setServiceParent(top)
     return top

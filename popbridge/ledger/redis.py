@@ -46,6 +46,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popbridge.addresses import client_key
@@ -147,7 +148,18 @@ class RedisLedger:
             self._open[name] = (self._open.get(name, (0, tls))[0] + 1, tls)
         open_until = now + 3 * self.refresh if name in self._open else 0.0
         writing = self._call("record", self._write_many, [self._entry(name, now, tls, open_until)])
+        if session:
+            writing.addErrback(self._not_opened, name)
         return writing.addCallback(lambda _: Login(key, user, protocol, now, 1 if open_until else 0, tls))
+
+    def _not_opened(self, failure: Failure, name: Name) -> Failure:
+        """The login was not stored, so the proxy will not end its session: forget it here."""
+        count, tls = self._open.get(name, (0, False))
+        if count > 1:
+            self._open[name] = (count - 1, tls)
+        else:
+            self._open.pop(name, None)
+        return failure
 
     def end_session(self, address: str, user: str, protocol: str) -> "Deferred[None]":
         key = client_key(address, self._ipv6_prefix)

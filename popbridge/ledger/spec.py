@@ -40,7 +40,7 @@ def parse_store(text: str) -> StoreSpec:
     if text.startswith(("redis://", "rediss://")):
         parts = urlsplit(text)
         try:
-            port = parts.port
+            parts.port  # noqa: B018  urlsplit checks the port only when asked for it
         except ValueError:
             raise ValueError(f"{parts.netloc!r} has no usable port") from None
         if not parts.hostname:
@@ -48,7 +48,6 @@ def parse_store(text: str) -> StoreSpec:
         database = parts.path.lstrip("/")
         if database and not database.isdigit():
             raise ValueError(f"the database in a Redis URL is a number (redis://HOST:PORT/0), not {database!r}")
-        del port
         return StoreSpec("redis", url=text)
     raise ValueError(
         f'unsupported store {text!r}: use "sqlite:PATH", "memory", "redis://HOST:PORT/DB" or "rediss://..."'
