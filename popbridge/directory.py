@@ -18,7 +18,7 @@ Why it looks like this:
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from cachetools import TTLCache
 from ldap3.core.exceptions import LDAPException
@@ -40,7 +40,6 @@ FALLBACK = UserFacts()  # what an unknown user, or a directory that cannot answe
 LDAP_THREADS = 4  # worker threads, and so at most this many LDAP connections
 MAX_CACHED_USERS = 100_000
 
-T = TypeVar("T")
 RunBlocking = Callable[..., "Deferred[Any]"]  # run_blocking(f, *args) fires with f(*args)
 
 
@@ -228,7 +227,6 @@ class ThreadPoolService(Service):
 def ldap_directory(config: LdapConfig, reactor: Any) -> tuple[LdapDirectory, Service]:
     """The production directory and the service that owns its threads."""
     threads = ThreadPool(minthreads=0, maxthreads=LDAP_THREADS, name="popbridge-ldap")
-    directory = LdapDirectory(
-        config, ConnectionPool(ldap_connector(config), LDAP_THREADS), partial(deferToThreadPool, reactor, threads), reactor
-    )
+    connections = ConnectionPool(ldap_connector(config), LDAP_THREADS)
+    directory = LdapDirectory(config, connections, partial(deferToThreadPool, reactor, threads), reactor)
     return directory, ThreadPoolService(threads, directory.close)

@@ -196,8 +196,8 @@ def _open(config: LdapConfig, server: Server) -> Connection:
         if config.start_tls and not connection.start_tls():
             raise DirectoryError(f"StartTLS refused by {server.name}: {(connection.result or {}).get('description')}")
         if not connection.bind():
-            who = config.bind_dn or "anonymous"
-            raise DirectoryError(f"bind as {who} refused by {server.name}: {(connection.result or {}).get('description')}")
+            refusal = (connection.result or {}).get("description")
+            raise DirectoryError(f"bind as {config.bind_dn or 'anonymous'} refused by {server.name}: {refusal}")
     except BaseException:
         _close(connection)
         raise

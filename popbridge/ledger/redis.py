@@ -131,7 +131,7 @@ class RedisLedger:
         return refreshing
 
     def _refreshed(self, results: list[int], names: list[Name]) -> None:
-        for name, written in zip(names, results):
+        for name, written in zip(names, results, strict=True):
             if not written:  # revoked, perhaps by another node: the session no longer counts
                 self._open.pop(name, None)
 
@@ -230,7 +230,7 @@ class RedisLedger:
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
-        return [(key.removeprefix(self._prefix), fields) for key, fields in zip(keys, pipe.execute())]
+        return [(key.removeprefix(self._prefix), fields) for key, fields in zip(keys, pipe.execute(), strict=True)]
 
     def _call(self, what: str, function: Callable[..., Any], *args: Any, timeout: float | None = None) -> "Deferred[Any]":
         """`function(*args)` in the pool; LedgerUnavailable on any Redis error or after `timeout`."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from .servers import Dovecot, Popbridge, Postfix, Redis, ServerError, StartPopbridge, find_binary, short_directory
+from .tls_support import TlsCertificates, TlsDovecot
 
 # binary -> the Debian package that provides it
 REQUIRED = {
@@ -26,6 +27,9 @@ REQUIRED = {
     "curl": "curl",
     "redis-server": "redis-server",
     "fetchmail": "fetchmail",
+    "slapd": "slapd",
+    "slapadd": "slapd",
+    "openssl": "openssl",
 }
 
 USERS = {
@@ -35,6 +39,7 @@ USERS = {
     "dave": "dave-pw",  # holds the 5 MB message
     "erin": "erin-pw",  # holds the 5 MB message fetched over IMAP
 }
+MASTER_USERS = {"admin": "admin-pw"}  # Dovecot master user: SASL PLAIN authcid that may act as anyone
 
 
 def missing_requirements(*binaries: str, root: bool = True) -> list[str]:
@@ -68,9 +73,9 @@ def _started(server: Dovecot | Postfix | Redis) -> Dovecot | Postfix | Redis:
 
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[Dovecot]:
-    """Dovecot POP3 on 127.0.0.1 trusting 127.0.0.1 (popbridge) for XCLIENT."""
+    """Dovecot POP3 and IMAP on 127.0.0.1 trusting 127.0.0.1 (popbridge) for XCLIENT and ID."""
     require("dovecot", "doveadm")
-    server = _started(Dovecot(users=USERS, trusted_networks=("127.0.0.1/32",)))
+    server = _started(Dovecot(users=USERS, trusted_networks=("127.0.0.1/32",), master_users=MASTER_USERS))
     assert isinstance(server, Dovecot)
     server.deliver("alice", b"From: a@example.org\r\nSubject: hello\r\n\r\nhello alice\r\n")
     yield server
@@ -145,3 +150,22 @@ def popbridge_daemon(dovecot: Dovecot, policy_socket: Path) -> Iterator[StartPop
         daemon.stop()
         print(f"--- popbridge output ({daemon.config_path}):\n{daemon.output()}")
         daemon.cleanup()
+
+
+@pytest.fixture(scope="session")
+def tls_certificates() -> Iterator[TlsCertificates]:
+    """A trustme CA made for this run, with certificates for popbridge and the TLS Dovecot."""
+    directory = short_directory("pb-tls-")
+    yield TlsCertificates(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tls_dovecot(tls_certificates: TlsCertificates) -> Iterator[TlsDovecot]:
+    """A second private Dovecot with `ssl = yes` (certificate for mail.popbridge.test and
+    127.0.0.1): STLS/STARTTLS on its plain ports, implicit TLS on pop3s_port/imaps_port."""
+    require("dovecot", "doveadm")
+    server = _started(TlsDovecot(users=USERS, certificate=tls_certificates.dovecot))
+    assert isinstance(server, TlsDovecot)
+    yield server
+    server.cleanup()

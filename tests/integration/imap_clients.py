@@ -115,6 +115,7 @@ def curl_imap(
             *options,
             f"imap://{user}:{password}@{host}:{port}/",
         ],
+        check=False,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -137,6 +138,7 @@ def fetchmail_check(
     rcfile.chmod(0o600)
     return subprocess.run(
         [binary("fetchmail"), "--check", "--verbose", "--nosyslog", "--fetchmailrc", str(rcfile)],
+        check=False,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -194,6 +194,7 @@ class Dovecot:
     users: Mapping[str, str] = field(default_factory=lambda: {"alice": "alice-pw", "bob": "bob-pw"})
     trusted_networks: Iterable[str] = ("127.0.0.1/32",)
     host: str = "127.0.0.1"
+    master_users: Mapping[str, str] = field(default_factory=dict)  # may log in as anyone (SASL authzid)
 
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-dovecot-")
@@ -237,6 +238,12 @@ first_valid_gid = {MAIL_GID}
 mail_location = maildir:{self.mail_root}/%u
 mail_max_userip_connections = 50
 pop3_uidl_format = %08Xu%08Xv
+passdb {{
+  driver = passwd-file
+  master = yes
+  pass = yes
+  args = scheme=PLAIN username_format=%u {self.directory}/master-users
+}}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.passwd_path}
@@ -293,6 +300,9 @@ service lmtp {{
             )
         )
         self.passwd_path.chmod(0o644)
+        master = self.directory / "master-users"
+        master.write_text("".join(f"{user}:{{PLAIN}}{password}\n" for user, password in self.master_users.items()))
+        master.chmod(0o644)
         for user in self.users:
             self.maildir(user)
         self.config_path.write_text(self.config_text())
@@ -939,6 +949,7 @@ class Popbridge:
     policy_socket: Path | None = None
     host: str = "127.0.0.1"
     extra_config: str = ""
+    proxy_extra: str = ""  # TOML lines added to each generated [[proxy]] table (tls_certificate = ..., say)
     store: str = "memory"  # [ledger] store; a sqlite: path relative to the directory is kept there
 
     def __post_init__(self) -> None:
@@ -965,6 +976,7 @@ protocol = "pop3"
 listen = "tcp:port={self.port}:interface={self.host}"
 backend = "tcp:host=127.0.0.1:port={self.backend_port}"
 forward_client_address = {forward}
+{self.proxy_extra}
 {self._imap_proxy_config()}
 [[lookup]]
 protocol = "policy"
@@ -992,6 +1004,7 @@ protocol = "imap4"
 listen = "tcp:port={self.imap_port}:interface={self.host}"
 backend = "tcp:host=127.0.0.1:port={self.imap_backend_port}"
 forward_client_address = {forward}
+{self.proxy_extra}
 """
 
     def start(self) -> "Popbridge":

@@ -27,7 +27,14 @@ from .imap_clients import (
     raw_imap_connection,
     read_until_closed,
 )
-from .servers import Dovecot, Popbridge, Postfix, StartPopbridge, message_of_size, wait_until
+from .servers import (
+    Dovecot,
+    Popbridge,
+    Postfix,
+    StartPopbridge,
+    message_of_size,
+    wait_until,
+)
 
 pytestmark = pytest.mark.realserver
 
@@ -58,6 +65,17 @@ def test_imaplib_authenticate_plain_is_recorded(popbridge_daemon: StartPopbridge
     assert imap_authenticate_plain(daemon.imap_port, "127.0.0.42", "bob", "bob-pw") == "OK"
     assert users(daemon, "127.0.0.42") == [("bob", "imap4")]
     assert login_line(daemon, "127.0.0.42").endswith("via imap4 AUTHENTICATE PLAIN")
+
+
+def test_authenticate_plain_with_authzid_records_the_user_dovecot_logged_in_as(
+    popbridge_daemon: StartPopbridge, dovecot: Dovecot
+) -> None:
+    daemon = popbridge_daemon(imap4=True)
+    mark = dovecot.log.mark()
+    # the master user "admin" (authcid) logs in as carol (authzid) with admin's password
+    assert imap_authenticate_plain(daemon.imap_port, "127.0.0.56", "admin", "admin-pw", authzid="carol") == "OK"
+    dovecot.log.wait_for(lambda line: "imap-login: Info: Login: user=<carol>" in line, since=mark)
+    assert users(daemon, "127.0.0.56") == [("carol", "imap4")]
 
 
 def test_curl_logs_in_with_its_preferred_mechanism(popbridge_daemon: StartPopbridge) -> None:
@@ -202,17 +220,28 @@ def test_without_forwarding_dovecot_imap_sees_popbridge_address(
 # ---------------------------------------------------------------- abuse before the login
 
 
-def test_100_bad_commands_close_the_session_and_spare_other_clients(popbridge_daemon: StartPopbridge) -> None:
+BAD_COMMANDS = {
+    # unknown commands: Dovecot answers BAD and hangs up itself after a few
+    "rejected-by-dovecot": (b"".join(b"b%d FROBNICATE\r\n" % n for n in range(100)), b"* BYE"),
+    # lines without a valid tag never reach Dovecot: popbridge answers and counts them itself
+    "rejected-by-popbridge": (b"* NOOP\r\n" * 100, b"* BYE popbridge: too many bad commands"),
+}
+
+
+@pytest.mark.parametrize("commands, goodbye", BAD_COMMANDS.values(), ids=BAD_COMMANDS.keys())
+def test_100_bad_commands_close_the_session_and_spare_other_clients(
+    popbridge_daemon: StartPopbridge, commands: bytes, goodbye: bytes
+) -> None:
     daemon = popbridge_daemon(imap4=True)
     abuser = raw_imap_connection(daemon.imap_port, "127.0.0.52")
     try:
-        abuser.sendall(b"".join(b"b%d FROBNICATE\r\n" % n for n in range(100)))
+        abuser.sendall(commands)
         assert imap_login(daemon.imap_port, "127.0.0.53", "alice", "alice-pw") == "OK"  # greeted, logged in
         answers = read_until_closed(abuser)
     finally:
         abuser.close()
-    assert answers.count(b" BAD ") < 100  # closed long before the last command was answered
-    assert b"* BYE" in answers
+    assert answers.count(b" BAD ") < 100, answers  # closed long before the last command was answered
+    assert goodbye in answers, answers
     assert daemon.logins("127.0.0.52") == []
     assert users(daemon, "127.0.0.53") == [("alice", "imap4")]
 

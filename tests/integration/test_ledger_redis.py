@@ -1,20 +1,25 @@
 """The Redis store against a real redis-server: the shared ledger behaviour suite, then what
 only a shared store does (several nodes, leases on open sessions, outages)."""
 
+import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.task import Clock
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import deferToThread, deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from popbridge.ledger import LedgerUnavailable
 from popbridge.ledger.redis import RedisLedger, redis_client
+from popbridge.ledger.sqlite import SqliteLedger
 from tests.unit.test_ledger_behaviour import *  # noqa: F401,F403  the shared behaviour suite
 from tests.unit.test_ledger_behaviour import TTL, direct_call, result, users
 
-from .servers import Redis
+from .servers import Redis, popbridge_command
 
 
 def node(server: Redis, clock: Clock, ttl: float = TTL, timeout: float = 2.0) -> RedisLedger:
@@ -89,8 +94,6 @@ def test_a_crashed_nodes_sessions_end_ttl_after_it_was_last_seen(redis_server, c
 def test_redis_expires_the_address_itself(redis_server):
     """Real time here: the Redis TTL, not only popbridge's reading of `when`, ends a login."""
     redis_client(redis_server.url, "", 2.0).flushdb()
-    from twisted.internet import reactor
-
     store = RedisLedger(redis_client(redis_server.url, "", 2.0), reactor, 1, 128, run_blocking=direct_call)
     result(store.record("192.0.2.7", "alice", "pop3", False))
     raw = redis_client(redis_server.url, "", 2.0)
@@ -113,11 +116,6 @@ def test_a_dead_redis_is_unavailable_not_unknown(own_redis, clock):
 
 @pytest_twisted.ensureDeferred
 async def test_a_hung_redis_answers_unavailable_within_the_timeout_then_recovers(own_redis):
-    from twisted.internet import reactor
-    from twisted.python.threadpool import ThreadPool
-    from functools import partial
-    from twisted.internet.threads import deferToThreadPool
-
     pool = ThreadPool(1, 4, name="test-redis")
     pool.start()
     try:
@@ -140,3 +138,39 @@ async def test_a_hung_redis_answers_unavailable_within_the_timeout_then_recovers
         assert [login.user for login in await store.lookup("192.0.2.7")] == ["alice"]  # reconnected; AOF kept it
     finally:
         await deferToThread(pool.stop)
+
+
+def test_migrate_store_moves_live_logins_from_sqlite_to_redis_and_back(redis_server, tmp_path):
+    redis_client(redis_server.url, "", 2.0).flushdb()
+    source = SqliteLedger(tmp_path / "a.sqlite3", reactor, TTL, 128, run_blocking=direct_call)
+    source.open()
+    result(source.record("192.0.2.7", "alice", "pop3", False, tls=True))
+    result(source.record("192.0.2.8", "bob", "imap4", True))  # open: arrives as ended now
+    before = result(source.logins())
+    source.close()
+
+    def migrate(*stores: str) -> str:
+        done = subprocess.run([*popbridge_command(), "migrate-store", *stores], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "copied 2 live logins" in migrate(f"sqlite:{tmp_path / 'a.sqlite3'}", redis_server.url)
+    shared = RedisLedger(redis_client(redis_server.url, "", 2.0), reactor, TTL, 128, run_blocking=direct_call)
+    assert [(l.client, l.user, l.tls) for l in result(shared.logins())] == [(l.client, l.user, l.tls) for l in before]
+    assert "copied 2 live logins" in migrate(redis_server.url, f"sqlite:{tmp_path / 'b.sqlite3'}")
+    back = SqliteLedger(tmp_path / "b.sqlite3", reactor, TTL, 128, run_blocking=direct_call)
+    back.open()
+    assert result(back.lookup("192.0.2.7")) == result(shared.lookup("192.0.2.7"))
+    back.close()
+
+
+def test_a_session_whose_login_was_not_stored_holds_no_lease(own_redis, clock):
+    store = node(own_redis, clock)
+    result(store.record("192.0.2.7", "alice", "imap4", False))
+    own_redis.kill()
+    with pytest.raises(LedgerUnavailable):
+        result(store.record("192.0.2.7", "alice", "imap4", True))
+    own_redis.start()
+    clock.advance(TTL)  # had the failed session kept a lease, the refresh would keep alice live
+    assert users(store, "192.0.2.7") == []
+    store.stop_refreshing()

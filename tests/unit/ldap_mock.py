@@ -41,7 +41,8 @@ class MockLdap:
         self.down = False
         self.connections = 0
         self._admin = Connection(self.server, client_strategy=MOCK_SYNC)
-        self._admin.strategy.add_entry(BIND_DN, {"objectClass": "person", "cn": "popbridge", "userPassword": BIND_PASSWORD})
+        service = {"objectClass": "person", "cn": "popbridge", "userPassword": BIND_PASSWORD}
+        self._admin.strategy.add_entry(BIND_DN, service)
         for uid, extra in people.items():
             self.add(uid, extra)
 

@@ -89,7 +89,7 @@ def test_updates_are_a_whoson_setting_only(tmp_path):
 
 
 def test_unsupported_store_is_an_error(tmp_path):
-    assert "[ledger] store: unsupported store" in error(tmp_path, GOOD.replace('"memory"', '"sqlite:/tmp/x"'))
+    assert "[ledger] store: unsupported store" in error(tmp_path, GOOD.replace('"memory"', '"mysql://db/x"'))
 
 
 def test_invalid_toml_names_the_file(tmp_path):

@@ -80,3 +80,28 @@ def test_pool_keeps_at_most_its_size_of_idle_connections() -> None:
     pool.run(lambda outer: pool.run(lambda inner: search_user(CONFIG, "bob", inner)))
     pool.run(lambda c: pool.run(lambda inner: search_user(CONFIG, "bob", inner)))
     assert ldap.connections == 3  # one kept idle, one closed each round
+
+
+def test_connector_fails_over_to_the_next_url_and_back(monkeypatch) -> None:
+    from ldap3.core.exceptions import LDAPSocketOpenError
+
+    from popbridge import ldap_search
+
+    down = {"ldap://ldap1.example.org"}
+    opened: list[str] = []
+
+    def fake_open(config, server):
+        url = f"ldap://{server.host}"
+        opened.append(url)
+        if url in down:
+            raise LDAPSocketOpenError(f"{url}: connection refused")
+        return url
+
+    monkeypatch.setattr(ldap_search, "_open", fake_open)
+    connect = ldap_search.ldap_connector(replace(CONFIG, urls=("ldap://ldap1.example.org", "ldap://ldap2.example.org")))
+    assert connect() == "ldap://ldap2.example.org"
+    down.clear()
+    assert connect() == "ldap://ldap1.example.org"  # the primary again, as soon as it answers
+    down.update({"ldap://ldap1.example.org", "ldap://ldap2.example.org"})
+    with pytest.raises(LDAPSocketOpenError, match="ldap2"):
+        connect()

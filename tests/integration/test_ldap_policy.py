@@ -1,0 +1,299 @@
+"""Per-user policy from a real OpenLDAP slapd, through the real daemon, and real Postfix.
+
+alice and dave are in the exempt group, bob is not, carol has a mailHost. popbridge runs with
+an extra policy listener that answers `exempt_action` (a FILTER that skips the content filter)
+and an extra WHOSON listener with updates enabled, used to put names that Dovecot would refuse
+(injection strings, users without a mailbox) into the ledger.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import require
+from .servers import (
+    LDAP_BASE,
+    LDAP_BIND_DN,
+    LDAP_BIND_PASSWORD,
+    LDAP_EXEMPT_GROUP,
+    Popbridge,
+    Postfix,
+    ServerError,
+    Slapd,
+    SmtpSink,
+    StartPopbridge,
+    free_port,
+    pop3_login,
+    short_directory,
+    wait_until,
+)
+
+pytestmark = pytest.mark.realserver
+
+PEOPLE = {"alice": {}, "bob": {}, "carol": {"mailHost": "127.0.0.1:1110"}, "dave": {}, "erin": {}}
+EXEMPT = ("alice", "dave", "erin")
+PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw"}
+AUTHORISED = "PREPEND X-Popbridge-Login: yes"  # the exempt listener's authorised_action
+INJECTIONS = ["alice)(|(uid=*", "*", "alice*", "*)(memberOf=*", "alice)(memberOf=*", "(uid=alice)", "alice\\"]
+TIMEOUT = 1.0  # [ldap] timeout
+
+
+@pytest.fixture(scope="module")
+def ldap_sockets() -> Iterator[Path]:
+    """Sockets that outlive one daemon: the filtering Postfix asks the exempt listener here."""
+    path = short_directory("pb-ldap-")
+    yield path
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _slapd() -> Slapd:
+    require("slapd", "slapadd")
+    server = Slapd(people=PEOPLE, exempt=EXEMPT)
+    try:
+        return server.start()
+    except ServerError as e:
+        server.cleanup()
+        pytest.fail(f"slapd did not start: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def slapd() -> Iterator[Slapd]:
+    server = _slapd()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def own_slapd() -> Iterator[Slapd]:
+    """A slapd of its own, for tests that pause or stop it."""
+    server = _slapd()
+    yield server
+    server.cleanup()
+
+
+class LdapDaemon:
+    """The daemon with [ldap] and the extra listeners, plus clients for them."""
+
+    def __init__(self, daemon: Popbridge, sockets: Path, reinject_port: int) -> None:
+        self.daemon, self.port = daemon, daemon.port
+        self.exempt_policy = sockets / "exempt-policy.sock"
+        self.whoson_updates = sockets / "whoson-updates.sock"
+        self.exempt_action = f"FILTER smtp:[127.0.0.1]:{reinject_port}"
+
+    def policy(self, client: str) -> str:
+        """The exempt listener's action for `client`, as Postfix would receive it."""
+        request = f"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address={client}\nclient_name=unknown\n\n"
+        reply = _unix_exchange(self.exempt_policy, request.encode(), b"\n\n")
+        assert reply.startswith(b"action=") and reply.endswith(b"\n\n"), reply
+        return reply[len(b"action="):-2].decode()
+
+    def whoson_login(self, client: str, user: str) -> None:
+        reply = _unix_exchange(self.whoson_updates, f"LOGIN {client} {user}\r\n\r\n".encode(), b"\r\n\r\n")
+        assert reply.startswith(b"+"), reply
+
+
+def _unix_exchange(path: Path, request: bytes, end: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(path))
+        s.sendall(request)
+        reply = b""
+        while not reply.endswith(end):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        return reply
+
+
+@pytest.fixture(scope="module")
+def dead_port() -> Iterator[int]:
+    """A port that refuses connections for the whole module: bound, never listening, so no
+    other server can take it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def start_ldap_daemon(popbridge_daemon: StartPopbridge, ldap_sockets: Path, dead_port: int) -> Iterator:
+    """`start_ldap_daemon(slapd, reinject_port=10025)`: the daemon in front of Dovecot, with the
+    [ldap] table pointing at `slapd` behind a dead first URL (so fail-over is always exercised)."""
+    password_file = ldap_sockets / "bind.pw"
+    password_file.write_text(LDAP_BIND_PASSWORD + "\n")
+
+    def start(slapd: Slapd, reinject_port: int = 10025) -> LdapDaemon:
+        for stale in ("exempt-policy.sock", "whoson-updates.sock"):
+            (ldap_sockets / stale).unlink(missing_ok=True)
+        action = f"FILTER smtp:[127.0.0.1]:{reinject_port}"
+        extra = f"""
+[[lookup]]
+protocol = "policy"
+listen = "unix:address={ldap_sockets / 'exempt-policy.sock'}:mode=666"
+authorised_action = "{AUTHORISED}"
+exempt_action = "{action}"
+
+[[lookup]]
+protocol = "whoson"
+listen = "unix:address={ldap_sockets / 'whoson-updates.sock'}:mode=600"
+allow_updates = true
+
+[ldap]
+url = ["ldap://127.0.0.1:{dead_port}", "{slapd.url}"]
+bind_dn = "{LDAP_BIND_DN}"
+bind_password_file = "{password_file}"
+base = "{LDAP_BASE}"
+exempt_filter = "(memberOf={LDAP_EXEMPT_GROUP})"
+backend_attribute = "mailHost"
+timeout = {TIMEOUT}
+"""
+        daemon = LdapDaemon(popbridge_daemon(extra_config=extra), ldap_sockets, reinject_port)
+        wait_until(lambda: daemon.exempt_policy.exists() and daemon.whoson_updates.exists(), "extra listeners")
+        return daemon
+
+    yield start
+
+
+def test_exempt_user_gets_the_exempt_action(slapd: Slapd, start_ldap_daemon) -> None:
+    daemon = start_ldap_daemon(slapd)
+    pop3_login(daemon.port, "127.0.0.31", "alice", PASSWORDS["alice"])
+    assert daemon.policy("127.0.0.31") == daemon.exempt_action
+
+
+def test_ordinary_user_gets_the_authorised_action(slapd: Slapd, start_ldap_daemon) -> None:
+    daemon = start_ldap_daemon(slapd)
+    pop3_login(daemon.port, "127.0.0.32", "bob", PASSWORDS["bob"])
+    assert daemon.policy("127.0.0.32") == AUTHORISED
+
+
+def test_exempt_and_ordinary_user_behind_one_address_get_the_authorised_action(slapd, start_ldap_daemon) -> None:
+    daemon = start_ldap_daemon(slapd)
+    pop3_login(daemon.port, "127.0.0.33", "alice", PASSWORDS["alice"])
+    assert daemon.policy("127.0.0.33") == daemon.exempt_action
+    pop3_login(daemon.port, "127.0.0.33", "bob", PASSWORDS["bob"])
+    assert daemon.policy("127.0.0.33") == AUTHORISED
+
+
+def test_address_without_a_login_is_never_exempt(slapd: Slapd, start_ldap_daemon) -> None:
+    daemon = start_ldap_daemon(slapd)
+    pop3_login(daemon.port, "127.0.0.34", "alice", PASSWORDS["alice"])
+    assert daemon.policy("127.0.0.35") == "DUNNO"
+
+
+def test_socketmap_exempt_map_answers_yes_only_for_exempt_addresses(slapd, start_ldap_daemon, postfix: Postfix) -> None:
+    daemon = start_ldap_daemon(slapd)
+    exempt_map = daemon.daemon.socketmap_table("exempt")
+    pop3_login(daemon.port, "127.0.0.36", "alice", PASSWORDS["alice"])
+    pop3_login(daemon.port, "127.0.0.37", "bob", PASSWORDS["bob"])
+    assert postfix.postmap_query("127.0.0.36", exempt_map) == "yes"
+    assert postfix.postmap_query("127.0.0.37", exempt_map) is None
+    assert postfix.postmap_query("127.0.0.38", exempt_map) is None
+
+
+@pytest.mark.parametrize("name", INJECTIONS)
+def test_injection_strings_as_user_names_never_become_exempt(slapd: Slapd, start_ldap_daemon, name: str) -> None:
+    daemon = start_ldap_daemon(slapd)
+    daemon.whoson_login("127.0.0.39", name)
+    assert daemon.policy("127.0.0.39") == AUTHORISED
+
+
+def test_ldap_outage_answers_the_fallback_within_the_timeout_then_recovers(own_slapd, start_ldap_daemon) -> None:
+    daemon = start_ldap_daemon(own_slapd)
+    pop3_login(daemon.port, "127.0.0.40", "alice", PASSWORDS["alice"])
+    assert daemon.policy("127.0.0.40") == daemon.exempt_action  # now cached
+
+    own_slapd.pause()
+    pop3_login(daemon.port, "127.0.0.41", "dave", PASSWORDS["dave"])  # exempt, but never looked up
+    started = time.monotonic()
+    assert daemon.policy("127.0.0.41") == AUTHORISED  # the fallback: not exempt, still authorised
+    assert time.monotonic() - started < TIMEOUT + 0.5
+    assert daemon.policy("127.0.0.40") == daemon.exempt_action  # the cached answer still serves
+
+    own_slapd.resume()
+    wait_until(lambda: daemon.policy("127.0.0.41") == daemon.exempt_action, "fresh answers after SIGCONT", timeout=5)
+
+    own_slapd.stop()
+    daemon.whoson_login("127.0.0.42", "erin")  # exempt, never looked up
+    started = time.monotonic()
+    assert daemon.policy("127.0.0.42") == AUTHORISED
+    assert time.monotonic() - started < TIMEOUT + 0.5
+    own_slapd.start()
+    wait_until(lambda: daemon.policy("127.0.0.42") == daemon.exempt_action, "fresh answers after a restart", timeout=5)
+
+    log = daemon.daemon.output()
+    assert log.count("LDAP directory unavailable") == 2  # once per outage
+    assert log.count("LDAP directory answers again") == 2
+    assert LDAP_BIND_PASSWORD not in log
+
+
+# ---------------------------------------------------------------- a real content filter
+
+
+@pytest.fixture(scope="module")
+def filtering_postfix(policy_socket: Path, ldap_sockets: Path) -> Iterator[tuple[Postfix, SmtpSink, SmtpSink, int]]:
+    """Postfix with `content_filter` pointing at a scanner the test runs, a re-injection smtpd
+    that skips it (where exempt mail is sent by FILTER), and everything delivered to an
+    "outside" sink. Relay permission comes from the daemon's ordinary policy socket, the
+    exempt decision from the exempt listener in smtpd_recipient_restrictions."""
+    require("postfix", "postmap")
+    scanner, outside = SmtpSink("scanner"), SmtpSink("outside")
+    reinject_port = free_port()
+    server = Postfix(
+        policy_socket=policy_socket,
+        main_extra=f"""\
+content_filter = smtp:[127.0.0.1]:{scanner.port}
+smtpd_recipient_restrictions = check_policy_service unix:{ldap_sockets / 'exempt-policy.sock'}
+default_transport = smtp
+relayhost = [127.0.0.1]:{outside.port}
+""",
+        master_extra=f"""\
+127.0.0.1:{reinject_port} inet n - n - - smtpd
+  -o content_filter=
+  -o myhostname=reinject.popbridge-test.invalid
+  -o smtpd_relay_restrictions=permit_mynetworks,reject
+  -o smtpd_recipient_restrictions=
+""",
+    )
+    try:
+        server.start()
+    except ServerError as e:
+        server.cleanup()
+        pytest.fail(f"Postfix did not start: {e}", pytrace=False)
+    yield server, scanner, outside, reinject_port
+    server.cleanup()
+    scanner.close()
+    outside.close()
+
+
+def send_mail(postfix: Postfix, source: str, marker: str) -> None:
+    message = f"Subject: {marker}\r\nMessage-ID: <{marker}@client.example>\r\n\r\n{marker}\r\n"
+    with smtplib.SMTP(postfix.host, postfix.port, source_address=(source, 0), timeout=30) as smtp:
+        smtp.sendmail("user@client.example", ["someone@outside.example"], message)
+
+
+def test_exempt_users_mail_skips_the_content_filter_and_ordinary_mail_passes_it(
+    slapd: Slapd, start_ldap_daemon, filtering_postfix
+) -> None:
+    postfix, scanner, outside, reinject_port = filtering_postfix
+    daemon = start_ldap_daemon(slapd, reinject_port=reinject_port)
+    pop3_login(daemon.port, "127.0.0.43", "alice", PASSWORDS["alice"])
+    pop3_login(daemon.port, "127.0.0.44", "bob", PASSWORDS["bob"])
+
+    alice_marker, bob_marker = f"alice-{uuid.uuid4().hex}", f"bob-{uuid.uuid4().hex}"
+    send_mail(postfix, "127.0.0.43", alice_marker)
+    send_mail(postfix, "127.0.0.44", bob_marker)
+
+    delivered = outside.wait_for(alice_marker.encode())  # FILTER -> re-injection -> next hop
+    assert scanner.find(alice_marker.encode()) is None
+    scanned = scanner.wait_for(bob_marker.encode())
+    assert outside.find(bob_marker.encode()) is None
+    assert b"X-Popbridge-Login: yes" in scanned.data and b"X-Popbridge-Login" not in delivered.data

@@ -1,0 +1,63 @@
+"""`[ledger] store` and the Redis keys: what the config accepts and how it complains."""
+
+import pytest
+
+from popbridge.config import ConfigError, parse_config
+from popbridge.ledger.spec import DEFAULT_STORE, parse_store
+
+LOOKUP = {"lookup": [{"protocol": "policy", "listen": "unix:address=/tmp/pb-policy:mode=666"}]}
+
+
+def ledger(**table):
+    return parse_config({"ledger": table, **LOOKUP}, "t.toml").ledger
+
+
+def complaint(**table) -> str:
+    with pytest.raises(ConfigError) as e:
+        ledger(**table)
+    return str(e.value)
+
+
+def test_sqlite_under_var_lib_is_the_default_store():
+    assert ledger().store == DEFAULT_STORE == "sqlite:/var/lib/popbridge/ledger.sqlite3"
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite:/srv/ledger.db", "redis://10.0.0.5:6379/2", "rediss://:pw@r.example:6380/0"])
+def test_every_documented_store_is_accepted(store):
+    assert ledger(store=store).store == store
+
+
+@pytest.mark.parametrize(
+    "store, problem",
+    [
+        ("sqlite:", "needs a file path"),
+        ("redis://", "needs a host"),
+        ("redis://host:port/0", "no usable port"),
+        ("redis://host:6379/zero", "database in a Redis URL is a number"),
+        ("postgres://x", "unsupported store"),
+    ],
+)
+def test_an_unusable_store_names_the_key(store, problem):
+    text = complaint(store=store)
+    assert text.startswith("t.toml: [ledger] store: ") and problem in text
+
+
+def test_redis_keys_need_a_redis_store():
+    assert "[ledger] redis_timeout: only for a" in complaint(store="memory", redis_timeout=1)
+
+
+def test_the_redis_password_comes_from_its_file_and_is_never_shown(tmp_path):
+    secret = tmp_path / "redis.secret"
+    secret.write_text("s3cret\n")
+    config = ledger(store="redis://127.0.0.1:6379/0", redis_password_file=str(secret), redis_timeout=0.25)
+    assert (config.redis_password, config.redis_timeout) == ("s3cret", 0.25)
+    assert "s3cret" not in repr(config)
+
+
+def test_an_unreadable_password_file_names_the_key(tmp_path):
+    text = complaint(store="redis://127.0.0.1:6379/0", redis_password_file=str(tmp_path / "missing"))
+    assert "[ledger] redis_password_file: cannot read" in text
+
+
+def test_a_redis_store_is_described_without_its_password():
+    assert parse_store("rediss://:s3cret@r.example:6380/1").describe() == "rediss://r.example:6380/1"
