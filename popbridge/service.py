@@ -1,27 +1,27 @@
-"""Everything the config file describes, built into one Twisted service tree."""
+"""Everything the config file describes, built into one Twisted service tree, and re-read on SIGHUP.
 
-import grp
-import os
-import pwd
-from collections.abc import Callable
-from functools import partial
+A reload applies what can change under running sessions: listeners added, removed or changed
+(a changed one is re-bound with its new settings; connections it already accepted keep the old
+ones until they close), the ledger's ttl, and every certificate. The store and the directory
+are built once: changing them needs a restart, and the log says so. A file that does not
+load leaves the running configuration untouched.
+"""
+
+import signal
 from typing import Any
 
 from twisted.application.internet import TimerService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.error import ReactorNotRunning
-from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from popbridge.config import Config
+from popbridge.config import Config, ConfigError, load_config
 from popbridge.demo_backend import demo_backend_factory
 from popbridge.directory import IDirectory, ldap_directory
 from popbridge.ledger import ILedger
 from popbridge.ledger.stores import open_store
+from popbridge.listener import Listener
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.proxy import proxy_factory
 from popbridge.proxy.trusted_proxy import TrustedProxyHeaderFactory
@@ -31,118 +31,126 @@ from popbridge.verdict import Verdicts
 
 PURGE_INTERVAL = 60.0  # seconds between sweeps of expired logins
 
+ListenerKey = tuple[str, str]  # (kind, listen endpoint as written)
 
-class Listener(Service):
-    """One listening endpoint. Binds in privilegedStartService (before twistd drops root).
 
-    A listener that cannot bind stops the daemon: an operator would rather see it fail at
-    start than run without, say, its policy socket and have Postfix answer 451 all day.
-    """
+class Daemon(MultiService):
+    """The whole daemon: shared parts built once, listeners rebuilt as the config says."""
 
     log = Logger()
 
-    def __init__(
-        self,
-        reactor: Any,
-        what: str,
-        description: str,
-        factory: Factory,
-        bind: str = "",
-        drain: "Callable[[], Deferred[None]] | None" = None,
-        owner: str | None = None,
-        group: str | None = None,
-    ) -> None:
-        """`description` as the operator wrote it; `bind`, when given, is what is really bound;
-        `drain` is waited for after the listener stops (sessions finishing at shutdown)."""
-        self._reactor, self.what, self.description, self._factory = reactor, what, description, factory
-        self._drain, self._owner, self._group = drain, owner, group
-        factory.noisy = False  # this class logs the listener itself, with what it is for
-        self._endpoint: IStreamServerEndpoint = serverFromString(reactor, bind or description)
-        self._port: IListeningPort | None = None
-        self.setName(f"{what} {description}")
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config, self._reactor = config, reactor
+        self.counters = Counters(started=reactor.seconds())
+        store = open_store(config.ledger, reactor, self.counters)
+        store.service.setServiceParent(self)  # first child: started before and stopped after its users
+        self.ledger: ILedger = store.ledger
+        directory: IDirectory | None = None
+        if config.ldap is not None:
+            directory, ldap_threads = ldap_directory(config.ldap, reactor)
+            ldap_threads.setServiceParent(self)
+        self.verdicts = Verdicts(self.ledger, directory)
+        purging = TimerService(PURGE_INTERVAL, _purge, self.ledger)
+        purging.clock = reactor
+        purging.setServiceParent(self)
+        self.certificates = CertificateReloader(reactor)
+        self._specs: dict[ListenerKey, object] = {}
+        self._listeners: dict[ListenerKey, Listener] = {}
+        for key, spec in _listener_specs(config).items():
+            self._add_listener(key, spec)
+        self._previous_sighup: Any = None
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        listening: Deferred[IListeningPort] = self._endpoint.listen(self._factory)
-        listening.addCallbacks(self._listening, self._cannot_listen)
+    # -- listeners ----------------------------------------------------------------------
 
-    def _listening(self, port: IListeningPort) -> None:
-        self._port = port
-        if self._owner or self._group:
-            _give_socket(port, self._owner, self._group)
-        self.log.info("listening for {what} on {endpoint}", what=self.what, endpoint=self.description)
+    def _add_listener(self, key: ListenerKey, spec: Any) -> Listener:
+        kind, _ = key
+        reactor = self._reactor
+        if kind == "proxy":
+            backend = clientFromString(reactor, spec.backend)
+            factory = proxy_factory(spec, backend, self.ledger, self.counters, reactor, self.certificates.add(spec.tls))
+            drain = lambda sessions=factory.sessions, grace=spec.shutdown_grace: sessions.drain(grace, reactor)  # noqa: E731
+            if spec.proxy_header:
+                factory = TrustedProxyHeaderFactory(factory, spec.trusted_proxies, reactor)
+            listener = Listener(reactor, f"{spec.protocol} clients", spec.listen, factory, spec.listen_endpoint, drain)
+        elif kind == "lookup":
+            factory = lookup_factory(spec, self.verdicts, self.ledger, self.counters, reactor)
+            listener = Listener(reactor, f"{spec.protocol} lookups", spec.listen, factory, owner=spec.owner, group=spec.group)
+        elif kind == "control":
+            factory = control_factory(self.ledger, self.counters, reactor)
+            listener = Listener(reactor, "control requests", spec.listen, factory, owner=spec.owner, group=spec.group)
+        else:
+            listener = Listener(reactor, "demo POP3 backend", spec.listen, demo_backend_factory(spec))
+        listener.setServiceParent(self)
+        self._specs[key], self._listeners[key] = spec, listener
+        return listener
 
-    def _cannot_listen(self, failure: Failure) -> None:
-        self.log.critical(
-            "cannot listen for {what} on {endpoint}: {error}; stopping",
-            what=self.what, endpoint=self.description, error=failure.getErrorMessage(),
-        )
-        self._reactor.callWhenRunning(_stop, self._reactor)
+    # -- SIGHUP -------------------------------------------------------------------------
 
-    def stopService(self) -> "Deferred[None] | None":
-        super().stopService()
-        port, self._port = self._port, None
-        stopped = port.stopListening() if port is not None else None
-        if self._drain is None:
-            return stopped
-        return maybeDeferred(lambda: stopped).addCallback(lambda _: self._drain())  # type: ignore[misc]
+    def startService(self) -> None:
+        super().startService()
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def stopService(self) -> "Deferred[None]":
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        return super().stopService()
+
+    def _on_sighup(self, signum: int, frame: object) -> None:
+        self._reactor.callFromThread(self.reload)
+
+    def reload(self) -> "Deferred[object]":
+        """Re-read the config file and apply it; a broken file changes nothing."""
+        self.log.info("SIGHUP: reloading {path}", path=self.config.source)
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as e:
+            self.log.error("configuration not reloaded, the running one stays: {error}", error=e)
+            self.certificates.reload()
+            return DeferredList([])
+        return self.apply(new)
+
+    def apply(self, new: Config) -> "Deferred[object]":
+        if new.ledger.ttl != self.config.ledger.ttl:
+            self.ledger.ttl = new.ledger.ttl
+            self.log.info("ledger ttl now {ttl} s", ttl=new.ledger.ttl)
+        for name in ("store", "ipv6_prefix"):
+            if getattr(new.ledger, name) != getattr(self.config.ledger, name):
+                self.log.warn("[ledger] {name} changed: it takes effect after a restart", name=name)
+        if new.ldap != self.config.ldap:
+            self.log.warn("[ldap] changed: it takes effect after a restart")
+        specs = _listener_specs(new)
+        changes = []
+        for key, listener in list(self._listeners.items()):
+            if specs.get(key) != self._specs[key]:
+                del self._listeners[key], self._specs[key]
+                changes.append(listener.retire())
+        self.config = new
+        self.certificates.reload()
+        return DeferredList(changes).addCallback(lambda _: self._add_new(specs))
+
+    def _add_new(self, specs: dict[ListenerKey, object]) -> None:
+        for key, spec in specs.items():
+            if key not in self._listeners:
+                self._add_listener(key, spec).fatal = False
 
 
-def _give_socket(port: IListeningPort, owner: str | None, group: str | None) -> None:
-    """chown a unix socket bound as root to the account its clients (Postfix, admins) use."""
-    uid = pwd.getpwnam(owner).pw_uid if owner else -1
-    gid = grp.getgrnam(group).gr_gid if group else -1
-    os.chown(port.getHost().name, uid, gid)  # type: ignore[attr-defined]
-
-
-def _stop(reactor: Any) -> None:
-    """Stop once, however many listeners failed."""
-    try:
-        reactor.stop()
-    except ReactorNotRunning:
-        pass
+def _listener_specs(config: Config) -> dict[ListenerKey, object]:
+    specs: dict[ListenerKey, object] = {("proxy", p.listen): p for p in config.proxies}
+    specs.update({("lookup", lookup.listen): lookup for lookup in config.lookups})
+    if config.control is not None:
+        specs[("control", config.control.listen)] = config.control
+    if config.demo is not None:
+        specs[("demo", config.demo.listen)] = config.demo
+    return specs
 
 
 def _purge(ledger: ILedger) -> "Deferred[int]":
     """One purge round; a failure is logged and the next round runs as planned."""
-    return ledger.purge().addErrback(lambda failure: Listener.log.failure("ledger purge failed", failure))
+    return ledger.purge().addErrback(lambda failure: Daemon.log.failure("ledger purge failed", failure))
 
 
 def build_service(config: Config, reactor: Any) -> IService:
     """The service tree for `config`; nothing listens or connects until it is started."""
-    top = MultiService()
-    counters = Counters(started=reactor.seconds())
-    store = open_store(config.ledger, reactor, counters)
-    store.service.setServiceParent(top)  # first child: started before and stopped after its users
-    ledger = store.ledger
-    directory: IDirectory | None = None
-    if config.ldap is not None:
-        directory, ldap_threads = ldap_directory(config.ldap, reactor)
-        ldap_threads.setServiceParent(top)
-    verdicts = Verdicts(ledger, directory)
-    purging = TimerService(PURGE_INTERVAL, _purge, ledger)
-    purging.clock = reactor
-    purging.setServiceParent(top)
-    certificates = CertificateReloader(reactor)
-    certificates.setServiceParent(top)
-    for proxy in config.proxies:
-        backend = clientFromString(reactor, proxy.backend)
-        certificate = certificates.add(proxy.tls)
-        factory = proxy_factory(proxy, backend, ledger, counters, reactor, certificate)
-        drain = partial(factory.sessions.drain, proxy.shutdown_grace, reactor)
-        if proxy.proxy_header:
-            factory = TrustedProxyHeaderFactory(factory, proxy.trusted_proxies, reactor)
-        Listener(reactor, f"{proxy.protocol} clients", proxy.listen, factory, proxy.listen_endpoint, drain).setServiceParent(top)
-    for lookup in config.lookups:
-        factory = lookup_factory(lookup, verdicts, ledger, counters, reactor)
-        Listener(
-            reactor, f"{lookup.protocol} lookups", lookup.listen, factory, owner=lookup.owner, group=lookup.group
-        ).setServiceParent(top)
-    if config.control is not None:
-        factory = control_factory(ledger, counters, reactor)
-        Listener(
-            reactor, "control requests", config.control.listen, factory, owner=config.control.owner, group=config.control.group
-        ).setServiceParent(top)
-    if config.demo is not None:
-        Listener(reactor, "demo POP3 backend", config.demo.listen, demo_backend_factory(config.demo)).setServiceParent(top)
-    return top
+    return Daemon(config, reactor)

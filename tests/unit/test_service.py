@@ -1,7 +1,7 @@
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 
-from popbridge.config import parse_config
+from popbridge.config import load_config, parse_config
 from popbridge.service import build_service
 
 DOCUMENT = {
@@ -48,3 +48,69 @@ def test_a_listener_that_cannot_bind_stops_the_daemon():
     assert any("cannot listen for policy lookups" in formatEvent(e) for e in events)
     reactor.run()
     assert reactor.hasStopped
+
+
+CONFIG = """
+[ledger]
+ttl = 1800
+store = "memory"
+[[lookup]]
+protocol = "policy"
+listen = "unix:address=/tmp/pb-policy:mode=666"
+[[lookup]]
+protocol = "whoson"
+listen = "unix:address=/tmp/pb-whoson:mode=660"
+"""
+
+
+def started(tmp_path, text=CONFIG):
+    path = tmp_path / "popbridge.toml"
+    path.write_text(text)
+    reactor = MemoryReactorClock()
+    daemon = build_service(load_config(path), reactor)
+    daemon.privilegedStartService()
+    daemon.startService()
+    return daemon, reactor, path
+
+
+def bound(reactor):
+    return [path for path, *_ in reactor.unixServers]
+
+
+def test_reload_adds_and_removes_listeners_and_changes_the_ttl(tmp_path):
+    daemon, reactor, path = started(tmp_path)
+    try:
+        path.write_text(CONFIG.replace("ttl = 1800", "ttl = 600").replace(
+            'protocol = "whoson"\nlisten = "unix:address=/tmp/pb-whoson:mode=660"',
+            'protocol = "socketmap"\nlisten = "unix:address=/tmp/pb-socketmap:mode=666"'))
+        daemon.reload()
+        assert bound(reactor) == ["/tmp/pb-policy", "/tmp/pb-whoson", "/tmp/pb-socketmap"]
+        assert sorted(key for key in daemon._listeners) == [("lookup", "unix:address=/tmp/pb-policy:mode=666"),
+                                                            ("lookup", "unix:address=/tmp/pb-socketmap:mode=666")]
+        assert daemon.ledger.ttl == 600
+    finally:
+        daemon.stopService()
+
+
+def test_reload_rebinds_a_listener_whose_settings_changed(tmp_path):
+    daemon, reactor, path = started(tmp_path)
+    try:
+        path.write_text(CONFIG.replace('listen = "unix:address=/tmp/pb-policy:mode=666"',
+                                       'listen = "unix:address=/tmp/pb-policy:mode=666"\nunknown_action = "REJECT"'))
+        daemon.reload()
+        assert bound(reactor).count("/tmp/pb-policy") == 2
+        assert daemon._specs[("lookup", "unix:address=/tmp/pb-policy:mode=666")].unknown_action == "REJECT"
+    finally:
+        daemon.stopService()
+
+
+def test_reload_of_a_broken_file_keeps_the_running_config(tmp_path):
+    daemon, reactor, path = started(tmp_path)
+    try:
+        path.write_text(CONFIG.replace("ttl = 1800", 'ttl = "soon"'))
+        with capturedLogs() as events:
+            daemon.reload()
+        assert any("configuration not reloaded" in formatEvent(e) and "[ledger] ttl" in formatEvent(e) for e in events)
+        assert daemon.ledger.ttl == 1800 and len(bound(reactor)) == 2
+    finally:
+        daemon.stopService()
