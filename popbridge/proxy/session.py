@@ -244,7 +244,7 @@ class LoginProxy(Protocol, TimeoutMixin):
             ended.addErrback(lambda f: self.log.failure("could not end the session of {client}", f, client=host))
 
     def backendConnectionLost(self) -> None:
-        if self._spliced or self._closed:
+        if self._spliced or self._closed or self._watcher.farewell_seen:
             self.transport.loseConnection()
         else:  # before the login: say why, in the protocol's words
             self._hang_up(self._watcher.goodbye("connection to the mail server lost"))

@@ -109,6 +109,7 @@ class Imap4LoginWatcher:
         self.state = State.GREETING
         self._greeting = b""
         self._probe_tag = b""
+        self.farewell_seen = False  # the backend said BYE: the client needs no goodbye of ours
         self._offered: set[bytes] | None = None  # the backend greeting's capabilities, if it listed them
         self._command: _Command | None = None
         self._literal = 0  # bytes of the literal the client is sending or about to send
@@ -339,6 +340,8 @@ class Imap4LoginWatcher:
             return self._after_greeting(raw, line)
         if self.state is State.PROBE and line[2:5].upper() == b"ID ":
             return []  # the answer to our own ID is not the client's business
+        if line[2:6].upper() == b"BYE ":
+            self.farewell_seen = True
         return [ToClient(self._capabilities(raw))]
 
     def _after_greeting(self, raw: bytes, line: bytes) -> list[Action]:
@@ -353,6 +356,7 @@ class Imap4LoginWatcher:
             raise ImapProtocolError(f"backend greeting is not OK, PREAUTH or BYE: {line[:40]!r}")
         self.state = State.READY
         if status == b"BYE":
+            self.farewell_seen = True
             return [ToClient(greeting)]
         self._greeting, self._offered = greeting, capabilities_in(line)
         if self._tls.backend_starttls:

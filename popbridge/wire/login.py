@@ -95,6 +95,7 @@ class LoginWatcher(Protocol):
     """What the proxy glue needs from a protocol's watcher (POP3, IMAP4)."""
 
     protocol: str  # "pop3", "imap4": recorded with each login
+    farewell_seen: bool  # the backend already said goodbye to the client (BYE, QUIT's answer)
 
     def feed_client(self, data: bytes) -> list[Action]: ...
 

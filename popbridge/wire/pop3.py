@@ -81,6 +81,7 @@ class Pop3LoginWatcher:
         self.state = State.GREETING
         self._greeting = b""
         self._offers_xclient = False
+        self.farewell_seen = False  # the backend's last word (QUIT's answer, an -ERR greeting) was sent
         self._on_status: StatusHandler = self._after_greeting
         self._keep_line: Callable[[bytes], bool] = _everything
         self._on_multiline_end: Callable[[], list[Action]] = lambda: []
@@ -171,6 +172,8 @@ class Pop3LoginWatcher:
             self.state, self._on_status = State.SASL_SERVER, self._after_login(f"AUTH {sasl.mechanism}", sasl)
         elif verb == b"AUTH":
             self._on_status = self._multiline(_everything, self._back_to_ready)
+        elif verb == b"QUIT":
+            self._on_status = self._after_quit
         return [ToBackend(line + CRLF)]
 
     # -- backend lines ------------------------------------------------------------------
@@ -239,6 +242,10 @@ class Pop3LoginWatcher:
         """popbridge's own STLS, listed just before the closing dot."""
         return [ToClient(b"STLS\r\n")] if self._tls.offer_starttls and not self.tls_active else []
 
+    def _after_quit(self, line: bytes, ok: bool) -> list[Action]:
+        self.farewell_seen = True
+        return [ToClient(line + CRLF)]
+
     def _after_user(self, name: str) -> "StatusHandler":
         def on_status(line: bytes, ok: bool) -> list[Action]:
             self._user = name if ok else None
@@ -264,6 +271,7 @@ class Pop3LoginWatcher:
         offered = line.startswith(XCLIENT_GREETING)
         greeting = b"+OK " + line.removeprefix(XCLIENT_GREETING) if offered else line
         if not ok:
+            self.farewell_seen = True
             return [ToClient(greeting + CRLF)]
         self._greeting, self._offers_xclient = greeting, offered
         if self._tls.backend_starttls:

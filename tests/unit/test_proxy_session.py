@@ -271,3 +271,21 @@ def test_shutdown_closes_logged_in_sessions_after_the_grace_period():
     h.proxy.factory.sessions.drain(30, h.clock)
     h.clock.advance(30)
     assert h.client.disconnecting and h.server.disconnecting
+
+
+def test_backend_lost_before_login_tells_the_client_why():
+    h = Harness()
+    h.connect_backend()
+    h.client.clear()
+    h.leg.connectionLost()
+    assert h.client.value() == b"-ERR [SYS/TEMP] popbridge: connection to the mail server lost\r\n"
+
+
+def test_backend_closing_after_quit_adds_no_goodbye():
+    h = Harness()
+    h.connect_backend()
+    h.proxy.dataReceived(b"QUIT\r\n")
+    h.leg.dataReceived(b"+OK Logging out.\r\n")
+    h.client.clear()
+    h.leg.connectionLost()
+    assert h.client.value() == b"" and h.client.disconnecting
