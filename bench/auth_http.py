@@ -40,7 +40,9 @@ class AuthRequest(asyncio.Protocol):
 async def serve(port: int, pop3: int, imap: int) -> None:
     answers = {b"pop3": answer(pop3), b"imap": answer(imap)}
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: AuthRequest(answers), "127.0.0.1", port, backlog=1024)
+    server = await loop.create_server(
+        lambda: AuthRequest(answers), "127.0.0.1", port, backlog=1024
+    )
     await server.serve_forever()
 
 

@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 try:  # optional: a faster event loop means a cheaper load generator
     import uvloop
@@ -25,10 +26,14 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-SOURCES = [f"127.0.0.{n}" for n in range(2, 255)]  # clients come from many addresses, as in life
+SOURCES = [
+    f"127.0.0.{n}" for n in range(2, 255)
+]  # clients come from many addresses, as in life
 
 
-async def connect(factory: Callable[[], asyncio.Protocol], host: str, port: int, i: int) -> tuple:
+async def connect(
+    factory: Callable[[], asyncio.Protocol], host: str, port: int, i: int
+) -> tuple:
     """A TCP connection from source address number `i` (rotating over 127.0.0.2-254), its
     port chosen at connect time so that the sources do not exhaust each other's ports."""
     loop = asyncio.get_running_loop()
@@ -55,9 +60,13 @@ class Scripted(asyncio.Protocol):
     the buffer holds the complete answer). The first step's bytes are empty (the greeting).
     """
 
-    __slots__ = ("steps", "index", "buffer", "done", "transport", "ok")
+    __slots__ = ("buffer", "done", "index", "ok", "steps", "transport")
 
-    def __init__(self, steps: Sequence[tuple[bytes, Callable[[bytes], bool | None]]], done: asyncio.Future) -> None:
+    def __init__(
+        self,
+        steps: Sequence[tuple[bytes, Callable[[bytes], bool | None]]],
+        done: asyncio.Future,
+    ) -> None:
         self.steps, self.index, self.buffer, self.done = steps, 0, b"", done
         self.transport: asyncio.Transport | None = None
         self.ok = False
@@ -101,7 +110,7 @@ def imap_tagged(tag: bytes) -> Callable[[bytes], bool | None]:
         last = buffer[buffer.rfind(b"\n", 0, len(buffer) - 1) + 1 :]
         if last.startswith(ok):
             return True
-        if last.startswith(no) or last.startswith(bad):
+        if last.startswith((no, bad)):
             return False
         return None
 
@@ -114,7 +123,9 @@ def imap_greeting(buffer: bytes) -> bool | None:
     return buffer.startswith(b"* OK")
 
 
-def pop3_login_steps(user: str, password: str) -> list[tuple[bytes, Callable[[bytes], bool | None]]]:
+def pop3_login_steps(
+    user: str, password: str
+) -> list[tuple[bytes, Callable[[bytes], bool | None]]]:
     return [
         (b"", pop3_status),
         (f"USER {user}\r\n".encode(), pop3_status),
@@ -123,7 +134,9 @@ def pop3_login_steps(user: str, password: str) -> list[tuple[bytes, Callable[[by
     ]
 
 
-def imap_login_steps(user: str, password: str) -> list[tuple[bytes, Callable[[bytes], bool | None]]]:
+def imap_login_steps(
+    user: str, password: str
+) -> list[tuple[bytes, Callable[[bytes], bool | None]]]:
     return [
         (b"", imap_greeting),
         (f"a LOGIN {user} {password}\r\n".encode(), imap_tagged(b"a")),
@@ -165,9 +178,9 @@ async def closed_loop_sessions(
             done = loop.create_future()
             started = time.perf_counter()
             try:
-                await connect(lambda: Scripted(steps_for(i), done), host, port, i)
+                await connect(partial(Scripted, steps_for(i), done), host, port, i)
                 ok = await asyncio.wait_for(done, 30)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 ok = False
             if ok:
                 result.sessions += 1
@@ -183,7 +196,12 @@ async def closed_loop_sessions(
 
 
 async def paced_sessions(
-    host: str, port: int, steps_for: Callable[[int], list], rate: float, duration: float, limit: int = 500
+    host: str,
+    port: int,
+    steps_for: Callable[[int], list],
+    rate: float,
+    duration: float,
+    limit: int = 500,
 ) -> LoadResult:
     """Open-loop load: a new session every 1/rate seconds (at most `limit` in flight)."""
     loop = asyncio.get_running_loop()
@@ -194,9 +212,9 @@ async def paced_sessions(
         done = loop.create_future()
         started = time.perf_counter()
         try:
-            await connect(lambda: Scripted(steps_for(i), done), host, port, i)
+            await connect(partial(Scripted, steps_for(i), done), host, port, i)
             ok = await asyncio.wait_for(done, 30)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             ok = False
         if ok:
             result.sessions += 1
@@ -230,7 +248,9 @@ async def paced_sessions(
 class Pop3Retr(asyncio.Protocol):
     """USER/PASS, then RETR 1 `repeat` times (timing each), then QUIT."""
 
-    def __init__(self, user: str, password: str, repeat: int, done: asyncio.Future) -> None:
+    def __init__(
+        self, user: str, password: str, repeat: int, done: asyncio.Future
+    ) -> None:
         self.user, self.password, self.repeat, self.done = user, password, repeat, done
         self.state, self.buffer, self.tail, self.count = "greeting", b"", b"", 0
         self.started, self.timings, self.sizes = 0.0, [], []
@@ -283,7 +303,9 @@ class Pop3Retr(asyncio.Protocol):
 class ImapFetch(asyncio.Protocol):
     """LOGIN, EXAMINE INBOX, then `f FETCH 1 BODY.PEEK[]` `repeat` times, then LOGOUT."""
 
-    def __init__(self, user: str, password: str, repeat: int, done: asyncio.Future) -> None:
+    def __init__(
+        self, user: str, password: str, repeat: int, done: asyncio.Future
+    ) -> None:
         self.user, self.password, self.repeat, self.done = user, password, repeat, done
         self.state, self.buffer, self.remaining, self.count = "greeting", b"", 0, 0
         self.started, self.timings, self.sizes = 0.0, [], []
@@ -350,7 +372,9 @@ class ImapFetch(asyncio.Protocol):
             self.done.set_result(self.state == "done")
 
 
-async def transfer(protocol_class: type, host: str, port: int, user: str, password: str, repeat: int) -> list[tuple[int, float]]:
+async def transfer(
+    protocol_class: type, host: str, port: int, user: str, password: str, repeat: int
+) -> list[tuple[int, float]]:
     """(bytes, seconds) of each RETR / FETCH; raises SessionFailed if the session broke."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -358,7 +382,9 @@ async def transfer(protocol_class: type, host: str, port: int, user: str, passwo
     await connect(lambda: proto, host, port, 0)
     ok = await asyncio.wait_for(done, 300)
     if not ok or len(proto.timings) < repeat:
-        raise SessionFailed(f"{protocol_class.__name__} on port {port} broke in state {proto.state}")
+        raise SessionFailed(
+            f"{protocol_class.__name__} on port {port} broke in state {proto.state}"
+        )
     return list(zip(proto.sizes, proto.timings))
 
 
@@ -368,7 +394,7 @@ async def transfer(protocol_class: type, host: str, port: int, user: str, passwo
 class IdleImap(asyncio.Protocol):
     """Logs in and then stays connected, silent, until closed."""
 
-    __slots__ = ("steps", "buffer", "state", "ready", "transport")
+    __slots__ = ("buffer", "ready", "state", "steps", "transport")
 
     def __init__(self, user: str, password: str, ready: asyncio.Future) -> None:
         self.steps = f"a LOGIN {user} {password}\r\n".encode()
@@ -396,7 +422,13 @@ class IdleImap(asyncio.Protocol):
             self.ready.set_result(False)
 
 
-async def open_idle_imap(host: str, port: int, credentials: Callable[[int], tuple[str, str]], count: int, concurrency: int = 50) -> list[asyncio.BaseTransport]:
+async def open_idle_imap(
+    host: str,
+    port: int,
+    credentials: Callable[[int], tuple[str, str]],
+    count: int,
+    concurrency: int = 50,
+) -> list[asyncio.BaseTransport]:
     loop = asyncio.get_running_loop()
     transports: list[asyncio.BaseTransport] = []
     counter = [0]
@@ -409,16 +441,20 @@ async def open_idle_imap(host: str, port: int, credentials: Callable[[int], tupl
             ready = loop.create_future()
             user, password = credentials(i)
             try:
-                transport, _ = await connect(lambda: IdleImap(user, password, ready), host, port, i)
+                transport, _ = await connect(
+                    partial(IdleImap, user, password, ready), host, port, i
+                )
                 ok = await asyncio.wait_for(ready, 30)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 ok = False
             if ok:
                 transports.append(transport)
             else:
                 failures[0] += 1
                 if failures[0] > count // 20 + 5:
-                    raise SessionFailed(f"idle IMAP sessions on port {port}: {failures[0]} failed")
+                    raise SessionFailed(
+                        f"idle IMAP sessions on port {port}: {failures[0]} failed"
+                    )
 
     await asyncio.gather(*(opener() for _ in range(concurrency)))
     return transports
@@ -430,8 +466,19 @@ async def open_idle_imap(host: str, port: int, credentials: Callable[[int], tupl
 class Lookup(asyncio.Protocol):
     """A persistent lookup client: one request, wait for the complete reply, the next."""
 
-    def __init__(self, requests: Sequence[bytes], complete: Callable[[bytes], bool], deadline: float, done: asyncio.Future) -> None:
-        self.requests, self.complete, self.deadline, self.done = requests, complete, deadline, done
+    def __init__(
+        self,
+        requests: Sequence[bytes],
+        complete: Callable[[bytes], bool],
+        deadline: float,
+        done: asyncio.Future,
+    ) -> None:
+        self.requests, self.complete, self.deadline, self.done = (
+            requests,
+            complete,
+            deadline,
+            done,
+        )
         self.buffer, self.i, self.sent, self.latencies = b"", 0, 0.0, []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -460,7 +507,17 @@ class Lookup(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def lookup_load(path: str, requests: Sequence[bytes], complete: Callable[[bytes], bool], clients: int, duration: float) -> LoadResult:
+def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    return protocol
+
+
+async def lookup_load(
+    path: str,
+    requests: Sequence[bytes],
+    complete: Callable[[bytes], bool],
+    clients: int,
+    duration: float,
+) -> LoadResult:
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     deadline = started + duration
@@ -469,7 +526,7 @@ async def lookup_load(path: str, requests: Sequence[bytes], complete: Callable[[
         done = loop.create_future()
         shifted = list(requests[n:]) + list(requests[:n])
         proto = Lookup(shifted, complete, deadline, done)
-        await loop.create_unix_connection(lambda: proto, path)
+        await loop.create_unix_connection(partial(_same, proto), path)
         protocols.append(proto)
     await asyncio.gather(*(p.done for p in protocols))
     result = LoadResult(seconds=time.perf_counter() - started)

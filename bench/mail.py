@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import load  # noqa: E402
-from bench.peers import BenchDovecot, Nginx, Perdition, tree_cpu, tree_rss  # noqa: E402
-from tests.integration.servers import Popbridge, ServerError, message_of_size  # noqa: E402
+from bench import load
+from bench.peers import BenchDovecot, Nginx, Perdition, tree_cpu, tree_rss
+from tests.integration.servers import Popbridge, ServerError, message_of_size
 
 MESSAGE_SIZE = 20 * 1024 * 1024
 BENCH_USER, BENCH_PASSWORD = "bench", "bench-pw"
@@ -46,7 +46,7 @@ class Target:
     name: str
     pop3_port: int
     imap_port: int
-    pids: Callable[[], list[int]] = lambda: []  # proxy processes whose CPU and RSS count
+    pids: Callable[[], list[int]] = list  # proxy processes whose CPU and RSS count
     helper_cpu: Callable[[], float] = lambda: 0.0
     stop: Callable[[], None] = lambda: None
     # results
@@ -92,7 +92,9 @@ class Machine:
 
     @staticmethod
     def jiffies() -> tuple[int, int]:
-        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        fields = [
+            int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        ]
         idle = fields[3] + fields[4]
         return sum(fields) - idle, sum(fields)
 
@@ -117,23 +119,40 @@ class Metered:
     def __init__(self, cost: PhaseCost, ours: Callable[[], float]) -> None:
         self.cost, self.ours_now = cost, ours
 
-    def __enter__(self) -> "Metered":
+    def __enter__(self) -> Metered:  # noqa: PYI034
         self.ours = self.ours_now()
-        self.wall, self.own, (self.busy, self.total) = time.perf_counter(), Machine.own_cpu(), Machine.jiffies()
+        self.wall, self.own, (self.busy, self.total) = (
+            time.perf_counter(),
+            Machine.own_cpu(),
+            Machine.jiffies(),
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
         busy, total = Machine.jiffies()
         wall, own = time.perf_counter() - self.wall, Machine.own_cpu() - self.own
-        self.cost.add(wall, own, self.ours_now() - self.ours, busy - self.busy, total - self.total)
+        self.cost.add(
+            wall, own, self.ours_now() - self.ours, busy - self.busy, total - self.total
+        )
 
 
 # ---------------------------------------------------------------- phases
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, targets: list[Target], popbridge: Popbridge, dovecot_pid: int) -> None:
-        self.args, self.targets, self.popbridge, self.dovecot_pid = args, targets, popbridge, dovecot_pid
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        targets: list[Target],
+        popbridge: Popbridge,
+        dovecot_pid: int,
+    ) -> None:
+        self.args, self.targets, self.popbridge, self.dovecot_pid = (
+            args,
+            targets,
+            popbridge,
+            dovecot_pid,
+        )
         self.loop = load.new_loop()
         asyncio.set_event_loop(self.loop)
         self.costs: dict[str, PhaseCost] = {}
@@ -154,7 +173,11 @@ class Bench:
 
     def our_cpu(self) -> float:
         """CPU seconds of everything this benchmark runs: the rest of the machine's is noise."""
-        return Machine.own_cpu() + tree_cpu(self.dovecot_pid) + sum(t.cpu() + t.helper_cpu() for t in self.targets)
+        return (
+            Machine.own_cpu()
+            + tree_cpu(self.dovecot_pid)
+            + sum(t.cpu() + t.helper_cpu() for t in self.targets)
+        )
 
     def rounds(self):  # type: ignore[no-untyped-def]
         for r in range(self.args.rounds):
@@ -170,10 +193,36 @@ class Bench:
     def warm_up(self) -> None:
         for target in self.targets:
             self.say(f"warming up {target.name}")
-            self.run(load.closed_loop_sessions("127.0.0.1", target.pop3_port, self.pop3_steps_for, 10, 0.5))
-            self.run(load.closed_loop_sessions("127.0.0.1", target.imap_port, self.imap_steps_for, 10, 0.5))
-            self.run(load.transfer(load.Pop3Retr, "127.0.0.1", target.pop3_port, BENCH_USER, BENCH_PASSWORD, 1))
-            self.run(load.transfer(load.ImapFetch, "127.0.0.1", target.imap_port, BENCH_USER, BENCH_PASSWORD, 1))
+            self.run(
+                load.closed_loop_sessions(
+                    "127.0.0.1", target.pop3_port, self.pop3_steps_for, 10, 0.5
+                )
+            )
+            self.run(
+                load.closed_loop_sessions(
+                    "127.0.0.1", target.imap_port, self.imap_steps_for, 10, 0.5
+                )
+            )
+            self.run(
+                load.transfer(
+                    load.Pop3Retr,
+                    "127.0.0.1",
+                    target.pop3_port,
+                    BENCH_USER,
+                    BENCH_PASSWORD,
+                    1,
+                )
+            )
+            self.run(
+                load.transfer(
+                    load.ImapFetch,
+                    "127.0.0.1",
+                    target.imap_port,
+                    BENCH_USER,
+                    BENCH_PASSWORD,
+                    1,
+                )
+            )
 
     def idle_memory(self) -> None:
         n = self.args.idle_sessions
@@ -183,7 +232,9 @@ class Bench:
             self.say(f"{n} idle IMAP sessions through {target.name}")
             before = target.rss()
             with self.metered("idle IMAP sessions"):
-                transports = self.run(load.open_idle_imap("127.0.0.1", target.imap_port, user, n))
+                transports = self.run(
+                    load.open_idle_imap("127.0.0.1", target.imap_port, user, n)
+                )
                 time.sleep(1.0)
                 after = target.rss()
             target.rss_per_session = (after - before) / len(transports)
@@ -200,7 +251,14 @@ class Bench:
                 cpu, helper = target.cpu(), target.helper_cpu()
                 with self.metered(f"{protocol.upper()} logins"):
                     result = self.run(
-                        load.closed_loop_sessions("127.0.0.1", port, steps, self.args.clients, self.args.duration, r * 100_000)
+                        load.closed_loop_sessions(
+                            "127.0.0.1",
+                            port,
+                            steps,
+                            self.args.clients,
+                            self.args.duration,
+                            r * 100_000,
+                        )
                     )
                 time.sleep(0.2)  # forked proxies (perdition) are reaped by their parent
                 target.failures += result.failures
@@ -208,8 +266,12 @@ class Bench:
                     target.pop3_rates.append(result.rate)
                     target.pop3_latencies.extend(result.latencies)
                     if target.proxy and result.sessions:
-                        target.cpu_per_1000.append((target.cpu() - cpu) / result.sessions * 1000)
-                        target.helper_per_1000.append((target.helper_cpu() - helper) / result.sessions * 1000)
+                        target.cpu_per_1000.append(
+                            (target.cpu() - cpu) / result.sessions * 1000
+                        )
+                        target.helper_per_1000.append(
+                            (target.helper_cpu() - helper) / result.sessions * 1000
+                        )
                 else:
                     target.imap_rates.append(result.rate)
                     target.imap_latencies.extend(result.latencies)
@@ -224,8 +286,21 @@ class Bench:
                         (load.Pop3Retr, target.pop3_port, target.retr),
                         (load.ImapFetch, target.imap_port, target.fetch),
                     ):
-                        done = self.run(load.transfer(kind, "127.0.0.1", port, BENCH_USER, BENCH_PASSWORD, self.args.transfers))
-                        results.append(sum(size for size, _ in done) / sum(seconds for _, seconds in done) / 1e6)
+                        done = self.run(
+                            load.transfer(
+                                kind,
+                                "127.0.0.1",
+                                port,
+                                BENCH_USER,
+                                BENCH_PASSWORD,
+                                self.args.transfers,
+                            )
+                        )
+                        results.append(
+                            sum(size for size, _ in done)
+                            / sum(seconds for _, seconds in done)
+                            / 1e6
+                        )
 
     # -- lookups (popbridge only) -------------------------------------------------------
 
@@ -233,17 +308,30 @@ class Bench:
         pb = self.popbridge
         kinds = (
             ("policy", str(pb.policy_socket), policy_requests(), policy_complete),
-            ("socketmap", str(pb.socketmap_socket), socketmap_requests(), socketmap_complete),
+            (
+                "socketmap",
+                str(pb.socketmap_socket),
+                socketmap_requests(),
+                socketmap_complete,
+            ),
         )
         for name, path, requests, complete in kinds:
             rates, latencies = [], []
             for r in range(self.args.rounds):
                 self.say(f"{name} lookups, round {r + 1}")
                 with self.metered(f"{name} lookups"):
-                    result = self.run(load.lookup_load(path, requests, complete, 10, self.args.lookup_duration))
+                    result = self.run(
+                        load.lookup_load(
+                            path, requests, complete, 10, self.args.lookup_duration
+                        )
+                    )
                 rates.append(result.rate)
                 latencies.extend(result.latencies)
-            self.lookups[name] = (statistics.median(rates), percentile(latencies, 50), percentile(latencies, 99))
+            self.lookups[name] = (
+                statistics.median(rates),
+                percentile(latencies, 50),
+                percentile(latencies, 99),
+            )
 
     def lookup_under_load(self) -> None:
         """A paced policy client in a process of its own; once alone, once while POP3 sessions
@@ -257,13 +345,26 @@ class Bench:
             self.say(f"policy latency, {label}")
             receive, send = context.Pipe(duplex=False)
             probe = context.Process(
-                target=paced_probe, args=(str(pb.policy_socket), request, self.args.probe_rate, self.args.lookup_duration * 2, send)
+                target=paced_probe,
+                args=(
+                    str(pb.policy_socket),
+                    request,
+                    self.args.probe_rate,
+                    self.args.lookup_duration * 2,
+                    send,
+                ),
             )
             probe.start()
             with self.metered("lookups under POP3 load"):
                 if label == "loaded":
                     pop3 = self.run(
-                        load.paced_sessions("127.0.0.1", target.pop3_port, self.pop3_steps_for, self.args.pop3_rate, self.args.lookup_duration * 2)
+                        load.paced_sessions(
+                            "127.0.0.1",
+                            target.pop3_port,
+                            self.pop3_steps_for,
+                            self.args.pop3_rate,
+                            self.args.lookup_duration * 2,
+                        )
                     )
                     results["pop3_rate"] = pop3.rate
                 latencies = receive.recv()
@@ -277,20 +378,44 @@ def policy_requests() -> list[bytes]:
 
     def request(address: str, n: int) -> bytes:
         attributes = {
-            "request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
-            "client_address": address, "client_name": "unknown", "client_port": str(40000 + n),
-            "reverse_client_name": "unknown", "server_address": "127.0.0.1", "server_port": "25",
-            "helo_name": "client.example.org", "sender": f"user{n}@example.org",
-            "recipient": f"someone{n}@example.com", "recipient_count": "0", "queue_id": "",
-            "instance": f"{n:x}.5f3a", "size": "0", "etrn_domain": "", "stress": "",
-            "sasl_method": "", "sasl_username": "", "sasl_sender": "", "ccert_subject": "",
-            "ccert_issuer": "", "ccert_fingerprint": "", "ccert_pubkey_fingerprint": "",
-            "encryption_protocol": "", "encryption_cipher": "", "encryption_keysize": "0",
-            "policy_context": "", "compatibility_level": "3.6", "mail_version": "3.7.11",
+            "request": "smtpd_access_policy",
+            "protocol_state": "RCPT",
+            "protocol_name": "ESMTP",
+            "client_address": address,
+            "client_name": "unknown",
+            "client_port": str(40000 + n),
+            "reverse_client_name": "unknown",
+            "server_address": "127.0.0.1",
+            "server_port": "25",
+            "helo_name": "client.example.org",
+            "sender": f"user{n}@example.org",
+            "recipient": f"someone{n}@example.com",
+            "recipient_count": "0",
+            "queue_id": "",
+            "instance": f"{n:x}.5f3a",
+            "size": "0",
+            "etrn_domain": "",
+            "stress": "",
+            "sasl_method": "",
+            "sasl_username": "",
+            "sasl_sender": "",
+            "ccert_subject": "",
+            "ccert_issuer": "",
+            "ccert_fingerprint": "",
+            "ccert_pubkey_fingerprint": "",
+            "encryption_protocol": "",
+            "encryption_cipher": "",
+            "encryption_keysize": "0",
+            "policy_context": "",
+            "compatibility_level": "3.6",
+            "mail_version": "3.7.11",
         }
         return "".join(f"{k}={v}\n" for k, v in attributes.items()).encode() + b"\n"
 
-    return [request("127.0.0.1" if n % 2 == 0 else f"192.0.2.{n % 250 + 1}", n) for n in range(64)]
+    return [
+        request("127.0.0.1" if n % 2 == 0 else f"192.0.2.{n % 250 + 1}", n)
+        for n in range(64)
+    ]
 
 
 def policy_complete(buffer: bytes) -> bool:
@@ -300,7 +425,9 @@ def policy_complete(buffer: bytes) -> bool:
 def socketmap_requests() -> list[bytes]:
     keys = []
     for n in range(64):
-        payload = (f"access 127.0.0.1" if n % 2 == 0 else f"access 192.0.2.{n % 250 + 1}").encode()
+        payload = (
+            "access 127.0.0.1" if n % 2 == 0 else f"access 192.0.2.{n % 250 + 1}"
+        ).encode()
         keys.append(b"%d:%s," % (len(payload), payload))
     return keys
 
@@ -355,70 +482,152 @@ def report(bench: Bench, args: argparse.Namespace, skipped: list[str]) -> str:
     direct, proxies = bench.targets[0], bench.targets[1:]
     rows: list[tuple[str, str, list[str]]] = []
 
-    def ratio_row(label: str, get: Callable[[Target], float | None], unit: str, fmt: str = "{:.0f}") -> None:
+    def ratio_row(
+        label: str,
+        get: Callable[[Target], float | None],
+        unit: str,
+        fmt: str = "{:.0f}",
+    ) -> None:
         base = get(direct)
         cells = []
         for t in proxies:
             value = get(t)
-            cells.append("n/a" if value is None or not base else f"{value / base:.2f} ({fmt.format(value)})")
-        rows.append((label, "n/a" if base is None else f"{fmt.format(base)} {unit}", cells))
+            cells.append(
+                "n/a"
+                if value is None or not base
+                else f"{value / base:.2f} ({fmt.format(value)})"
+            )
+        rows.append(
+            (label, "n/a" if base is None else f"{fmt.format(base)} {unit}", cells)
+        )
 
     def proxy_row(label: str, get: Callable[[Target], float | None], fmt: str) -> None:
-        rows.append((label, "-", ["n/a" if get(t) is None else fmt.format(get(t)) for t in proxies]))
+        rows.append(
+            (
+                label,
+                "-",
+                ["n/a" if get(t) is None else fmt.format(get(t)) for t in proxies],
+            )
+        )
 
-    ratio_row(f"POP3 logins/s, {args.clients} clients", lambda t: median(t.pop3_rates), "/s")
-    ratio_row(f"IMAP logins/s, {args.clients} clients", lambda t: median(t.imap_rates), "/s")
+    ratio_row(
+        f"POP3 logins/s, {args.clients} clients", lambda t: median(t.pop3_rates), "/s"
+    )
+    ratio_row(
+        f"IMAP logins/s, {args.clients} clients", lambda t: median(t.imap_rates), "/s"
+    )
     ratio_row("POP3 RETR 20 MiB, MB/s", lambda t: median(t.retr), "MB/s")
     ratio_row("IMAP FETCH BODY[] 20 MiB, MB/s", lambda t: median(t.fetch), "MB/s")
-    proxy_row("proxy CPU s per 1000 POP3 sessions", lambda t: median(t.cpu_per_1000), "{:.2f} s")
+    proxy_row(
+        "proxy CPU s per 1000 POP3 sessions",
+        lambda t: median(t.cpu_per_1000),
+        "{:.2f} s",
+    )
     proxy_row(
         f"proxy RSS per idle IMAP session (N={args.idle_sessions})",
         lambda t: None if t.rss_per_session is None else t.rss_per_session / 1024,
         "{:.1f} KiB",
     )
-    for proto, get in (("POP3", lambda t: t.pop3_latencies), ("IMAP", lambda t: t.imap_latencies)):
+    for proto, get in (
+        ("POP3", lambda t: t.pop3_latencies),
+        ("IMAP", lambda t: t.imap_latencies),
+    ):
         for p in (50, 99):
-            ratio_row(f"{proto} session latency p{p}, ms", lambda t, g=get, p=p: percentile(g(t), p) * 1000 if g(t) else None, "ms", "{:.2f}")
+            ratio_row(
+                f"{proto} session latency p{p}, ms",
+                lambda t, g=get, p=p: percentile(g(t), p) * 1000 if g(t) else None,
+                "ms",
+                "{:.2f}",
+            )
     for name in ("policy", "socketmap"):
         if name in bench.lookups:
             rate, p50, p99 = bench.lookups[name]  # type: ignore[misc]
-            rows.append((f"{name} lookups/s, 10 persistent clients", "-", [f"{rate:.0f}/s"] + [""] * (len(proxies) - 1)))
-            rows.append((f"{name} latency p50 / p99, ms", "-", [f"{p50 * 1000:.2f} / {p99 * 1000:.2f}"] + [""] * (len(proxies) - 1)))
+            rows.append(
+                (
+                    f"{name} lookups/s, 10 persistent clients",
+                    "-",
+                    [f"{rate:.0f}/s"] + [""] * (len(proxies) - 1),
+                )
+            )
+            rows.append(
+                (
+                    f"{name} latency p50 / p99, ms",
+                    "-",
+                    [f"{p50 * 1000:.2f} / {p99 * 1000:.2f}"]
+                    + [""] * (len(proxies) - 1),
+                )
+            )
     loaded = bench.lookups.get("under_load")
     if loaded:
         (i50, i99), (l50, l99) = loaded["idle"], loaded["loaded"]  # type: ignore[index]
-        rows.append((
-            f"policy p50 / p99 ms, alone (paced {args.probe_rate:.0f}/s)", "-",
-            [f"{i50 * 1000:.2f} / {i99 * 1000:.2f}"] + [""] * (len(proxies) - 1),
-        ))
-        rows.append((
-            f"  same while {loaded['pop3_rate']:.0f} POP3 sessions/s run", "-",  # type: ignore[index]
-            [f"{l50 * 1000:.2f} / {l99 * 1000:.2f}"] + [""] * (len(proxies) - 1),
-        ))
-        rows.append(("  added by the POP3 load, p50 / p99 ms", "-", [f"{(l50 - i50) * 1000:+.2f} / {(l99 - i99) * 1000:+.2f}"] + [""] * (len(proxies) - 1)))
+        rows.append(
+            (
+                f"policy p50 / p99 ms, alone (paced {args.probe_rate:.0f}/s)",
+                "-",
+                [f"{i50 * 1000:.2f} / {i99 * 1000:.2f}"] + [""] * (len(proxies) - 1),
+            )
+        )
+        rows.append(
+            (
+                f"  same while {loaded['pop3_rate']:.0f} POP3 sessions/s run",
+                "-",  # type: ignore[index]
+                [f"{l50 * 1000:.2f} / {l99 * 1000:.2f}"] + [""] * (len(proxies) - 1),
+            )
+        )
+        rows.append(
+            (
+                "  added by the POP3 load, p50 / p99 ms",
+                "-",
+                [f"{(l50 - i50) * 1000:+.2f} / {(l99 - i99) * 1000:+.2f}"]
+                + [""] * (len(proxies) - 1),
+            )
+        )
 
     headers = ["measure", "direct"] + [t.name for t in proxies]
     table = [headers] + [[label, base, *cells] for label, base, cells in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
     lines = []
     for n, row in enumerate(table):
-        lines.append("| " + " | ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                for i, cell in enumerate(row)
+            )
+            + " |"
+        )
         if n == 0:
-            lines.append("|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|")
+            lines.append(
+                "|"
+                + "|".join(
+                    "-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)
+                )
+                + "|"
+            )
     notes = [
         "",
         "Proxy cells: ratio to direct (absolute value); rates higher is better, latency lower is better.",
-        f"Rounds: {args.rounds} x {args.duration:.1f} s per login measure (medians); {args.transfers} transfers per round;"
-        f" Dovecot tuning '{args.dovecot}'; popbridge store '{args.store}'.",
+        (
+            f"Rounds: {args.rounds} x {args.duration:.1f} s per login measure (medians); {args.transfers} transfers per round;"
+            f" Dovecot tuning '{args.dovecot}'; popbridge store '{args.store}'."
+        ),
     ]
     for t in proxies:
         if t.name == "nginx" and t.helper_per_1000:
-            notes.append(f"{t.name}: its auth_http helper (not counted above) used {median(t.helper_per_1000):.2f} CPU s per 1000 POP3 sessions.")
+            notes.append(
+                f"{t.name}: its auth_http helper (not counted above) used {median(t.helper_per_1000):.2f} CPU s per 1000 POP3 sessions."
+            )
         if t.failures:
-            notes.append(f"{t.name}: {t.failures} sessions failed during the login measures.")
+            notes.append(
+                f"{t.name}: {t.failures} sessions failed during the login measures."
+            )
     if direct.failures:
-        notes.append(f"direct: {direct.failures} sessions failed during the login measures.")
-    notes.append("CPU per phase: the load generator (this process), the whole machine, and what other processes took (noise):")
+        notes.append(
+            f"direct: {direct.failures} sessions failed during the login measures."
+        )
+    notes.append(
+        "CPU per phase: the load generator (this process), the whole machine, and what other processes took (noise):"
+    )
     for phase, cost in bench.costs.items():
         if cost.wall and cost.total:
             cores = os.cpu_count() or 1
@@ -437,26 +646,85 @@ def report(bench: Bench, args: argparse.Namespace, skipped: list[str]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="about one minute: fewer, shorter rounds")
-    parser.add_argument("--rounds", type=int, help="rounds per measure (default 5, quick 3)")
-    parser.add_argument("--duration", type=float, help="seconds per login round (default 3, quick 1.5)")
-    parser.add_argument("--clients", type=int, default=50, help="concurrent login clients (default 50)")
-    parser.add_argument("--transfers", type=int, help="20 MiB transfers per round (default 3, quick 2)")
-    parser.add_argument("--idle-sessions", type=int, help="idle logged-in IMAP sessions for the memory measure (default 2000, quick 1000)")
-    parser.add_argument("--lookup-duration", type=float, help="seconds per lookup round (default 2, quick 1)")
-    parser.add_argument("--pop3-rate", type=float, default=500, help="POP3 sessions/s beside the lookup latency probe (default 500)")
-    parser.add_argument("--probe-rate", type=float, default=500, help="policy requests/s of the latency probe (default 500)")
-    parser.add_argument("--store", default="memory", help="popbridge [ledger] store (default memory)")
-    parser.add_argument("--dovecot", choices=("fast", "stock"), default="fast",
-                        help="fast: login and mail processes serve many clients (default); stock: a process per session")
-    parser.add_argument("--nginx-workers", type=int, default=1, help="nginx worker_processes (default 1, like popbridge's one process)")
-    parser.add_argument("--only", default="", help="comma-separated subset of popbridge,nginx,perdition")
-    parser.add_argument("--skip", default="", help="comma-separated measures to skip: memory,logins,transfers,lookups")
-    parser.add_argument("--hold", action="store_true", help="print the ports and wait for Enter before stopping (for profiling)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="about one minute: fewer, shorter rounds"
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="rounds per measure (default 5, quick 3)"
+    )
+    parser.add_argument(
+        "--duration", type=float, help="seconds per login round (default 3, quick 1.5)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=50, help="concurrent login clients (default 50)"
+    )
+    parser.add_argument(
+        "--transfers", type=int, help="20 MiB transfers per round (default 3, quick 2)"
+    )
+    parser.add_argument(
+        "--idle-sessions",
+        type=int,
+        help="idle logged-in IMAP sessions for the memory measure (default 2000, quick 1000)",
+    )
+    parser.add_argument(
+        "--lookup-duration",
+        type=float,
+        help="seconds per lookup round (default 2, quick 1)",
+    )
+    parser.add_argument(
+        "--pop3-rate",
+        type=float,
+        default=500,
+        help="POP3 sessions/s beside the lookup latency probe (default 500)",
+    )
+    parser.add_argument(
+        "--probe-rate",
+        type=float,
+        default=500,
+        help="policy requests/s of the latency probe (default 500)",
+    )
+    parser.add_argument(
+        "--store", default="memory", help="popbridge [ledger] store (default memory)"
+    )
+    parser.add_argument(
+        "--dovecot",
+        choices=("fast", "stock"),
+        default="fast",
+        help="fast: login and mail processes serve many clients (default); stock: a process per session",
+    )
+    parser.add_argument(
+        "--nginx-workers",
+        type=int,
+        default=1,
+        help="nginx worker_processes (default 1, like popbridge's one process)",
+    )
+    parser.add_argument(
+        "--only", default="", help="comma-separated subset of popbridge,nginx,perdition"
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated measures to skip: memory,logins,transfers,lookups",
+    )
+    parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="print the ports and wait for Enter before stopping (for profiling)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="progress on stderr"
+    )
     args = parser.parse_args(argv)
-    defaults = dict(rounds=(3, 5), duration=(1.5, 3.0), transfers=(2, 3), idle_sessions=(1000, 2000), lookup_duration=(1.0, 2.0))
+    defaults = {
+        "rounds": (3, 5),
+        "duration": (1.5, 3.0),
+        "transfers": (2, 3),
+        "idle_sessions": (1000, 2000),
+        "lookup_duration": (1.0, 2.0),
+    }
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -466,14 +734,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
-        print("bench/mail.py runs a private Dovecot and must run as root", file=sys.stderr)
+        print(
+            "bench/mail.py runs a private Dovecot and must run as root", file=sys.stderr
+        )
         return 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 200_000)), hard))
-    only = set(filter(None, args.only.split(","))) or {"popbridge", "nginx", "perdition"}
+    only = set(filter(None, args.only.split(","))) or {
+        "popbridge",
+        "nginx",
+        "perdition",
+    }
     skip = set(filter(None, args.skip.split(",")))
 
-    users = {user(i)[0]: user(i)[1] for i in range(USERS)} | {BENCH_USER: BENCH_PASSWORD}
+    users = {user(i)[0]: user(i)[1] for i in range(USERS)} | {
+        BENCH_USER: BENCH_PASSWORD
+    }
     started: list[Callable[[], None]] = []
     skipped: list[str] = []
     try:
@@ -483,13 +759,21 @@ def main(argv: list[str] | None = None) -> int:
         started.append(dovecot.cleanup)
         dovecot.deliver(BENCH_USER, message_of_size(MESSAGE_SIZE, "bench"))
         targets = [Target("direct", dovecot.port, dovecot.imap_port)]
-        popbridge = Popbridge(backend_port=dovecot.port, imap_backend_port=dovecot.imap_port, store=args.store)
+        popbridge = Popbridge(
+            backend_port=dovecot.port,
+            imap_backend_port=dovecot.imap_port,
+            store=args.store,
+        )
         if "popbridge" in only:
             popbridge.start()
             started.append(popbridge.cleanup)
             assert popbridge.process is not None and popbridge.imap_port is not None
             pid = popbridge.process.pid
-            targets.append(Target("popbridge", popbridge.port, popbridge.imap_port, pids=lambda: [pid]))
+            targets.append(
+                Target(
+                    "popbridge", popbridge.port, popbridge.imap_port, pids=lambda: [pid]
+                )
+            )
         for peer_class in (Nginx, Perdition):
             if peer_class.name not in only:
                 continue
@@ -499,11 +783,23 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             peer = peer_class(dovecot.port, dovecot.imap_port)  # type: ignore[operator]
             started.append(peer.stop)
-            targets.append(Target(peer.name, peer.pop3_port, peer.imap_port, pids=peer.pids, helper_cpu=peer.helper_cpu))
+            targets.append(
+                Target(
+                    peer.name,
+                    peer.pop3_port,
+                    peer.imap_port,
+                    pids=peer.pids,
+                    helper_cpu=peer.helper_cpu,
+                )
+            )
         if args.hold:
             for t in targets:
-                print(f"{t.name}: pop3 {t.pop3_port} imap {t.imap_port} pids {t.pids()}")
-            print(f"users u0000..u{USERS - 1:04d} / pw-NNNN; {BENCH_USER}/{BENCH_PASSWORD} has the 20 MiB message")
+                print(
+                    f"{t.name}: pop3 {t.pop3_port} imap {t.imap_port} pids {t.pids()}"
+                )
+            print(
+                f"users u0000..u{USERS - 1:04d} / pw-NNNN; {BENCH_USER}/{BENCH_PASSWORD} has the 20 MiB message"
+            )
             input("Enter stops everything> ")
             return 0
         dovecot_pid = dovecot._master_pid()
@@ -529,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
         for stop in reversed(started):
             try:
                 stop()
-            except Exception as e:  # keep stopping the others
+            except Exception as e:  # noqa: BLE001 - keep stopping the others
                 print(f"bench/mail.py: stopping: {e}", file=sys.stderr)
 
 

@@ -33,14 +33,20 @@ class BenchDovecot(Dovecot):
     def config_text(self) -> str:
         text = super().config_text().replace("auth_verbose = yes", "auth_verbose = no")
         if self.tuning == "fast":
-            login = "  service_count = 0\n  process_min_avail = 2\n  client_limit = 10000\n"
+            login = (
+                "  service_count = 0\n  process_min_avail = 2\n  client_limit = 10000\n"
+            )
             for service in ("pop3-login", "imap-login"):
-                text = text.replace(f"service {service} {{\n", f"service {service} {{\n{login}", 1)
+                text = text.replace(
+                    f"service {service} {{\n", f"service {service} {{\n{login}", 1
+                )
             mail = "  service_count = 0\n  client_limit = 200\n  process_limit = 200\n  process_min_avail = 2\n"
         else:  # Dovecot's defaults (a login process and a mail process per session), limits raised
             login = "  process_limit = 12000\n  client_limit = 1\n"
             for service in ("pop3-login", "imap-login"):
-                text = text.replace(f"service {service} {{\n", f"service {service} {{\n{login}", 1)
+                text = text.replace(
+                    f"service {service} {{\n", f"service {service} {{\n{login}", 1
+                )
             mail = "  process_limit = 12000\n"
         return (
             text
@@ -107,7 +113,13 @@ class AuthHttp:
     def __init__(self, pop3_port: int, imap_port: int) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, str(HERE / "auth_http.py"), str(self.port), str(pop3_port), str(imap_port)],
+            [
+                sys.executable,
+                str(HERE / "auth_http.py"),
+                str(self.port),
+                str(pop3_port),
+                str(imap_port),
+            ],
             stdin=subprocess.DEVNULL,
         )
         wait_until(lambda: tcp_connectable("127.0.0.1", self.port), "auth_http helper")
@@ -162,15 +174,32 @@ mail {{
 }}
 """
         )
-        self.log = open(self.directory / "stderr.log", "ab")
+        self.log = open(self.directory / "stderr.log", "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [find_binary("nginx"), "-e", str(self.directory / "error.log"), "-p", str(self.directory), "-c", str(config)],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                find_binary("nginx"),
+                "-e",
+                str(self.directory / "error.log"),
+                "-p",
+                str(self.directory),
+                "-c",
+                str(config),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         wait_until(
-            lambda: tcp_connectable("127.0.0.1", self.pop3_port) and tcp_connectable("127.0.0.1", self.imap_port),
+            lambda: (
+                tcp_connectable("127.0.0.1", self.pop3_port)
+                and tcp_connectable("127.0.0.1", self.imap_port)
+            ),
             "nginx mail proxy",
-            alive=lambda: None if self.process.poll() is None else (self.directory / "error.log").read_text()[-2000:],
+            alive=lambda: (
+                None
+                if self.process.poll() is None
+                else (self.directory / "error.log").read_text()[-2000:]
+            ),
         )
 
     def pids(self) -> list[int]:
@@ -208,15 +237,25 @@ class Perdition:
         self.directory = short_directory("pb-bench-perdition-")
         self.pop3_port, self.imap_port = free_port(), free_port()
         (self.directory / "perdition.conf").write_text("")
-        self.log = open(self.directory / "output.log", "ab")
+        self.log = open(self.directory / "output.log", "ab")  # noqa: SIM115 - closed in stop()
         self.processes = [
             self._start("POP3", self.pop3_port, pop3_backend),
             self._start("IMAP4", self.imap_port, imap_backend),
         ]
         wait_until(
-            lambda: tcp_connectable("127.0.0.1", self.pop3_port) and tcp_connectable("127.0.0.1", self.imap_port),
+            lambda: (
+                tcp_connectable("127.0.0.1", self.pop3_port)
+                and tcp_connectable("127.0.0.1", self.imap_port)
+            ),
             "perdition",
-            alive=lambda: next((f"perdition exited {p.returncode}" for p in self.processes if p.poll() is not None), None),
+            alive=lambda: next(
+                (
+                    f"perdition exited {p.returncode}"
+                    for p in self.processes
+                    if p.poll() is not None
+                ),
+                None,
+            ),
         )
 
     def _start(self, protocol: str, port: int, backend: int) -> subprocess.Popen[bytes]:
@@ -224,12 +263,34 @@ class Perdition:
         popmap.write_text(f"(.*): 127.0.0.1:{backend}\n")
         return subprocess.Popen(
             [
-                find_binary("perdition"), "--no_daemon", "-f", str(self.directory / "perdition.conf"),
-                "-P", protocol, "-b", "127.0.0.1", "-l", str(port), "--ssl_mode", "none",
-                "-M", str(PERDITION_REGEX_MAP), "-m", str(popmap), "-n",
-                "--pid_file", str(self.directory / f"{protocol}.pid"), "-u", "nobody", "-g", "nogroup", "-q",
+                find_binary("perdition"),
+                "--no_daemon",
+                "-f",
+                str(self.directory / "perdition.conf"),
+                "-P",
+                protocol,
+                "-b",
+                "127.0.0.1",
+                "-l",
+                str(port),
+                "--ssl_mode",
+                "none",
+                "-M",
+                str(PERDITION_REGEX_MAP),
+                "-m",
+                str(popmap),
+                "-n",
+                "--pid_file",
+                str(self.directory / f"{protocol}.pid"),
+                "-u",
+                "nobody",
+                "-g",
+                "nogroup",
+                "-q",
             ],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     def pids(self) -> list[int]:

@@ -23,6 +23,7 @@ from typing import Any
 from cachetools import TTLCache
 from ldap3.core.exceptions import LDAPException
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
@@ -133,8 +134,9 @@ class LdapDirectory(_FromFacts):
             return cached.facts
         try:
             return await self._query(user).addTimeout(self._config.timeout, self._clock)
-        except Exception as e:  # TimeoutError, DirectoryUnavailable
-            self._went_down(str(e) or type(e).__name__)
+        except Exception as e:  # defer.TimeoutError or DirectoryUnavailable: never the caller's problem
+            timed_out = isinstance(e, defer.TimeoutError)
+            self._went_down(f"no answer within {self._config.timeout} s" if timed_out else str(e))
             cached = self._cached(user)  # may have expired, or been refreshed, meanwhile
             self.log.debug("LDAP look-up of {user!r} failed; serving {source}", user=user,
                            source="the cached answer" if cached else "the fallback")

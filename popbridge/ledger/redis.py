@@ -100,13 +100,27 @@ class RedisLedger:
         timeout: float = 0.5,
         prefix: str = KEY_PREFIX,
     ) -> None:
-        self._redis, self._clock, self.ttl, self._ipv6_prefix = client, clock, ttl, ipv6_prefix
+        self._redis, self._clock, self._ipv6_prefix = client, clock, ipv6_prefix
         self._run_blocking, self._timeout, self._prefix = run_blocking, timeout, prefix
-        self.refresh = min(MAX_REFRESH, ttl / 3)
         self._write_script = client.register_script(WRITE_SCRIPT)
         self._open: dict[Name, tuple[int, bool]] = {}  # sessions this node holds: (count, tls)
         self._refreshing = LoopingCall(self._refresh_leases)
         self._refreshing.clock = clock
+        self.ttl = ttl
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl
+
+    @ttl.setter
+    def ttl(self, seconds: float) -> None:
+        """A new ttl (SIGHUP) applies at once; the lease period follows it. Hashes already in
+        Redis keep their Redis TTL, so a *longer* ttl covers logins recorded from now on."""
+        self._ttl = seconds
+        self.refresh = min(MAX_REFRESH, seconds / 3)
+        if self._refreshing.running:
+            self._refreshing.stop()
+            self.start_refreshing()
 
     # -- lease refreshing (started and stopped by the service) ----------------------------
 

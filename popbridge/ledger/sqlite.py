@@ -84,13 +84,22 @@ class SqliteLedger:
         run_blocking: RunBlocking,
         not_stored: Callable[[int], None] = lambda count: None,
     ) -> None:
-        self.path, self._clock, self.ttl, self._ipv6_prefix = Path(path), clock, ttl, ipv6_prefix
+        self.path, self._clock, self._ipv6_prefix = Path(path), clock, ipv6_prefix
         self._run_blocking, self._not_stored = run_blocking, not_stored
         self._mirror = LoginTable(ttl)
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
         self._queue: list[_Change] = []
         self._writing = False
+
+    @property
+    def ttl(self) -> float:
+        return self._mirror.ttl
+
+    @ttl.setter
+    def ttl(self, seconds: float) -> None:
+        """A new ttl (SIGHUP) applies at once: rows keep their times, expiry is computed."""
+        self._mirror.ttl = seconds
 
     # -- opening and closing (blocking: startup and shutdown only) -------------------------
 

@@ -808,6 +808,19 @@ olcMemberOfMemberOfAD: memberOf
         """SIGSTOP: connections are still accepted by the kernel, but nothing is answered."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+        # the stop reaches slapd's threads one by one; until all are stopped it may still answer
+        wait_until(lambda: self._all_threads_in_state("T"), "slapd stopped by SIGSTOP", timeout=10)
+
+    def _all_threads_in_state(self, state: str) -> bool:
+        assert self.process is not None
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        try:
+            # /proc/PID/task/TID/stat: "TID (comm) STATE ...": comm may hold spaces, so split after ")"
+            return all(
+                (task / "stat").read_text().rsplit(")", 1)[1].split()[0] == state for task in tasks.iterdir()
+            )
+        except (OSError, IndexError):
+            return False
 
     def resume(self) -> None:
         assert self.process is not None

@@ -8,6 +8,7 @@ and an extra WHOSON listener with updates enabled, used to put names that Doveco
 
 from __future__ import annotations
 
+import shutil
 import smtplib
 import socket
 import time
@@ -50,8 +51,6 @@ def ldap_sockets() -> Iterator[Path]:
     """Sockets that outlive one daemon: the filtering Postfix asks the exempt listener here."""
     path = short_directory("pb-ldap-")
     yield path
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import poplib
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from .imap_clients import BoundIMAP4
-from .servers import BoundPOP3, Popbridge, StartPopbridge, free_port
+from .servers import BoundPOP3, Popbridge, StartPopbridge, free_port, popbridge_command
 from .tls_support import TlsCertificates, TlsDovecot, plain_proxy, wait_for_listeners
 
 pytestmark = pytest.mark.realserver
@@ -173,3 +174,68 @@ def test_tls_backend_endpoint_with_the_wrong_ca_refuses_the_login(
     tls_dovecot.log.wait_for(lambda line: "SSL_accept() failed" in line or "TLS handshaking" in line, since=mark)
     assert "Login: user=<alice>" not in tls_dovecot.log.text(mark)
     assert daemon.logins("127.0.4.36") == []
+
+
+# ---------------------------------------------------------------- the end of a session
+
+
+def test_client_hang_up_ends_the_tls_backend_session(
+    popbridge_daemon: StartPopbridge, tls_dovecot: TlsDovecot, tls_certificates: TlsCertificates
+) -> None:
+    _, port = start_proxy(
+        popbridge_daemon, "pop3", f"tcp:host=127.0.0.1:port={tls_dovecot.port}", starttls_backend_keys(tls_certificates.ca_file)
+    )
+    mark = tls_dovecot.log.mark()
+    pop = BoundPOP3("127.0.0.1", port, "127.0.4.37")
+    pop.user("carol")
+    pop.pass_("carol-pw")
+    pop.close()  # gone without QUIT: popbridge must close its TLS leg to Dovecot too
+    line = tls_dovecot.log.wait_for(lambda line: "pop3(carol)" in line and "Disconnected" in line, since=mark, timeout=15)
+    assert "Connection closed" in line, line
+
+
+# ---------------------------------------------------------------- what the operator is told
+
+
+def test_backend_certificate_failure_is_logged_with_its_reason(
+    popbridge_daemon: StartPopbridge, tls_dovecot: TlsDovecot, tls_certificates: TlsCertificates
+) -> None:
+    daemon, port = start_proxy(
+        popbridge_daemon, "pop3", f"tcp:host=127.0.0.1:port={tls_dovecot.port}", starttls_backend_keys(tls_certificates.other_ca_file)
+    )
+    mark = daemon.log.mark()
+    pop3_session_refused(port, "127.0.4.38", "alice", "alice-pw")
+    assert daemon.logins("127.0.4.38") == []
+    # the client only hears "connection to the mail server lost": the log must say why
+    daemon.log.wait_for(lambda line: "certificate" in line.lower() or "verif" in line.lower(), since=mark, timeout=5)
+
+
+def test_backend_tls_ca_is_used_for_a_tls_backend_or_refused_by_check_config(
+    popbridge_daemon: StartPopbridge, tls_dovecot: TlsDovecot, tls_certificates: TlsCertificates
+) -> None:
+    """`backend_tls_ca` next to a `tls:` backend must either be the CA popbridge checks the
+    backend against, or a configuration error; accepted and ignored, it misleads."""
+    extra = f"backend_tls_ca = {json.dumps(str(tls_certificates.ca_file))}\n"
+    port = free_port()
+    probe = Popbridge(backend_port=tls_dovecot.port, extra_config=plain_proxy("pop3", port, f"tls:host=127.0.0.1:port={tls_dovecot.pop3s_port}", extra))
+    try:
+        probe.config_path.write_text(probe.config_text())
+        check = subprocess.run(
+            [*popbridge_command(), "check-config", str(probe.config_path)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        probe.cleanup()
+    if check.returncode != 0:
+        assert "backend_tls_ca" in check.stderr, check.stderr
+        return
+    _, port = start_proxy(popbridge_daemon, "pop3", f"tls:host=127.0.0.1:port={tls_dovecot.pop3s_port}", extra)
+    pop = BoundPOP3("127.0.0.1", port, "127.0.4.39")
+    try:
+        pop.user("alice")
+        assert pop.pass_("alice-pw").startswith(b"+OK"), "check-config accepted backend_tls_ca, but the login failed"
+        pop.quit()
+    except poplib.error_proto as e:
+        pytest.fail(f"check-config accepted backend_tls_ca with a tls: backend, yet the backend was not trusted: {e}")
+    finally:
+        pop.close()

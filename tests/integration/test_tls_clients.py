@@ -7,7 +7,6 @@ login must be recorded with `tls: true`. Client addresses 127.0.4.1-19 belong to
 
 from __future__ import annotations
 
-import imaplib
 import ssl
 
 import pytest
@@ -15,11 +14,11 @@ import pytest
 from .imap_clients import BoundIMAP4
 from .servers import BoundPOP3, Dovecot, Popbridge, Postfix, StartPopbridge, free_port
 from .tls_support import (
+    HANG_UP_TIMEOUT,
     BoundIMAP4SSL,
     BoundPOP3SSL,
     TlsCertificates,
     TlsListeners,
-    HANG_UP_TIMEOUT,
     curl,
     implicit_tls_proxy,
     implicit_tls_socket,
@@ -157,18 +156,18 @@ def test_openssl_starttls_pop3_logs_in_over_tls(tls_listeners: TlsListeners, tls
     script = "USER alice\nPASS alice-pw\nSTAT\nQUIT\n"  # pipelined: popbridge releases them one at a time
     result = openssl_starttls("pop3", tls_listeners.pop3_port, "127.0.4.9", tls_certificates.ca_file, script)
     assert recorded(tls_listeners.daemon, "127.0.4.9") == [("alice", "pop3", True)]
-    assert result.returncode == 0, result.stderr
     replies = result.stdout.splitlines()
     assert [reply.split(" ", 1)[0] for reply in replies] == ["+OK", "+OK", "+OK", "+OK"], result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr  # it ends when the server hangs up
 
 
 def test_openssl_starttls_imap_logs_in_over_tls(tls_listeners: TlsListeners, tls_certificates: TlsCertificates) -> None:
     script = "a LOGIN alice alice-pw\nb LOGOUT\n"
     result = openssl_starttls("imap", tls_listeners.imap_port, "127.0.4.10", tls_certificates.ca_file, script)
     assert recorded(tls_listeners.daemon, "127.0.4.10") == [("alice", "imap4", True)]
-    assert result.returncode == 0, result.stderr
     assert any(line.startswith("a OK") for line in result.stdout.splitlines()), result.stdout
     assert any(line.startswith("b OK") for line in result.stdout.splitlines()), result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr  # it ends when the server hangs up
 
 
 # ---------------------------------------------------------------- the end of a TLS session

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import trustme
 
-from .servers import Dovecot, Popbridge, ServerError, binary, free_port, tcp_listening, wait_until
+from .servers import (
+    Dovecot,
+    Popbridge,
+    ServerError,
+    binary,
+    free_port,
+    tcp_listening,
+    wait_until,
+)
 
 CLIENT_TIMEOUT = 30
 HANG_UP_TIMEOUT = 15  # seconds a client waits for the server to close after QUIT/LOGOUT

@@ -173,8 +173,10 @@ def test_slow_ldap_answers_the_fallback_after_timeout() -> None:
     assert not answer.called
     clock.advance(CONFIG.timeout - 0.01)
     assert not answer.called
-    clock.advance(0.01)
+    with capturedLogs() as events:
+        clock.advance(0.01)
     assert result(answer) == FALLBACK
+    assert any("no answer within 3 s" in formatEvent(e) for e in events)
     # the late answer still lands in the cache and serves the next look-up
     d, f, args = pending[0]
     d.callback(f(*args))

@@ -182,6 +182,15 @@ def test_purge_keeps_live_logins(ledger, clock):
     assert users(ledger, "192.0.2.7") == []
 
 
+def test_a_new_ttl_applies_at_once_to_existing_logins(ledger, clock):
+    result(ledger.record("192.0.2.7", "alice", "pop3", False))
+    ledger.ttl = 100
+    clock.advance(99)
+    assert users(ledger, "192.0.2.7") == ["alice"]
+    clock.advance(1)
+    assert users(ledger, "192.0.2.7") == []
+
+
 def test_restore_keeps_each_logins_own_time(ledger, clock):
     then = clock.seconds() - 1000
     old = Login("192.0.2.7", "alice", "pop3", then, 0, True)
