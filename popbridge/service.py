@@ -13,7 +13,6 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
 from popbridge.config import Config, ConfigError, load_config
@@ -24,6 +23,7 @@ from popbridge.ledger.stores import open_store
 from popbridge.listener import Listener
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.proxy import proxy_factory
+from popbridge.proxy.backend import backend_connector
 from popbridge.proxy.trusted_proxy import TrustedProxyHeaderFactory
 from popbridge.stats import Counters
 from popbridge.tls_reload import CertificateReloader
@@ -67,7 +67,7 @@ class Daemon(MultiService):
         kind, _ = key
         reactor = self._reactor
         if kind == "proxy":
-            backend = clientFromString(reactor, spec.backend)
+            backend = backend_connector(reactor, spec.backend, spec.connect_timeout)
             factory = proxy_factory(spec, backend, self.ledger, self.counters, reactor, self.certificates.add(spec.tls))
             drain = lambda sessions=factory.sessions, grace=spec.shutdown_grace: sessions.drain(grace, reactor)  # noqa: E731
             if spec.proxy_header:

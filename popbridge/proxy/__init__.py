@@ -3,12 +3,13 @@
 from functools import partial
 from pathlib import Path
 
-from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 
 from popbridge.config import ProxyConfig
 from popbridge.config_tls import backend_hostname
 from popbridge.ledger import ILedger
+from popbridge.proxy.backend import BackendConnector
 from popbridge.proxy.session import LoginProxy
 from popbridge.proxy.settings import OpenSessions, SessionSettings, SessionTls
 from popbridge.stats import Counters
@@ -22,7 +23,7 @@ WATCHERS = {"pop3": Pop3LoginWatcher, "imap4": Imap4LoginWatcher}
 
 def proxy_factory(
     config: ProxyConfig,
-    backend: IStreamClientEndpoint,
+    backend: BackendConnector,
     ledger: ILedger,
     counters: Counters,
     clock: IReactorTime,

@@ -14,15 +14,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IReactorTime,
-    IStreamClientEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from popbridge.ledger import ILedger
+from popbridge.proxy.backend import BackendConnector, BackendLeg
 from popbridge.proxy.splice import splice
 from popbridge.stats import Counters
 from popbridge.proxy.settings import SessionSettings
@@ -50,13 +50,13 @@ class LoginProxy(Protocol, TimeoutMixin):
     def __init__(
         self,
         watcher_for: Callable[[IAddress], LoginWatcher],
-        backend: IStreamClientEndpoint,
+        backend: BackendConnector,
         ledger: ILedger,
         counters: Counters,
         clock: IReactorTime,
         settings: SessionSettings = SessionSettings(),
     ) -> None:
-        self._watcher_for, self._backend_endpoint = watcher_for, backend
+        self._watcher_for, self._backend_connector = watcher_for, backend
         self._ledger, self._counters, self._clock = ledger, counters, clock
         self._settings = settings
         self.callLater = clock.callLater  # TimeoutMixin's timer
@@ -83,20 +83,16 @@ class LoginProxy(Protocol, TimeoutMixin):
             return
         self.transport.pauseProducing()  # nothing is read until the backend answers
         self.setTimeout(self._settings.idle_timeout)
-        leg_factory = Factory.forProtocol(lambda: BackendLeg(self))
-        leg_factory.noisy = False  # one log line per connection is the login line, not this
-        connecting = self._backend_endpoint.connect(leg_factory)
-        connecting.addTimeout(self._settings.connect_timeout, self._clock)
-        connecting.addCallbacks(self._backend_connected, self._backend_unreachable)
+        self._backend_connector.connect(self)
 
-    def _backend_connected(self, leg: "BackendLeg") -> None:
+    def backend_connected(self, leg: BackendLeg) -> None:
         if self._closed:
             leg.transport.loseConnection()
             return
         self._backend = leg
         self.transport.resumeProducing()
 
-    def _backend_unreachable(self, failure: Failure) -> None:
+    def backend_unreachable(self, failure: Failure) -> None:
         if self._closed:
             return
         self.log.error(
@@ -248,18 +244,3 @@ class LoginProxy(Protocol, TimeoutMixin):
             self.transport.loseConnection()
         else:  # before the login: say why, in the protocol's words
             self._hang_up(self._watcher.goodbye("connection to the mail server lost"))
-
-
-class BackendLeg(Protocol):
-    """The connection to the real mail server; everything it hears goes to the LoginProxy."""
-
-    transport: ITransport
-
-    def __init__(self, proxy: LoginProxy) -> None:
-        self._proxy = proxy
-
-    def dataReceived(self, data: bytes) -> None:
-        self._proxy.backendDataReceived(data)
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self._proxy.backendConnectionLost()

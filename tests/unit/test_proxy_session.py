@@ -10,6 +10,7 @@ from twisted.logger import capturedLogs
 from popbridge.config import ProxyConfig
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.proxy import proxy_factory
+from popbridge.proxy.backend import EndpointConnector
 from popbridge.stats import Counters
 
 
@@ -39,7 +40,8 @@ class Harness:
         self.ledger = ledger or MemoryLedger(self.clock, ttl=1800)
         self.backend = SpyEndpoint()
         settings = ProxyConfig("pop3", "tcp:1110", "tcp:host=127.0.0.1:port=110", **config)
-        factory = proxy_factory(settings, self.backend, self.ledger, Counters(0.0), self.clock)
+        connector = EndpointConnector(self.backend, self.clock, settings.connect_timeout)
+        factory = proxy_factory(settings, connector, self.ledger, Counters(0.0), self.clock)
         self.proxy = factory.buildProtocol(IPv4Address("TCP", "127.0.0.5", 40000))
         self.client = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.5", 40000))
         self.proxy.makeConnection(self.client)
