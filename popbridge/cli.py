@@ -12,6 +12,7 @@ from typing import Any
 from twisted.python import usage
 
 from popbridge.config import Config, ConfigError, load_config
+from popbridge.log import OBSERVERS
 from popbridge.ledger.spec import parse_store
 
 
@@ -20,11 +21,14 @@ class RunOptions(usage.Options):
         ["config", "c", None, "the popbridge configuration file (TOML)"],
         ["user", "u", None, "run as this user once the listeners are bound (twistd --uid)"],
         ["group", "g", None, "run with this group once the listeners are bound (twistd --gid)"],
+        ["log-level", "l", "info", "debug, info or warn (debug logs every lookup)"],
     ]
 
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config FILE is required")
+        if self["log-level"] not in OBSERVERS:
+            raise usage.UsageError(f"--log-level must be one of {', '.join(OBSERVERS)}")
 
 
 class DemoOptions(usage.Options):
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     command, sub = options.subCommand, options.subOptions
     try:
         if command == "run":
-            _run(load_config(sub["config"]), sub["config"], sub["user"], sub["group"])
+            _run(load_config(sub["config"]), sub["config"], sub["user"], sub["group"], sub["log-level"])
         elif command == "demo":
             _demo(Path(sub["dir"]))
         elif command == "migrate-store":
@@ -104,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"popbridge: {e}")
 
 
-def _run(config: Config, path: str, user: str | None = None, group: str | None = None) -> None:
+def _run(
+    config: Config, path: str, user: str | None = None, group: str | None = None, level: str = "info"
+) -> None:
     """Hand over to twistd, which logs to stdout and stops cleanly on SIGTERM/SIGINT.
 
     With `user`/`group`, twistd binds every listener as root first, then drops to them.
@@ -113,7 +119,8 @@ def _run(config: Config, path: str, user: str | None = None, group: str | None =
 
     del config  # checked first so a config error is one line, not twistd's usage text
     privileges = [*(["--uid", user] if user else []), *(["--gid", group] if group else [])]
-    sys.argv = ["twistd", "--nodaemon", "--pidfile=", *privileges, "popbridge", "--config", path]
+    logger = f"--logger=popbridge.log.{OBSERVERS[level]}"
+    sys.argv = ["twistd", "--nodaemon", "--pidfile=", logger, *privileges, "popbridge", "--config", path]
     run()
 
 
