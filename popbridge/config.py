@@ -82,7 +82,7 @@ class LookupConfig:
     listen: str
     authorised_action: str = "OK"
     unknown_action: str = "DUNNO"
-    tempfail_action: str = "DEFER_IF_PERMIT popbridge cannot check logins right now"
+    tempfail_action: str = "DEFER_IF_PERMIT Service temporarily unavailable"
     exempt_action: str = ""  # policy only: the answer for exempt addresses ("" = authorised_action)
     allow_updates: bool = False
     idle_timeout: float = 600.0  # Postfix keeps policy connections for up to 300 s idle
