@@ -964,6 +964,7 @@ class Popbridge:
     extra_config: str = ""
     proxy_extra: str = ""  # TOML lines added to each generated [[proxy]] table (tls_certificate = ..., say)
     store: str = "memory"  # [ledger] store; a sqlite: path relative to the directory is kept there
+    log_level: str = "info"  # popbridge run --log-level
 
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-daemon-")
@@ -1024,7 +1025,7 @@ forward_client_address = {forward}
         self.config_path.write_text(self.config_text())
         with open(self.log.path, "ab") as output:  # a restarted daemon appends to its log
             self.process = subprocess.Popen(
-                [*popbridge_command(), "run", "--config", str(self.config_path)],
+                [*popbridge_command(), "run", "--config", str(self.config_path), "--log-level", self.log_level],
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -1147,14 +1148,15 @@ def pop3_retr_raw(port: int, source: str, user: str, password: str, which: int =
 
 
 def curl_pop3(
-    port: int, source: str, user: str, password: str, host: str = "127.0.0.1"
+    port: int, source: str, user: str, password: str, *options: str, host: str = "127.0.0.1"
 ) -> subprocess.CompletedProcess[str]:
     """`curl pop3://user:password@host:port/` from `source`: lists the mailbox (exit 0), or
-    exit 67 when the login is refused."""
+    exit 67 when the login is refused. `options` go to curl (`--login-options AUTH=PLAIN`)."""
     return subprocess.run(
         [
             binary("curl"),
             *("--silent", "--show-error", "--max-time", "30", "--interface", source),
+            *options,
             f"pop3://{user}:{password}@{host}:{port}/",
         ],
         stdin=subprocess.DEVNULL,
