@@ -83,6 +83,11 @@ def proxy_tls(reader: "_Reader", where: str, table: Mapping[str, Any], listen: s
     if tls.require and certificate is None:
         reader.fail(where, "require_tls", "needs tls_certificate and tls_key (or an ssl: listener)")
     backend = table.get("backend", "")
+    if not tls.backend_starttls:
+        for key in ("backend_tls_ca", "backend_tls_hostname", "backend_tls_verify"):
+            if key in table:
+                reader.fail(where, key, "applies with backend_starttls only; a tls: backend takes "
+                            "trustRoots=DIR and hostname= in its endpoint string")
     if tls.backend_starttls:
         if not isinstance(backend, str) or not backend.startswith("tcp:"):
             reader.fail(where, "backend_starttls", "needs a plain tcp: backend (a tls: backend is already encrypted)")

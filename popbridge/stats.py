@@ -1,7 +1,14 @@
-"""Counters since start, shared by the proxies and lookups and reported by the control socket."""
+"""Counters since start, shared by the proxies and lookups and reported by the control socket.
+
+`events` are the plain counts ``popbridge stats`` has always shown; `metrics` holds the labelled
+counters, gauges and histograms that ``/metrics`` serves (`popbridge.metrics`). Both travel in
+this one object because every part of the daemon already receives it.
+"""
 
 from collections import Counter
 from dataclasses import dataclass, field
+
+from popbridge.metrics import Metrics
 
 
 @dataclass
@@ -10,6 +17,7 @@ class Counters:
 
     started: float
     events: Counter[str] = field(default_factory=Counter)
+    metrics: Metrics = field(default_factory=Metrics, repr=False)
 
     def count(self, event: str) -> None:
         self.events[event] += 1

@@ -63,6 +63,7 @@ def open_store(config: LedgerConfig, reactor: Any, counters: Counters | None = N
 def _count(counters: Counters | None, logins: int) -> None:
     if counters is not None:
         counters.events[NOT_STORED] += logins
+        counters.metrics.not_stored(logins)
 
 
 class SqliteStoreService(Service):

@@ -23,7 +23,7 @@ class BackendUser(Structural):
 
     def backendDataReceived(self, data: bytes) -> None: ...
 
-    def backendConnectionLost(self) -> None: ...
+    def backendConnectionLost(self, reason: Failure) -> None: ...
 
 
 class BackendLeg(Protocol):
@@ -41,7 +41,7 @@ class BackendLeg(Protocol):
         self._session.backendDataReceived(data)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self._session.backendConnectionLost()
+        self._session.backendConnectionLost(reason)
 
 
 class BackendConnector(Structural):

@@ -66,6 +66,7 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._actions: deque[Action] = deque()
         self._recording = False
         self._spliced = False
+        self._splice_ended = False
         self._session: tuple[str, str] | None = None  # (client host, user) once recorded
         self._closed = False
 
@@ -184,6 +185,19 @@ class LoginProxy(Protocol, TimeoutMixin):
         self.transport.write(leftovers.backend_data)
         splice(self.transport, self._backend.transport)
 
+    def _end_splice(self) -> None:
+        """Close both halves of the pipe, once.
+
+        A TLS transport postpones its close while a producer is registered with it, and the
+        splice registers each side on the other: unregister first, or a TLS peer never hears EOF.
+        """
+        if self._splice_ended:
+            return
+        self._splice_ended = True
+        for transport in (self.transport, self._backend.transport):  # type: ignore[union-attr]
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+            transport.loseConnection()
+
     def _start_client_tls(self) -> None:
         assert self._tls_settings.certificate is not None
         self.transport.startTLS(self._tls_settings.certificate.options())  # type: ignore[attr-defined]
@@ -203,8 +217,7 @@ class LoginProxy(Protocol, TimeoutMixin):
         when = "after" if self._spliced else "before"
         self.log.info("{protocol} client {client} idle {when} login: closed", protocol=self._watcher.protocol, client=self._client, when=when)
         if self._spliced:  # mid-session the protocol's state is unknown: just close both
-            self.transport.loseConnection()
-            self._backend.transport.loseConnection()  # type: ignore[union-attr]
+            self._end_splice()
         else:
             self._hang_up(self._watcher.goodbye("idle for too long"))
 
@@ -215,8 +228,7 @@ class LoginProxy(Protocol, TimeoutMixin):
     def shut_down(self) -> None:
         """The daemon is stopping: a goodbye before the login, a plain close after it."""
         if self._spliced:
-            self.transport.loseConnection()
-            self._backend.transport.loseConnection()  # type: ignore[union-attr]
+            self._end_splice()
         else:
             self._hang_up(self._watcher.goodbye("server shutting down, try again later"))
 
@@ -232,15 +244,32 @@ class LoginProxy(Protocol, TimeoutMixin):
         if self._admitted:
             self._admitted = False
             self._settings.sessions.release(self._client, self)
-        if self._backend is not None:
+        if self._spliced:
+            self._end_splice()
+        elif self._backend is not None:
             self._backend.transport.loseConnection()
         if self._session is not None:
             host, user = self._session
             ended = self._ledger.end_session(host, user, self._watcher.protocol)
             ended.addErrback(lambda f: self.log.failure("could not end the session of {client}", f, client=host))
 
-    def backendConnectionLost(self) -> None:
-        if self._spliced or self._closed or self._watcher.farewell_seen:
+    def backendConnectionLost(self, reason: Failure) -> None:
+        if self._spliced:
+            self._end_splice()
+            return
+        if self._closed or self._watcher.farewell_seen:
             self.transport.loseConnection()
-        else:  # before the login: say why, in the protocol's words
-            self._hang_up(self._watcher.goodbye("connection to the mail server lost"))
+            return
+        # before the login: say why, to the operator and in the protocol's words to the client
+        self.log.warn(
+            "{protocol} backend connection for {client} lost before the login: {error}",
+            protocol=self._watcher.protocol, client=self._client, error=_reason(reason),
+        )
+        self._hang_up(self._watcher.goodbye("connection to the mail server lost"))
+
+
+def _reason(reason: Failure) -> str:
+    """A connection's end, readable: for TLS errors, OpenSSL's own words (bad certificate...)."""
+    value = reason.value
+    errors = getattr(value, "args", ())
+    return str(errors[0]) if errors and isinstance(errors[0], list) else reason.getErrorMessage()

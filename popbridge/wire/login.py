@@ -64,6 +64,31 @@ class StartBackendTls:
 
 
 @dataclass(frozen=True)
+class RouteLogin:
+    """The login names `user` before any secret was sent: choose its backend, then call
+    the watcher's `route_decided`. Nothing moves until then."""
+
+    user: str
+
+
+@dataclass
+class HeldLogin:
+    """A login held while its backend is chosen, and how to send it to whichever backend wins.
+
+    `command` is the login command; `response` the first SASL response when the user only
+    appeared there (the command then already reached the default backend, and a new backend
+    must be asked again and its challenge answered with the held response).
+    """
+
+    user: str
+    command: bytes
+    response: bytes | None = None
+
+
+ROUTABLE_MECHANISMS = ("PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER")  # the user is in the first response
+
+
+@dataclass(frozen=True)
 class TlsOptions:
     """What a watcher may do about TLS on one session."""
 
@@ -74,7 +99,15 @@ class TlsOptions:
 
 
 Action = (
-    ToBackend | ToClient | LoginSucceeded | LoginFailed | BackendNotice | Authenticated | StartClientTls | StartBackendTls
+    ToBackend
+    | ToClient
+    | LoginSucceeded
+    | LoginFailed
+    | BackendNotice
+    | Authenticated
+    | StartClientTls
+    | StartBackendTls
+    | RouteLogin
 )
 
 
@@ -103,4 +136,9 @@ class LoginWatcher(Protocol):
 
     def goodbye(self, reason: str) -> bytes:
         """The protocol's last words from popbridge before it closes the session."""
+        ...
+
+    def route_decided(self, switch: bool) -> list[Action]:
+        """After `RouteLogin`: send the held login on (False), or, with `switch`, to a new
+        backend whose greeting comes next (the glue has connected it)."""
         ...

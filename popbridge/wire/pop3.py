@@ -27,6 +27,9 @@ from popbridge.wire.login import (
     BackendNotice,
     LoginFailed,
     StartBackendTls,
+    ROUTABLE_MECHANISMS,
+    HeldLogin,
+    RouteLogin,
     StartClientTls,
     TlsOptions,
     LoginProtocolError,
@@ -34,7 +37,7 @@ from popbridge.wire.login import (
     ToBackend,
     ToClient,
 )
-from popbridge.wire.sasl import SaslUserReader
+from popbridge.wire.sasl import SaslUserReader, clean_name
 
 HIDDEN_CAPABILITIES = (b"STLS", b"XCLIENT")
 LOGIN_VERBS = (b"USER", b"PASS", b"APOP", b"AUTH")
@@ -55,6 +58,8 @@ class State(Enum):
     MULTILINE = auto()  # reading a multi-line answer up to its "." line
     SASL_SERVER = auto()  # AUTH is out; waiting for "+ challenge", +OK or -ERR
     SASL_CLIENT = auto()  # the backend challenged; the next client line is SASL data
+    HOLD = auto()  # a login waits while its backend is chosen (RouteLogin)
+    REPLAY_CHALLENGE = auto()  # a new backend's first AUTH challenge, answered with the held response
     AUTHENTICATED = auto()  # a plain pipe
 
 
@@ -70,6 +75,7 @@ class Pop3LoginWatcher:
         max_line: int = 16_384,
         max_pending: int = 65_536,
         max_bad_commands: int = 5,
+        route_logins: bool = False,
     ) -> None:
         self._forward_address = client_address
         self._tls = tls
@@ -77,6 +83,10 @@ class Pop3LoginWatcher:
         self._max_line, self._max_pending = max_line, max_pending
         self._max_bad, self._bad = max_bad_commands, 0
         self._answering_client = False  # the outstanding command is the client's, not a probe
+        self._route_logins = route_logins
+        self._held: HeldLogin | None = None
+        self._sasl_command = b""  # the AUTH line of the exchange in progress, for a replay
+        self._replaying = False  # a switched backend: its greeting is ours, the held login follows
         self._client, self._backend = b"", b""
         self.state = State.GREETING
         self._greeting = b""
@@ -144,8 +154,11 @@ class Pop3LoginWatcher:
     def _client_line(self, line: bytes) -> list[Action]:
         if self.state is State.SASL_CLIENT:
             assert self._sasl is not None
+            first = self._sasl.responses == 0
             self._sasl.client_response(line)
             self.state = State.SASL_SERVER
+            if first and self._routable(self._sasl):
+                return self._hold(HeldLogin(self._sasl.user, self._sasl_command, line + CRLF))
             return [ToBackend(line + CRLF)]
         verb, _, argument = line.partition(b" ")
         verb = verb.upper()
@@ -160,6 +173,8 @@ class Pop3LoginWatcher:
             self._on_status = self._multiline(self._capability_shown, self._capabilities_added)
         elif verb == b"USER":
             self._on_status = self._after_user(argument.decode("utf-8", "replace"))
+            if self._route_logins and argument:
+                return self._hold(HeldLogin(clean_name(argument.decode("utf-8", "replace")), line + CRLF))
         elif verb == b"PASS":
             self._on_status = self._after_login("USER", self._user or "")
         elif verb == b"APOP":
@@ -167,9 +182,12 @@ class Pop3LoginWatcher:
         elif verb == b"AUTH" and argument:
             mechanism, _, initial = argument.partition(b" ")
             sasl = self._sasl = SaslUserReader(mechanism.decode("ascii", "replace"))
+            self._sasl_command = line + CRLF
             if initial:
                 sasl.client_response(initial)
             self.state, self._on_status = State.SASL_SERVER, self._after_login(f"AUTH {sasl.mechanism}", sasl)
+            if initial and self._routable(sasl):
+                return self._hold(HeldLogin(sasl.user, line + CRLF))
         elif verb == b"AUTH":
             self._on_status = self._multiline(_everything, self._back_to_ready)
         elif verb == b"QUIT":
@@ -185,7 +203,14 @@ class Pop3LoginWatcher:
                 self.state = State.READY
                 return self._on_multiline_end() + shown
             return shown
-        if self.state is State.SASL_SERVER and (line == b"+" or line.startswith(b"+ ")):
+        if self.state is State.HOLD:
+            raise Pop3ProtocolError("backend spoke out of turn")
+        if self.state is State.REPLAY_CHALLENGE and (line == b"+" or line.startswith(b"+ ")):
+            assert self._held is not None and self._held.response is not None
+            response, self._held = self._held.response, None
+            self.state = State.SASL_SERVER
+            return [ToBackend(response)]
+        if self.state in (State.SASL_SERVER, State.REPLAY_CHALLENGE) and (line == b"+" or line.startswith(b"+ ")):
             self.state = State.SASL_CLIENT
             return [ToClient(line + CRLF)]
         ok = _status(line)
@@ -218,6 +243,38 @@ class Pop3LoginWatcher:
 
     def _back_to_ready(self) -> list[Action]:
         return []
+
+    # -- routing logins to the user's own backend ---------------------------------------
+
+    def _routable(self, sasl: SaslUserReader) -> bool:
+        return self._route_logins and bool(sasl.user) and sasl.mechanism in ROUTABLE_MECHANISMS
+
+    def _hold(self, held: HeldLogin) -> list[Action]:
+        """Keep the login until `route_decided`; the state it would have had is kept aside."""
+        self._held, self._state_after_hold, self.state = held, self.state, State.HOLD
+        return [RouteLogin(held.user)]
+
+    def route_decided(self, switch: bool) -> list[Action]:
+        held = self._held
+        assert held is not None and self.state is State.HOLD
+        if not switch:
+            self._held, self.state = None, self._state_after_hold
+            return [ToBackend(held.response if held.response is not None else held.command)]
+        self._backend, self._replaying, self._answering_client = b"", True, False
+        self._continue_with = self._on_status  # the held command's own status handler
+        self.state, self._on_status = State.GREETING, self._after_greeting
+        return []
+
+    def _replay(self) -> list[Action]:
+        """The new backend is ready: send it the held login, as if it had been there all along."""
+        held = self._held
+        assert held is not None
+        self._replaying, self._on_status, self._answering_client = False, self._continue_with, True
+        if held.response is None:
+            self._held, self.state = None, self._state_after_hold
+        else:
+            self.state = State.REPLAY_CHALLENGE
+        return [ToBackend(held.command)]
 
     # -- TLS ----------------------------------------------------------------------------
 
@@ -271,6 +328,8 @@ class Pop3LoginWatcher:
         offered = line.startswith(XCLIENT_GREETING)
         greeting = b"+OK " + line.removeprefix(XCLIENT_GREETING) if offered else line
         if not ok:
+            if self._replaying:
+                raise Pop3ProtocolError("the user's mail server refused the connection")
             self.farewell_seen = True
             return [ToClient(greeting + CRLF)]
         self._greeting, self._offers_xclient = greeting, offered
@@ -287,7 +346,7 @@ class Pop3LoginWatcher:
 
     def _forward_client_address(self) -> list[Action]:
         if self._forward_address is None:
-            return [self._release_greeting()]
+            return self._release_greeting()
         self.state = State.PROBE
         if self._offers_xclient:
             return self._send_xclient()
@@ -304,18 +363,21 @@ class Pop3LoginWatcher:
         assert self._forward_address is not None
         if not self._offers_xclient:
             notice = BackendNotice("backend does not offer XCLIENT: client address not forwarded")
-            return [notice, self._release_greeting()]
+            return [notice, *self._release_greeting()]
         host, port = self._forward_address
         self.state, self._on_status = State.PROBE, self._after_xclient
         return [ToBackend(f"XCLIENT ADDR={host} PORT={port}\r\n".encode())]
 
     def _after_xclient(self, line: bytes, ok: bool) -> list[Action]:
         notice = [] if ok else [BackendNotice(f"backend refused XCLIENT: {line[:80]!r}")]
-        return [*notice, self._release_greeting()]
+        return [*notice, *self._release_greeting()]
 
-    def _release_greeting(self) -> ToClient:
+    def _release_greeting(self) -> list[Action]:
+        """The client sees the greeting once the probes are done; a switched backend's
+        greeting is not shown at all (the client was greeted long ago): the held login goes."""
         greeting, self._greeting = self._greeting, b""
-        return ToClient(greeting + CRLF)
+        self.state = State.READY
+        return self._replay() if self._replaying else [ToClient(greeting + CRLF)]
 
 
 StatusHandler = Callable[[bytes, bool], list[Action]]

@@ -21,13 +21,13 @@ class SaslUserReader:
     def __init__(self, mechanism: str) -> None:
         self.mechanism = mechanism.upper()
         self.user = ""
-        self._responses = 0
+        self.responses = 0
         self._reader: Callable[[bytes], str] | None = _READERS.get(self.mechanism)
 
     def client_response(self, encoded: bytes) -> None:
         """One client response: base64, ``=`` for an empty initial response, ``*`` to cancel."""
-        self._responses += 1
-        if self._reader is None or self._responses > 1 or encoded.strip() in (b"*", b""):
+        self.responses += 1
+        if self._reader is None or self.responses > 1 or encoded.strip() in (b"*", b""):
             return
         decoded = _decode(encoded.strip())
         if decoded is not None:

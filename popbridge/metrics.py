@@ -1,0 +1,126 @@
+"""What popbridge measures, in one Prometheus registry per daemon.
+
+Why it looks like this:
+
+- One `CollectorRegistry` per `Metrics`, never prometheus-client's global default: two daemons
+  (or two unit tests) in one process must not add to each other's numbers.
+- Call sites say what happened (`login`, `lookup_answered`, `store_call`) and never touch
+  prometheus objects, so names and labels live here, in one place, and stay a stable contract
+  for dashboards.
+- Nothing here runs per proxied chunk: sessions add their byte counts once, when they end.
+- `samples()` is what ``popbridge stats`` prints: the same registry, so the control socket and
+  ``/metrics`` cannot disagree.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Lookups and store calls are usually well under a millisecond; buckets reach into the seconds
+# that a stalled Redis, SQLite fsync or LDAP server would take.
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONNECT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """Every popbridge metric, registered in a registry of its own.
+
+    `now` is the timer latencies are measured with (seconds; `time.perf_counter` by default).
+    """
+
+    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
+        self.now = now
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._logins = Counter(
+            "popbridge_logins", "Logins judged by the backend, by protocol, method and outcome",
+            ["protocol", "method", "outcome"], registry=r,
+        )
+        self._sessions = Gauge("popbridge_sessions_open", "Proxied client connections open now", ["protocol"], registry=r)
+        self._bytes = Counter(
+            "popbridge_proxied_bytes", "Bytes moved after the login, counted when a session ends",
+            ["protocol", "direction"], registry=r,
+        )
+        self._connect_errors = Counter(
+            "popbridge_backend_connect_errors", "Backend connections that failed or timed out", ["protocol"], registry=r
+        )
+        self._connect_seconds = Histogram(
+            "popbridge_backend_connect_seconds", "Time to connect to the backend", ["protocol"],
+            buckets=CONNECT_BUCKETS, registry=r,
+        )
+        self._lookups = Counter("popbridge_lookups", "Lookups answered, by protocol and answer", ["protocol", "answer"], registry=r)
+        self._lookup_seconds = Histogram(
+            "popbridge_lookup_seconds", "Time from a decoded lookup request to its answer", ["protocol"],
+            buckets=FAST_BUCKETS, registry=r,
+        )
+        self._live_addresses = Gauge("popbridge_live_addresses", "Client addresses authorised now", registry=r)
+        self._live_logins = Gauge("popbridge_live_logins", "Live logins now (several may share an address)", registry=r)
+        self._store_errors = Counter("popbridge_store_errors", "Ledger store calls that failed", ["operation"], registry=r)
+        self._store_seconds = Histogram(
+            "popbridge_store_seconds", "Time a ledger store call took", ["operation"], buckets=FAST_BUCKETS, registry=r
+        )
+        self._not_stored = Counter(
+            "popbridge_ledger_not_stored", "Logins kept in memory only after a failed durable write", registry=r
+        )
+        self._ldap = Counter(
+            "popbridge_ldap_lookups", "Directory look-ups by result: hit (fresh cache), miss (asked LDAP), "
+            "error (LDAP failed or timed out; a stale answer or the fallback served)", ["result"], registry=r,
+        )
+
+    # -- what happened -------------------------------------------------------------------
+
+    def login(self, protocol: str, method: str, outcome: str) -> None:
+        self._logins.labels(protocol, method or "unknown", outcome).inc()
+
+    def session_opened(self, protocol: str) -> None:
+        self._sessions.labels(protocol).inc()
+
+    def session_closed(self, protocol: str, to_backend: int = 0, to_client: int = 0) -> None:
+        self._sessions.labels(protocol).dec()
+        if to_backend:
+            self._bytes.labels(protocol, "client_to_backend").inc(to_backend)
+        if to_client:
+            self._bytes.labels(protocol, "backend_to_client").inc(to_client)
+
+    def backend_connected(self, protocol: str, seconds: float) -> None:
+        self._connect_seconds.labels(protocol).observe(seconds)
+
+    def backend_unreachable(self, protocol: str) -> None:
+        self._connect_errors.labels(protocol).inc()
+
+    def lookup_answered(self, protocol: str, answer: str, started: float) -> None:
+        """`answer`: authorised, exempt, unknown, tempfail or refused (bad request, unknown map)."""
+        self._lookups.labels(protocol, answer).inc()
+        self._lookup_seconds.labels(protocol).observe(self.now() - started)
+
+    def store_call(self, operation: str, started: float, failed: bool) -> None:
+        self._store_seconds.labels(operation).observe(self.now() - started)
+        if failed:
+            self._store_errors.labels(operation).inc()
+
+    def not_stored(self, logins: int) -> None:
+        self._not_stored.inc(logins)
+
+    def ldap(self, result: str) -> None:
+        """`result`: hit, miss or error."""
+        self._ldap.labels(result).inc()
+
+    def live(self, logins: int, addresses: int) -> None:
+        self._live_logins.set(logins)
+        self._live_addresses.set(addresses)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)
+
+    def samples(self) -> Iterator[tuple[str, float]]:
+        """Every sample as ``('name{label="value"}', value)``, as /metrics shows it."""
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue  # creation timestamps: noise for a person reading `popbridge stats`
+                labels = ",".join(f'{name}="{value}"' for name, value in sorted(sample.labels.items()))
+                yield (f"{sample.name}{{{labels}}}" if labels else sample.name), sample.value
