@@ -194,7 +194,20 @@ def _human(reply: dict[str, Any]) -> str:
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
-    return "\n".join(f"{key}: {value}" for key, value in sorted(reply.items()) if key != "ok")
+    lines = []
+    for key, value in sorted(reply.items()):
+        if key == "ok":
+            continue
+        if isinstance(value, dict):  # events and metrics: one line each, as /metrics shows them
+            lines.append(f"{key}:")
+            lines += [f"  {name} {_number(number)}" for name, number in value.items()]
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def _number(value: object) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _clock(seconds: float) -> str:

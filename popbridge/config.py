@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from ldap3.core.exceptions import LDAPException
 from ldap3.operation.search import parse_filter
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import _parse, clientFromString, serverFromString  # _parse: Twisted's tokenizer
 
 from popbridge.config_tls import TLS_KEYS, TlsConfig, proxy_tls
 from popbridge.ledger.spec import DEFAULT_STORE, parse_store
@@ -120,6 +120,13 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: where Prometheus scrapes ``/metrics`` (keep it on loopback or a trusted net)."""
+
+    listen: str
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """An in-process demo POP3 server (``popbridge demo``); never for production."""
 
@@ -137,6 +144,7 @@ class Config:
     control: ControlConfig | None = None
     demo: DemoConfig | None = None
     ldap: LdapConfig | None = None
+    metrics: MetricsConfig | None = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -154,7 +162,7 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(document: Mapping[str, Any], source: str) -> Config:
     reader = _Reader(source)
-    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo", "ldap"))
+    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo", "ldap", "metrics"))
     config = Config(
         source=source,
         ledger=_ledger(reader, reader.table("[ledger]", document.get("ledger", {}))),
@@ -168,6 +176,7 @@ def parse_config(document: Mapping[str, Any], source: str) -> Config:
         ),
         control=_control(reader, document["control"]) if "control" in document else None,
         ldap=_ldap(reader, document["ldap"]) if "ldap" in document else None,
+        metrics=_metrics(reader, document["metrics"]) if "metrics" in document else None,
         demo=_demo(reader, document["demo"]) if "demo" in document else None,
     )
     _check_exempt_action(reader, config)
@@ -267,6 +276,12 @@ def _control(reader: "_Reader", value: Any) -> ControlConfig:
         owner=reader.account("[control]", table, "owner"),
         group=reader.account("[control]", table, "group"),
     )
+
+
+def _metrics(reader: "_Reader", value: Any) -> MetricsConfig:
+    table = reader.table("[metrics]", value)
+    reader.only_keys("[metrics]", table, ("listen",))
+    return MetricsConfig(listen=reader.endpoint("[metrics]", table, "listen", serverFromString))
 
 
 LDAP_KEYS = (
@@ -450,10 +465,33 @@ class _Reader:
 
     def endpoint(self, where: str, table: Mapping[str, Any], key: str, parse: Callable[[Any, str], object]) -> str:
         description = self.string(where, table, key)
+        if description.startswith("systemd:"):
+            return self.systemd_endpoint(where, key, description)
         try:
             parse(_UNUSED_REACTOR, description)
         except Exception as e:  # Twisted's parsers raise ValueError, TypeError, KeyError...
             self.fail(where, key, f"not a usable endpoint {description!r}: {e}")
+        return description
+
+
+    def systemd_endpoint(self, where: str, key: str, description: str) -> str:
+        """A socket passed by systemd, checked for form only.
+
+        Twisted's parser looks the descriptor up at once, and only a process that systemd
+        started has it; `popbridge check-config` (or ExecStartPre) must still pass.
+        """
+        args, kwargs = _parse(description)
+        problem = ""
+        if args != ["systemd"] or not set(kwargs) <= {"domain", "index", "name"}:
+            problem = "takes domain= and one of index= or name= only"
+        elif kwargs.get("domain") not in ("INET", "INET6", "UNIX"):
+            problem = "domain= must be INET, INET6 or UNIX"
+        elif ("index" in kwargs) == ("name" in kwargs):
+            problem = "give exactly one of index= (a number) or name= (the unit's FileDescriptorName=)"
+        elif "index" in kwargs and not kwargs["index"].isdigit():
+            problem = "index= must be a number"
+        if problem:
+            self.fail(where, key, f"not a usable endpoint {description!r}: {problem}")
         return description
 
 

@@ -34,6 +34,7 @@ from zope.interface import Interface, implementer
 
 from popbridge.config import LdapConfig
 from popbridge.ldap_search import ConnectionPool, Found, UserFacts, ldap_connector, search_user
+from popbridge.metrics import Metrics
 
 __all__ = ["FALLBACK", "IDirectory", "LdapDirectory", "MemoryDirectory", "UserFacts", "ldap_directory"]
 
@@ -109,8 +110,10 @@ class LdapDirectory(_FromFacts):
         run_blocking: RunBlocking,
         clock: IReactorTime,
         max_users: int = MAX_CACHED_USERS,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config, self._pool, self._run_blocking, self._clock = config, pool, run_blocking, clock
+        self._metrics = metrics or Metrics()  # cache hits, misses and errors for /metrics
         # entries outlive their freshness by stale_ttl: kept only to serve during outages
         self._found: TTLCache[str, _Cached] = TTLCache(max_users, config.cache_ttl + config.stale_ttl, clock.seconds)
         self._missing: TTLCache[str, _Cached] = TTLCache(
@@ -131,11 +134,14 @@ class LdapDirectory(_FromFacts):
             return FALLBACK
         cached = self._cached(user)
         if cached is not None and self._clock.seconds() < cached.fresh_until:
+            self._metrics.ldap("hit")
             return cached.facts
+        self._metrics.ldap("miss")
         try:
             return await self._query(user).addTimeout(self._config.timeout, self._clock)
         except Exception as e:  # defer.TimeoutError or DirectoryUnavailable: never the caller's problem
             timed_out = isinstance(e, defer.TimeoutError)
+            self._metrics.ldap("error")
             self._went_down(f"no answer within {self._config.timeout} s" if timed_out else str(e))
             cached = self._cached(user)  # may have expired, or been refreshed, meanwhile
             self.log.debug("LDAP look-up of {user!r} failed; serving {source}", user=user,
@@ -226,9 +232,9 @@ class ThreadPoolService(Service):
         self._on_stop()
 
 
-def ldap_directory(config: LdapConfig, reactor: Any) -> tuple[LdapDirectory, Service]:
+def ldap_directory(config: LdapConfig, reactor: Any, metrics: Metrics | None = None) -> tuple[LdapDirectory, Service]:
     """The production directory and the service that owns its threads."""
     threads = ThreadPool(minthreads=0, maxthreads=LDAP_THREADS, name="popbridge-ldap")
     connections = ConnectionPool(ldap_connector(config), LDAP_THREADS)
-    directory = LdapDirectory(config, connections, partial(deferToThreadPool, reactor, threads), reactor)
+    directory = LdapDirectory(config, connections, partial(deferToThreadPool, reactor, threads), reactor, metrics=metrics)
     return directory, ThreadPoolService(threads, directory.close)

@@ -45,6 +45,7 @@ class Listener(Service):
         self._endpoint: IStreamServerEndpoint = serverFromString(reactor, bind or description)
         self._port: IListeningPort | None = None
         self.fatal = True
+        self.bound: Deferred[bool] = Deferred()  # fires True once listening, False if it cannot
         self.setName(f"{what} {description}")
 
     def privilegedStartService(self) -> None:
@@ -57,6 +58,7 @@ class Listener(Service):
         if self._owner or self._group:
             _give_socket(port, self._owner, self._group)
         self.log.info("listening for {what} on {endpoint}", what=self.what, endpoint=self.description)
+        self.bound.callback(True)
 
     def _cannot_listen(self, failure: Failure) -> None:
         self.log.critical(
@@ -66,6 +68,7 @@ class Listener(Service):
         )
         if self.fatal:
             self._reactor.callWhenRunning(_stop, self._reactor)
+        self.bound.callback(False)
 
     def retire(self) -> "Deferred[None]":
         """Stop listening for a reload: sessions already open carry on undisturbed."""

@@ -14,6 +14,7 @@ Why it looks like this:
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -51,7 +52,7 @@ class Metrics:
         )
         self._lookups = Counter("popbridge_lookups", "Lookups answered, by protocol and answer", ["protocol", "answer"], registry=r)
         self._lookup_seconds = Histogram(
-            "popbridge_lookup_seconds", "Time from a decoded lookup request to its answer", ["protocol"],
+            "popbridge_lookup_seconds", "Time a lookup took to answer, from when its turn came", ["protocol"],
             buckets=FAST_BUCKETS, registry=r,
         )
         self._live_addresses = Gauge("popbridge_live_addresses", "Client addresses authorised now", registry=r)
@@ -109,6 +110,15 @@ class Metrics:
     def live(self, logins: int, addresses: int) -> None:
         self._live_logins.set(logins)
         self._live_addresses.set(addresses)
+
+    async def refresh_live(self, ledger: Any) -> None:
+        """Set the live gauges from `ledger.logins()`; done per scrape, so they are never stale.
+
+        A store that cannot answer leaves the last values (its failure is counted as a store
+        error by `MeasuredLedger`) and raises, so the caller can say so.
+        """
+        logins = await ledger.logins()
+        self.live(len(logins), len({login.client for login in logins}))
 
     # -- reading -------------------------------------------------------------------------
 

@@ -12,18 +12,22 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
 
 from popbridge.config import Config, ConfigError, load_config
 from popbridge.demo_backend import demo_backend_factory
 from popbridge.directory import IDirectory, ldap_directory
 from popbridge.ledger import ILedger
+from popbridge.ledger.measured import MeasuredLedger
 from popbridge.ledger.stores import open_store
+from popbridge import sd_notify
 from popbridge.listener import Listener
 from popbridge.lookup import control_factory, lookup_factory
+from popbridge.metrics_http import metrics_site
 from popbridge.proxy import proxy_factory
 from popbridge.proxy.backend import backend_connector
+from popbridge.proxy.routing import UserRouter
 from popbridge.proxy.trusted_proxy import TrustedProxyHeaderFactory
 from popbridge.stats import Counters
 from popbridge.tls_reload import CertificateReloader
@@ -45,11 +49,12 @@ class Daemon(MultiService):
         self.counters = Counters(started=reactor.seconds())
         store = open_store(config.ledger, reactor, self.counters)
         store.service.setServiceParent(self)  # first child: started before and stopped after its users
-        self.ledger: ILedger = store.ledger
+        self.ledger: ILedger = MeasuredLedger(store.ledger, self.counters.metrics)
         directory: IDirectory | None = None
         if config.ldap is not None:
-            directory, ldap_threads = ldap_directory(config.ldap, reactor)
+            directory, ldap_threads = ldap_directory(config.ldap, reactor, self.counters.metrics)
             ldap_threads.setServiceParent(self)
+        self._routing_directory = directory if config.ldap is not None and config.ldap.backend_attribute else None
         self.verdicts = Verdicts(self.ledger, directory)
         purging = TimerService(PURGE_INTERVAL, _purge, self.ledger)
         purging.clock = reactor
@@ -68,7 +73,14 @@ class Daemon(MultiService):
         reactor = self._reactor
         if kind == "proxy":
             backend = backend_connector(reactor, spec.backend, spec.connect_timeout)
-            factory = proxy_factory(spec, backend, self.ledger, self.counters, reactor, self.certificates.add(spec.tls))
+            router = (
+                UserRouter(self._routing_directory, reactor, spec.protocol, spec.backend, spec.connect_timeout)
+                if self._routing_directory is not None
+                else None
+            )
+            factory = proxy_factory(
+                spec, backend, self.ledger, self.counters, reactor, self.certificates.add(spec.tls), router
+            )
             drain = lambda sessions=factory.sessions, grace=spec.shutdown_grace: sessions.drain(grace, reactor)  # noqa: E731
             if spec.proxy_header:
                 factory = TrustedProxyHeaderFactory(factory, spec.trusted_proxies, reactor)
@@ -79,6 +91,8 @@ class Daemon(MultiService):
         elif kind == "control":
             factory = control_factory(self.ledger, self.counters, reactor)
             listener = Listener(reactor, "control requests", spec.listen, factory, owner=spec.owner, group=spec.group)
+        elif kind == "metrics":
+            listener = Listener(reactor, "metrics scrapes", spec.listen, metrics_site(self.counters.metrics, self.ledger))
         else:
             listener = Listener(reactor, "demo POP3 backend", spec.listen, demo_backend_factory(spec))
         listener.setServiceParent(self)
@@ -90,8 +104,15 @@ class Daemon(MultiService):
     def startService(self) -> None:
         super().startService()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        bound = gatherResults([listener.bound for listener in self._listeners.values()])
+        bound.addCallback(lambda results: all(results) and self._reactor.callWhenRunning(self._ready))
+
+    def _ready(self) -> None:
+        """Every listener is bound and the store is open: tell systemd (Type=notify)."""
+        sd_notify.ready(f"{len(self._listeners)} listeners up")
 
     def stopService(self) -> "Deferred[None]":
+        sd_notify.stopping()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
@@ -103,13 +124,15 @@ class Daemon(MultiService):
     def reload(self) -> "Deferred[object]":
         """Re-read the config file and apply it; a broken file changes nothing."""
         self.log.info("SIGHUP: reloading {path}", path=self.config.source)
+        sd_notify.reloading()
         try:
             new = load_config(self.config.source)
         except ConfigError as e:
             self.log.error("configuration not reloaded, the running one stays: {error}", error=e)
             self.certificates.reload()
+            sd_notify.ready("configuration not reloaded: see the log")
             return DeferredList([])
-        return self.apply(new)
+        return self.apply(new).addCallback(_reloaded)
 
     def apply(self, new: Config) -> "Deferred[object]":
         if new.ledger.ttl != self.config.ledger.ttl:
@@ -143,7 +166,14 @@ def _listener_specs(config: Config) -> dict[ListenerKey, object]:
         specs[("control", config.control.listen)] = config.control
     if config.demo is not None:
         specs[("demo", config.demo.listen)] = config.demo
+    if config.metrics is not None:
+        specs[("metrics", config.metrics.listen)] = config.metrics
     return specs
+
+
+def _reloaded(result: object) -> object:
+    sd_notify.ready("configuration reloaded")
+    return result
 
 
 def _purge(ledger: ILedger) -> "Deferred[int]":

@@ -63,8 +63,10 @@ class ControlResponder:
             self.log.info("control: revoked {removed} logins on {address}", removed=removed, address=address)
             return {"address": address, "revoked": removed}
         logins = await self.ledger.logins()
+        self.counters.metrics.live(len(logins), len({login.client for login in logins}))
         return {
             "events": dict(sorted(self.counters.events.items())),
+            "metrics": dict(self.counters.metrics.samples()),  # the numbers /metrics serves
             "live_logins": len(logins),
             "live_addresses": len({login.client for login in logins}),
             "started": self.counters.started,

@@ -9,7 +9,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from popbridge.config import LookupConfig
-from popbridge.lookup.server import Codec, lookup_server_factory
+from popbridge.lookup.server import Answer, Codec, lookup_server_factory, measured
 from popbridge.stats import Counters
 from popbridge.verdict import Verdicts
 from popbridge.wire.policy import PolicyDecoder, PolicyProtocolError, PolicyRequest, encode_action
@@ -33,24 +33,24 @@ class PolicyResponder:
     log: ClassVar[Logger] = Logger()
 
     def __call__(self, request: PolicyRequest) -> "Deferred[bytes]":
-        return Deferred.fromCoroutine(self._answer(request))
+        return measured(self.counters.metrics, "policy", self._answer(request))
 
-    async def _answer(self, request: PolicyRequest) -> bytes:
+    async def _answer(self, request: PolicyRequest) -> Answer:
         self.counters.count("lookup_policy")
         client = request.get("client_address")
         if not client:
             self.log.debug("policy request without client_address: {action}", action=self.config.unknown_action)
-            return encode_action(self.config.unknown_action)
+            return "unknown", encode_action(self.config.unknown_action)
         try:
             verdict = await self.verdicts.for_address(client, exempt=bool(self.config.exempt_action))
         except Exception:
             self.log.failure("policy lookup for {client} failed, answering tempfail", client=client)
-            return encode_action(self.config.tempfail_action)
-        action = self.config.authorised_action if verdict.authorised else self.config.unknown_action
+            return "tempfail", encode_action(self.config.tempfail_action)
+        meaning, action = ("authorised", self.config.authorised_action) if verdict.authorised else ("unknown", self.config.unknown_action)
         if verdict.exempt and self.config.exempt_action:
-            action = self.config.exempt_action
+            meaning, action = "exempt", self.config.exempt_action
         self.log.debug("policy {client} ({user}): {action}", client=client, user=verdict.user, action=action)
-        return encode_action(action)
+        return meaning, encode_action(action)
 
 
 def policy_factory(config: LookupConfig, verdicts: Verdicts, counters: Counters, clock: IReactorTime) -> ServerFactory:

@@ -7,10 +7,10 @@ connection closed. A `respond` failure is ours: `log.failure` and the connection
 way no other connection is affected.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Generic, Protocol as Structural, TypeVar
+from typing import Any, Generic, Protocol as Structural, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime, ITransport
@@ -19,6 +19,8 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from popbridge.metrics import Metrics
 
 Request = TypeVar("Request")
 Request_co = TypeVar("Request_co", covariant=True)
@@ -38,6 +40,19 @@ class Codec(Generic[Request]):
 
 
 Respond = Callable[[Request], "Deferred[bytes]"]
+Answer = tuple[str, bytes]  # what the answer meant (authorised, unknown, tempfail...), the reply
+
+
+def measured(metrics: Metrics, protocol: str, answering: Coroutine[Any, Any, Answer]) -> "Deferred[bytes]":
+    """Run a responder's coroutine; count its answer by meaning and time it, return the reply."""
+    started = metrics.now()
+
+    def sent(answer: Answer) -> bytes:
+        meaning, reply = answer
+        metrics.lookup_answered(protocol, meaning, started)
+        return reply
+
+    return Deferred.fromCoroutine(answering).addCallback(sent)
 
 
 @implementer(IHalfCloseableProtocol)

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from popbridge.addresses import client_key
 from popbridge.config import LookupConfig
-from popbridge.lookup.server import Codec, lookup_server_factory
+from popbridge.lookup.server import Answer, Codec, lookup_server_factory, measured
 from popbridge.stats import Counters
 from popbridge.verdict import Verdict, Verdicts
 from popbridge.wire.socketmap import (
@@ -50,24 +50,26 @@ class SocketmapResponder:
     log: ClassVar[Logger] = Logger()
 
     def __call__(self, request: SocketmapRequest) -> "Deferred[bytes]":
-        return Deferred.fromCoroutine(self._answer(request))
+        return measured(self.counters.metrics, "socketmap", self._answer(request))
 
-    async def _answer(self, request: SocketmapRequest) -> bytes:
+    async def _answer(self, request: SocketmapRequest) -> Answer:
         self.counters.count("lookup_socketmap")
         if request.map_name not in MAPS:
             self.log.warn("socketmap query for unknown map {map!r}", map=request.map_name)
-            return encode_perm("unknown map")
+            return "refused", encode_perm("unknown map")
         if client_key(request.key) is None:
             self.log.debug("socketmap {map} {key!r}: not an address", map=request.map_name, key=request.key)
-            return encode_notfound()
+            return "unknown", encode_notfound()
         try:
             verdict = await self.verdicts.for_address(request.key, exempt=request.map_name == "exempt")
         except Exception:
             self.log.failure("socketmap lookup for {key} failed, answering TEMP", key=request.key)
-            return encode_temp("popbridge cannot check logins right now")
+            return "tempfail", encode_temp("popbridge cannot check logins right now")
         value = self._value(request.map_name, verdict)
         self.log.debug("socketmap {map} {key}: {value!r}", map=request.map_name, key=request.key, value=value)
-        return encode_ok(value) if value else encode_notfound()
+        if not value:
+            return "unknown", encode_notfound()
+        return ("exempt" if request.map_name == "exempt" else "authorised"), encode_ok(value)
 
     def _value(self, map_name: str, verdict: Verdict) -> str:
         """The OK value, or "" for NOTFOUND."""

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from popbridge.config import LookupConfig
 from popbridge.ledger import ILedger
-from popbridge.lookup.server import Codec, lookup_server_factory
+from popbridge.lookup.server import Answer, Codec, lookup_server_factory, measured
 from popbridge.stats import Counters
 from popbridge.verdict import Verdicts
 from popbridge.wire.whoson import (
@@ -44,36 +44,36 @@ class WhosonResponder:
     log: ClassVar[Logger] = Logger()
 
     def __call__(self, request: WhosonEvent) -> "Deferred[bytes]":
-        return Deferred.fromCoroutine(self._answer(request))
+        return measured(self.counters.metrics, "whoson", self._answer(request))
 
-    async def _answer(self, request: WhosonEvent) -> bytes:
+    async def _answer(self, request: WhosonEvent) -> Answer:
         self.counters.count("lookup_whoson")
         if isinstance(request, WhosonMalformed):
             self.log.warn("whoson request refused: {reason}", reason=request.reason)
-            return encode_error(request.reason)
+            return "refused", encode_error(request.reason)
         if request.command is not Command.QUERY and not self.config.allow_updates:
             self.log.warn("whoson {command} {address} refused: updates are disabled",
                           command=request.command.value, address=request.address)
-            return encode_error("updates are disabled")
+            return "refused", encode_error("updates are disabled")
         try:
             return await self._serve(request)
         except Exception:
             self.log.failure("whoson {command} {address} failed", command=request.command.value, address=request.address)
-            return encode_error("popbridge cannot check logins right now")
+            return "tempfail", encode_error("popbridge cannot check logins right now")
 
-    async def _serve(self, request: WhosonRequest) -> bytes:
+    async def _serve(self, request: WhosonRequest) -> Answer:
         if request.command is Command.LOGIN:
             await self.ledger.record(request.address, request.extra, "whoson", session=False)
             self.log.info("whoson LOGIN {user} from {client}", user=request.extra, client=request.address)
-            return encode_yes()
+            return "updated", encode_yes()
         if request.command is Command.LOGOUT:
             removed = await self.ledger.revoke(request.address)
             self.log.info("whoson LOGOUT {client}: {removed} logins revoked", client=request.address, removed=removed)
-            return encode_yes()
+            return "updated", encode_yes()
         verdict = await self.verdicts.for_address(request.address)
         self.log.debug("whoson QUERY {client}: {user!r}", client=request.address,
                        user=verdict.user if verdict.authorised else None)
-        return encode_yes(verdict.user) if verdict.authorised else encode_no()
+        return ("authorised", encode_yes(verdict.user)) if verdict.authorised else ("unknown", encode_no())
 
 
 def whoson_factory(

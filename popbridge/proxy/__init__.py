@@ -11,7 +11,7 @@ from popbridge.config_tls import backend_hostname
 from popbridge.ledger import ILedger
 from popbridge.proxy.backend import BackendConnector
 from popbridge.proxy.session import LoginProxy
-from popbridge.proxy.settings import OpenSessions, SessionSettings, SessionTls
+from popbridge.proxy.settings import OpenSessions, Router, SessionSettings, SessionTls
 from popbridge.stats import Counters
 from popbridge.tls import ServerCertificate, backend_tls_options
 from popbridge.wire.imap4 import Imap4LoginWatcher
@@ -28,6 +28,7 @@ def proxy_factory(
     counters: Counters,
     clock: IReactorTime,
     certificate: ServerCertificate | None = None,
+    router: Router | None = None,
 ) -> Factory:
     """The factory for one [[proxy]] listener; `certificate` is shared with the SIGHUP reloader."""
     watcher_class = WATCHERS[config.protocol]
@@ -55,7 +56,7 @@ def proxy_factory(
     def watcher_for(peer: IAddress) -> LoginWatcher:
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
         forward = (host, port) if config.forward_client_address and host and port is not None else None
-        return watcher_class(client_address=forward, tls=options, **limits)
+        return watcher_class(client_address=forward, tls=options, route_logins=router is not None, **limits)
 
     settings = SessionSettings(
         idle_timeout=config.idle_timeout,
@@ -63,6 +64,7 @@ def proxy_factory(
         connect_timeout=config.connect_timeout,
         tls=session_tls,
         sessions=OpenSessions(config.max_sessions, config.max_sessions_per_client),
+        router=router,
     )
     factory = Factory.forProtocol(partial(LoginProxy, watcher_for, backend, ledger, counters, clock, settings))
     factory.sessions = settings.sessions  # type: ignore[attr-defined]  # for the drain at shutdown

@@ -43,6 +43,27 @@ class BackendLeg(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._session.backendConnectionLost(reason)
 
+    def detach(self) -> None:
+        """The session moved to another backend: this leg's last words go nowhere."""
+        self._session = _NOBODY
+
+
+class _Nobody:
+    def backend_connected(self, leg: BackendLeg) -> None:
+        leg.transport.loseConnection()
+
+    def backend_unreachable(self, failure: Failure) -> None:
+        pass
+
+    def backendDataReceived(self, data: bytes) -> None:
+        pass
+
+    def backendConnectionLost(self, reason: Failure) -> None:
+        pass
+
+
+_NOBODY = _Nobody()
+
 
 class BackendConnector(Structural):
     def connect(self, session: BackendUser) -> None:

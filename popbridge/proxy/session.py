@@ -34,6 +34,7 @@ from popbridge.wire.login import (
     LoginProtocolError,
     LoginSucceeded,
     LoginWatcher,
+    RouteLogin,
     StartBackendTls,
     StartClientTls,
     ToBackend,
@@ -67,8 +68,11 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._recording = False
         self._spliced = False
         self._splice_ended = False
+        self._routing = False  # a login waits while its backend is chosen
+        self._target: str | None = None  # the backend in use: None is the listener's default
         self._session: tuple[str, str] | None = None  # (client host, user) once recorded
         self._closed = False
+        self._to_backend = self._to_client = 0  # bytes moved after the login
 
     def connectionMade(self) -> None:
         self._peer = self.transport.getPeer()
@@ -82,20 +86,25 @@ class LoginProxy(Protocol, TimeoutMixin):
             self.log.warn("{protocol} client {client} refused: too many sessions", protocol=self._watcher.protocol, client=self._client)
             self._hang_up(self._watcher.goodbye("too many connections, try again later"))
             return
+        self._counters.metrics.session_opened(self._watcher.protocol)
         self.transport.pauseProducing()  # nothing is read until the backend answers
         self.setTimeout(self._settings.idle_timeout)
+        self._connecting_since = self._counters.metrics.now()
         self._backend_connector.connect(self)
 
     def backend_connected(self, leg: BackendLeg) -> None:
         if self._closed:
             leg.transport.loseConnection()
             return
+        metrics = self._counters.metrics
+        metrics.backend_connected(self._watcher.protocol, metrics.now() - self._connecting_since)
         self._backend = leg
         self.transport.resumeProducing()
 
     def backend_unreachable(self, failure: Failure) -> None:
         if self._closed:
             return
+        self._counters.metrics.backend_unreachable(self._watcher.protocol)
         self.log.error(
             "{protocol} backend unreachable for {client}: {error}",
             protocol=self._watcher.protocol, client=self._client, error=failure.getErrorMessage(),
@@ -107,6 +116,7 @@ class LoginProxy(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._spliced:
             self._backend.transport.write(data)  # type: ignore[union-attr]
+            self._to_backend += len(data)  # published once, at the end (popbridge.metrics)
             self.resetTimeout()
             return
         self.resetTimeout()
@@ -115,6 +125,7 @@ class LoginProxy(Protocol, TimeoutMixin):
     def backendDataReceived(self, data: bytes) -> None:
         if self._spliced:
             self.transport.write(data)
+            self._to_client += len(data)
             return
         self._feed(self._watcher.feed_backend, data)
 
@@ -129,7 +140,7 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._carry_out()
 
     def _carry_out(self) -> None:
-        while self._actions and not self._recording and not self._closed:
+        while self._actions and not self._recording and not self._routing and not self._closed:
             action = self._actions.popleft()
             if isinstance(action, ToBackend):
                 self._backend.transport.write(action.data)  # type: ignore[union-attr]
@@ -145,6 +156,8 @@ class LoginProxy(Protocol, TimeoutMixin):
                 self._splice(action)
             elif isinstance(action, StartClientTls):
                 self._start_client_tls()
+            elif isinstance(action, RouteLogin):
+                self._route(action.user)
             elif isinstance(action, StartBackendTls):
                 self._backend.transport.startTLS(self._tls_settings.backend)  # type: ignore[union-attr]
 
@@ -170,8 +183,36 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._recording = False
         self._hang_up(self._watcher.goodbye("login could not be recorded, try again later"))
 
+    # -- routing ------------------------------------------------------------------------
+
+    def _route(self, user: str) -> None:
+        router = self._settings.router
+        assert router is not None
+        self._routing = True
+        router.route_for(user).addCallback(self._routed, user).addErrback(
+            lambda failure: self.log.failure("routing {user} failed", failure, user=user)
+        )
+
+    def _routed(self, route: "tuple[str, BackendConnector] | None", user: str) -> None:
+        if self._closed:
+            return
+        target = route[0] if route else None
+        switch = target != self._target
+        if switch:
+            self.log.info("{protocol} login of {user!r} from {client} goes to {target}", protocol=self._watcher.protocol,
+                          user=user, client=self._client, target=target or "the default backend")
+            old, self._backend, self._target = self._backend, None, target
+            if old is not None:
+                old.detach()
+                old.transport.loseConnection()
+            (route[1] if route else self._backend_connector).connect(self)
+        self._routing = False
+        self._actions.extendleft(reversed(self._watcher.route_decided(switch)))
+        self._carry_out()
+
     def _log_login(self, outcome: str, user: str, method: str) -> None:
         self._counters.count(f"login_{outcome}")
+        self._counters.metrics.login(self._watcher.protocol, method, outcome)
         self.log.info(
             "login {outcome}: user {user!r} from {client} via {protocol} {method}",
             outcome=outcome, user=user, client=self._client, protocol=self._watcher.protocol, method=method,
@@ -244,6 +285,7 @@ class LoginProxy(Protocol, TimeoutMixin):
         if self._admitted:
             self._admitted = False
             self._settings.sessions.release(self._client, self)
+            self._counters.metrics.session_closed(self._watcher.protocol, self._to_backend, self._to_client)
         if self._spliced:
             self._end_splice()
         elif self._backend is not None:

@@ -2,7 +2,7 @@
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
@@ -17,6 +17,11 @@ class SessionTls:
     certificate: ServerCertificate | None = None
     implicit: bool = False  # TLS from the first byte (an ssl: listener)
     backend: IOpenSSLClientConnectionCreator | None = None  # for backend_starttls
+
+
+class Router(Protocol):
+    def route_for(self, user: str) -> "Deferred[tuple[str, Any] | None]":
+        """(host:port, BackendConnector) for `user`, or None for the listener's default backend."""
 
 
 class Session(Protocol):
@@ -91,3 +96,4 @@ class SessionSettings:
     connect_timeout: float = 10.0
     tls: SessionTls = SessionTls()
     sessions: OpenSessions = field(default_factory=OpenSessions)  # shared by the listener's sessions
+    router: "Router | None" = None  # per-user backends (LDAP backend_attribute)

@@ -46,6 +46,9 @@ from popbridge.wire.login import (
     LoginProtocolError,
     LoginSucceeded,
     StartBackendTls,
+    ROUTABLE_MECHANISMS,
+    HeldLogin,
+    RouteLogin,
     StartClientTls,
     TlsOptions,
     ToBackend,
@@ -72,6 +75,8 @@ class State(Enum):
     RESPONSE = auto()  # the whole command is out: waiting for its tagged completion
     SASL_SERVER = auto()  # AUTHENTICATE is out: waiting for "+ challenge" or completion
     SASL_CLIENT = auto()  # the next client line is SASL data, never a command
+    HOLD = auto()  # a login waits while its backend is chosen (RouteLogin)
+    REPLAY_CHALLENGE = auto()  # a new backend's first AUTHENTICATE challenge, answered with the held response
     AUTHENTICATED = auto()  # a plain pipe
 
 
@@ -82,6 +87,7 @@ CLIENT_TURN = (State.READY, State.CLIENT_LITERAL, State.CLIENT_LINE, State.SASL_
 class _Command:
     tag: bytes
     verb: bytes
+    line: bytes = b""  # the first line as sent, to replay a routed login
     parts: list[CommandPart] = field(default_factory=list)  # kept for LOGIN only, to read the user
     size: int = 0
     sasl: SaslUserReader | None = None
@@ -100,6 +106,7 @@ class Imap4LoginWatcher:
         max_literal: int = 65_536,
         max_pending: int = 131_072,
         max_bad_commands: int = 5,
+        route_logins: bool = False,
     ) -> None:
         self._forward_address = client_address
         self._tls, self.tls_active = tls, tls.active
@@ -113,6 +120,9 @@ class Imap4LoginWatcher:
         self._offered: set[bytes] | None = None  # the backend greeting's capabilities, if it listed them
         self._command: _Command | None = None
         self._literal = 0  # bytes of the literal the client is sending or about to send
+        self._route_logins = route_logins
+        self._held: HeldLogin | None = None
+        self._replaying = False  # a switched backend: its greeting is ours, the held login follows
 
     def goodbye(self, reason: str) -> bytes:
         return b"* BYE [UNAVAILABLE] popbridge: " + reason.encode() + CRLF
@@ -197,8 +207,12 @@ class Imap4LoginWatcher:
         raw, self._client = self._client[:end], self._client[end:]
         if self.state is State.SASL_CLIENT:
             assert self._command is not None and self._command.sasl is not None
-            self._command.sasl.client_response(line)
+            sasl = self._command.sasl
+            first = sasl.responses == 0
+            sasl.client_response(line)
             self.state = State.SASL_SERVER
+            if first and self._routable(sasl):
+                return self._hold(HeldLogin(sasl.user, self._command.line, raw))
             return [ToBackend(raw)]
         if self.state is State.CLIENT_LINE:
             return self._command_text(line, raw)
@@ -220,10 +234,15 @@ class Imap4LoginWatcher:
             return self._bad_command(tag + b" NO [PRIVACYREQUIRED] TLS is required to log in here: use STARTTLS\r\n")
         if verb == b"ID":
             return self._client_id(tag, arguments)
-        self._command = _Command(tag, verb)
+        self._command = _Command(tag, verb, line=raw)
         if verb == b"AUTHENTICATE":
             return self._authenticate(arguments, raw)
-        return self._command_text(line, raw)
+        sent = self._command_text(line, raw)
+        if verb == b"LOGIN" and self._route_logins and self.state is State.RESPONSE:
+            user, _ = _login_identity(self._command)  # a one-line LOGIN: the user is known now
+            if user:
+                return self._hold(HeldLogin(user, raw))
+        return sent
 
     def _command_text(self, line: bytes, raw: bytes) -> list[Action]:
         """A line of the current command: the first, or the rest after a literal."""
@@ -252,10 +271,12 @@ class Imap4LoginWatcher:
         mechanism, _, initial = arguments.partition(b" ")
         if not mechanism or literal_at_end(arguments, self._max_literal):
             raise ImapProtocolError("malformed AUTHENTICATE")
-        self._command.sasl = SaslUserReader(mechanism.decode("ascii", "replace"))
+        sasl = self._command.sasl = SaslUserReader(mechanism.decode("ascii", "replace"))
         if initial:
-            self._command.sasl.client_response(initial)
+            sasl.client_response(initial)
         self.state = State.SASL_SERVER
+        if initial and self._routable(sasl):
+            return self._hold(HeldLogin(sasl.user, raw))
         return [ToBackend(raw)]
 
     def _client_id(self, tag: bytes, arguments: bytes) -> list[Action]:
@@ -300,6 +321,8 @@ class Imap4LoginWatcher:
     # -- backend responses --------------------------------------------------------------
 
     def _on_response(self, raw: bytes, line: bytes) -> list[Action]:
+        if self.state is State.HOLD:
+            raise ImapProtocolError("backend spoke out of turn")
         if line.startswith(b"+"):
             return self._continuation(raw)
         if line.startswith(b"* "):
@@ -309,7 +332,7 @@ class Imap4LoginWatcher:
         if self.state is State.PROBE and tag == self._probe_tag:
             return self._after_probe(line, status)
         command = self._command
-        if command is None or tag != command.tag or self.state in (State.GREETING, State.PROBE, State.READY):
+        if command is None or tag != command.tag or self.state in (State.GREETING, State.PROBE, State.READY, State.HOLD):
             raise ImapProtocolError(f"backend answered a command that is not outstanding: {line[:40]!r}")
         if status not in (b"OK", b"NO", b"BAD"):
             raise ImapProtocolError(f"backend sent no status: {line[:40]!r}")
@@ -327,6 +350,11 @@ class Imap4LoginWatcher:
         return [LoginSucceeded(user, method), ToClient(self._capabilities(raw)), leftovers]
 
     def _continuation(self, raw: bytes) -> list[Action]:
+        if self.state is State.REPLAY_CHALLENGE:
+            assert self._held is not None and self._held.response is not None
+            response, self._held = self._held.response, None
+            self.state = State.SASL_SERVER
+            return [ToBackend(response)]
         if self.state is State.CONTINUATION:
             self.state = State.CLIENT_LITERAL
         elif self.state is State.SASL_SERVER:
@@ -352,7 +380,7 @@ class Imap4LoginWatcher:
             leftovers = Authenticated(self._client, self._backend)
             self._client = self._backend = b""
             return [ToClient(greeting), leftovers]
-        if status not in (b"OK", b"BYE"):
+        if status not in (b"OK", b"BYE") or (self._replaying and status != b"OK"):
             raise ImapProtocolError(f"backend greeting is not OK, PREAUTH or BYE: {line[:40]!r}")
         self.state = State.READY
         if status == b"BYE":
@@ -371,9 +399,9 @@ class Imap4LoginWatcher:
     def _forward_client_address(self) -> list[Action]:
         self.state = State.READY
         if self._forward_address is None:
-            return [self._release_greeting()]
+            return self._release_greeting()
         if self._offered is not None and b"ID" not in self._offered:
-            return [BackendNotice("backend does not offer ID: client address not forwarded"), self._release_greeting()]
+            return [BackendNotice("backend does not offer ID: client address not forwarded"), *self._release_greeting()]
         host, port = self._forward_address
         fields = b'("x-originating-ip" ' + quoted(host.encode()) + b' "x-originating-port" "' + str(port).encode() + b'")'
         return self._probe(PROBE_TAG, b"ID " + fields)
@@ -386,11 +414,45 @@ class Imap4LoginWatcher:
             self._backend = b""  # what the backend sent before its handshake is never believed
             return [StartBackendTls(), *self._forward_client_address()]
         notice = [] if status == b"OK" else [BackendNotice(f"backend refused ID: {line[:80]!r}")]
-        return [*notice, self._release_greeting()]
+        return [*notice, *self._release_greeting()]
 
-    def _release_greeting(self) -> ToClient:
+    def _release_greeting(self) -> list[Action]:
+        """The client sees the greeting once the probes are done; a switched backend's
+        greeting is not shown at all (the client was greeted long ago): the held login goes."""
         greeting, self._greeting = self._greeting, b""
-        return ToClient(greeting)
+        self.state = State.READY
+        return self._replay() if self._replaying else [ToClient(greeting)]
+
+    # -- routing logins to the user's own backend ---------------------------------------
+
+    def _routable(self, sasl: SaslUserReader) -> bool:
+        return self._route_logins and bool(sasl.user) and sasl.mechanism in ROUTABLE_MECHANISMS
+
+    def _hold(self, held: HeldLogin) -> list[Action]:
+        """Keep the login until `route_decided`; the state it would have had is kept aside."""
+        self._held, self._state_after_hold, self.state = held, self.state, State.HOLD
+        return [RouteLogin(held.user)]
+
+    def route_decided(self, switch: bool) -> list[Action]:
+        held = self._held
+        assert held is not None and self.state is State.HOLD
+        if not switch:
+            self._held, self.state = None, self._state_after_hold
+            return [ToBackend(held.response if held.response is not None else held.command)]
+        self._backend, self._replaying, self.state = b"", True, State.GREETING
+        self._held_command = self._command  # the login command waits for the new backend
+        return []
+
+    def _replay(self) -> list[Action]:
+        """The new backend is ready: send it the held login, as if it had been there all along."""
+        held = self._held
+        assert held is not None
+        self._replaying, self._command = False, self._held_command
+        if held.response is None:
+            self._held, self.state = None, self._state_after_hold
+        else:
+            self.state = State.REPLAY_CHALLENGE
+        return [ToBackend(held.command)]
 
 
 def _login_identity(command: _Command) -> tuple[str, str]:

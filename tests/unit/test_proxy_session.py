@@ -1,7 +1,7 @@
 """The proxy glue driven with StringTransport, a spy backend endpoint and task.Clock."""
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -35,13 +35,13 @@ class SpyEndpoint:
 
 
 class Harness:
-    def __init__(self, ledger=None, **config):
+    def __init__(self, ledger=None, router=None, **config):
         self.clock = Clock()
         self.ledger = ledger or MemoryLedger(self.clock, ttl=1800)
         self.backend = SpyEndpoint()
         settings = ProxyConfig("pop3", "tcp:1110", "tcp:host=127.0.0.1:port=110", **config)
         connector = EndpointConnector(self.backend, self.clock, settings.connect_timeout)
-        factory = proxy_factory(settings, connector, self.ledger, Counters(0.0), self.clock)
+        factory = proxy_factory(settings, connector, self.ledger, Counters(0.0), self.clock, router=router)
         self.proxy = factory.buildProtocol(IPv4Address("TCP", "127.0.0.5", 40000))
         self.client = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.5", 40000))
         self.proxy.makeConnection(self.client)
@@ -291,3 +291,40 @@ def test_backend_closing_after_quit_adds_no_goodbye():
     h.client.clear()
     h.leg.connectionLost()
     assert h.client.value() == b"" and h.client.disconnecting
+
+
+class SpyRouter:
+    """Routes the users it knows to their own spy backend."""
+
+    def __init__(self, clock, homes):
+        self.backends = {user: SpyEndpoint() for user in homes}
+        self._clock, self._homes = clock, homes
+
+    def route_for(self, user):
+        if user not in self._homes:
+            return succeed(None)
+        return succeed((self._homes[user], EndpointConnector(self.backends[user], self._clock, 10)))
+
+
+def test_a_routed_user_is_logged_in_on_its_own_backend():
+    clock = Clock()
+    router = SpyRouter(clock, {"carol": "127.0.0.9:110"})
+    h = Harness(router=router)
+    h.connect_backend()
+    h.proxy.dataReceived(b"USER carol\r\nPASS pw\r\n")
+    assert h.server.value() == b"" and h.server.disconnecting  # the default backend is dropped
+    leg, server = router.backends["carol"].complete()
+    leg.dataReceived(b"+OK carol's server\r\n")
+    assert server.value() == b"USER carol\r\n"
+    leg.dataReceived(b"+OK\r\n")
+    leg.dataReceived(b"+OK Logged in\r\n")
+    assert server.value() == b"USER carol\r\nPASS pw\r\n"
+    assert h.client.value() == b"+OK ready\r\n+OK\r\n+OK Logged in\r\n"
+    assert h.users() == ["carol"]
+
+
+def test_a_user_without_a_home_stays_on_the_default_backend():
+    h = Harness(router=SpyRouter(Clock(), {}))
+    h.connect_backend()
+    h.proxy.dataReceived(b"USER alice\r\n")
+    assert h.server.value() == b"USER alice\r\n" and not h.server.disconnecting
