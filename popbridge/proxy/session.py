@@ -69,6 +69,7 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._spliced = False
         self._splice_ended = False
         self._routing = False  # a login waits while its backend is chosen
+        self._paused_for_record = False
         self._target: str | None = None  # the backend in use: None is the listener's default
         self._session: tuple[str, str] | None = None  # (client host, user) once recorded
         self._closed = False
@@ -165,17 +166,24 @@ class LoginProxy(Protocol, TimeoutMixin):
 
     def _record(self, login: LoginSucceeded) -> None:
         self._recording = True
-        self._pause_both()
         recorded: Deferred[object] = self._ledger.record(
             self._client, login.user, self._watcher.protocol, True, tls=self._tls
         )
         recorded.addCallbacks(self._recorded, self._not_recorded, callbackArgs=(login,))
+        if self._recording and not self._closed:  # a store that writes to disk or network: hold both sides
+            self._paused_for_record = True
+            self._pause_both()
 
     def _recorded(self, _: object, login: LoginSucceeded) -> None:
         self._session = (self._client, login.user)
         self._log_login("succeeded", login.user, login.method)
         self._recording = False
-        self._resume_both()
+        if self._closed:  # the client left while the store was writing: its ttl starts now
+            self._end_session()
+            return
+        if self._paused_for_record:
+            self._paused_for_record = False
+            self._resume_both()
         self._carry_out()
 
     def _not_recorded(self, failure: Failure) -> None:
@@ -290,10 +298,15 @@ class LoginProxy(Protocol, TimeoutMixin):
             self._end_splice()
         elif self._backend is not None:
             self._backend.transport.loseConnection()
-        if self._session is not None:
-            host, user = self._session
-            ended = self._ledger.end_session(host, user, self._watcher.protocol)
-            ended.addErrback(lambda f: self.log.failure("could not end the session of {client}", f, client=host))
+        self._end_session()
+
+    def _end_session(self) -> None:
+        """The recorded login's session is over: from now its address has `ttl` left."""
+        if self._session is None:
+            return
+        (host, user), self._session = self._session, None
+        ended = self._ledger.end_session(host, user, self._watcher.protocol)
+        ended.addErrback(lambda f: self.log.failure("could not end the session of {client}", f, client=host))
 
     def backendConnectionLost(self, reason: Failure) -> None:
         if self._spliced:

@@ -328,3 +328,20 @@ def test_a_user_without_a_home_stays_on_the_default_backend():
     h.connect_backend()
     h.proxy.dataReceived(b"USER alice\r\n")
     assert h.server.value() == b"USER alice\r\n" and not h.server.disconnecting
+
+
+def test_a_client_gone_while_its_login_was_being_stored_does_not_stay_open_forever():
+    class SlowLedger(MemoryLedger):
+        def record(self, *args, **kwargs):
+            self.pending = Deferred()
+            return self.pending.addCallback(lambda _: MemoryLedger.record(self, *args, **kwargs))
+
+    clock = Clock()
+    h = Harness(ledger=SlowLedger(clock, ttl=1800))
+    h.connect_backend()
+    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.leg.dataReceived(b"+OK\r\n")
+    h.proxy.connectionLost()
+    h.ledger.pending.callback(None)
+    clock.advance(1800)
+    assert h.users() == []
