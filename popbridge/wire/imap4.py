@@ -46,14 +46,12 @@ from popbridge.wire.login import (
     LoginProtocolError,
     LoginSucceeded,
     StartBackendTls,
-    ROUTABLE_MECHANISMS,
-    HeldLogin,
-    RouteLogin,
     StartClientTls,
     TlsOptions,
     ToBackend,
     ToClient,
 )
+from popbridge.wire.routing import HeldLogin, LoginHold
 from popbridge.wire.sasl import SaslUserReader, clean_name
 
 PROBE_TAG = b"popbridge0"  # our own ID command; client commands only start after it is done
@@ -120,9 +118,7 @@ class Imap4LoginWatcher:
         self._offered: set[bytes] | None = None  # the backend greeting's capabilities, if it listed them
         self._command: _Command | None = None
         self._literal = 0  # bytes of the literal the client is sending or about to send
-        self._route_logins = route_logins
-        self._held: HeldLogin | None = None
-        self._replaying = False  # a switched backend: its greeting is ours, the held login follows
+        self._holding = LoginHold(route_logins)
 
     def goodbye(self, reason: str) -> bytes:
         return b"* BYE [UNAVAILABLE] popbridge: " + reason.encode() + CRLF
@@ -211,8 +207,8 @@ class Imap4LoginWatcher:
             first = sasl.responses == 0
             sasl.client_response(line)
             self.state = State.SASL_SERVER
-            if first and self._routable(sasl):
-                return self._hold(HeldLogin(sasl.user, self._command.line, raw))
+            if first and self._holding.routable(sasl):
+                return self._hold_login(HeldLogin(sasl.user, self._command.line, raw))
             return [ToBackend(raw)]
         if self.state is State.CLIENT_LINE:
             return self._command_text(line, raw)
@@ -238,10 +234,10 @@ class Imap4LoginWatcher:
         if verb == b"AUTHENTICATE":
             return self._authenticate(arguments, raw)
         sent = self._command_text(line, raw)
-        if verb == b"LOGIN" and self._route_logins and self.state is State.RESPONSE:
+        if verb == b"LOGIN" and self._holding.enabled and self.state is State.RESPONSE:
             user, _ = _login_identity(self._command)  # a one-line LOGIN: the user is known now
             if user:
-                return self._hold(HeldLogin(user, raw))
+                return self._hold_login(HeldLogin(user, raw))
         return sent
 
     def _command_text(self, line: bytes, raw: bytes) -> list[Action]:
@@ -275,8 +271,8 @@ class Imap4LoginWatcher:
         if initial:
             sasl.client_response(initial)
         self.state = State.SASL_SERVER
-        if initial and self._routable(sasl):
-            return self._hold(HeldLogin(sasl.user, raw))
+        if initial and self._holding.routable(sasl):
+            return self._hold_login(HeldLogin(sasl.user, raw))
         return [ToBackend(raw)]
 
     def _client_id(self, tag: bytes, arguments: bytes) -> list[Action]:
@@ -351,10 +347,8 @@ class Imap4LoginWatcher:
 
     def _continuation(self, raw: bytes) -> list[Action]:
         if self.state is State.REPLAY_CHALLENGE:
-            assert self._held is not None and self._held.response is not None
-            response, self._held = self._held.response, None
             self.state = State.SASL_SERVER
-            return [ToBackend(response)]
+            return [ToBackend(self._holding.answer_challenge())]
         if self.state is State.CONTINUATION:
             self.state = State.CLIENT_LITERAL
         elif self.state is State.SASL_SERVER:
@@ -380,7 +374,7 @@ class Imap4LoginWatcher:
             leftovers = Authenticated(self._client, self._backend)
             self._client = self._backend = b""
             return [ToClient(greeting), leftovers]
-        if status not in (b"OK", b"BYE") or (self._replaying and status != b"OK"):
+        if status not in (b"OK", b"BYE") or (self._holding.replaying and status != b"OK"):
             raise ImapProtocolError(f"backend greeting is not OK, PREAUTH or BYE: {line[:40]!r}")
         self.state = State.READY
         if status == b"BYE":
@@ -421,38 +415,31 @@ class Imap4LoginWatcher:
         greeting is not shown at all (the client was greeted long ago): the held login goes."""
         greeting, self._greeting = self._greeting, b""
         self.state = State.READY
-        return self._replay() if self._replaying else [ToClient(greeting)]
+        return self._replay() if self._holding.replaying else [ToClient(greeting)]
 
     # -- routing logins to the user's own backend ---------------------------------------
 
-    def _routable(self, sasl: SaslUserReader) -> bool:
-        return self._route_logins and bool(sasl.user) and sasl.mechanism in ROUTABLE_MECHANISMS
-
-    def _hold(self, held: HeldLogin) -> list[Action]:
+    def _hold_login(self, held: HeldLogin) -> list[Action]:
         """Keep the login until `route_decided`; the state it would have had is kept aside."""
-        self._held, self._state_after_hold, self.state = held, self.state, State.HOLD
-        return [RouteLogin(held.user)]
+        route = self._holding.hold(held, self.state)
+        self.state = State.HOLD
+        return [route]
 
     def route_decided(self, switch: bool) -> list[Action]:
-        held = self._held
-        assert held is not None and self.state is State.HOLD
+        assert self.state is State.HOLD
         if not switch:
-            self._held, self.state = None, self._state_after_hold
-            return [ToBackend(held.response if held.response is not None else held.command)]
-        self._backend, self._replaying, self.state = b"", True, State.GREETING
+            data, self.state = self._holding.send_on()
+            return [ToBackend(data)]
+        self._backend, self._holding.replaying, self.state = b"", True, State.GREETING
         self._held_command = self._command  # the login command waits for the new backend
         return []
 
     def _replay(self) -> list[Action]:
         """The new backend is ready: send it the held login, as if it had been there all along."""
-        held = self._held
-        assert held is not None
-        self._replaying, self._command = False, self._held_command
-        if held.response is None:
-            self._held, self.state = None, self._state_after_hold
-        else:
-            self.state = State.REPLAY_CHALLENGE
-        return [ToBackend(held.command)]
+        command, state = self._holding.replay()
+        self._command = self._held_command
+        self.state = state or State.REPLAY_CHALLENGE
+        return [ToBackend(command)]
 
 
 def _login_identity(command: _Command) -> tuple[str, str]:

@@ -71,23 +71,6 @@ class RouteLogin:
     user: str
 
 
-@dataclass
-class HeldLogin:
-    """A login held while its backend is chosen, and how to send it to whichever backend wins.
-
-    `command` is the login command; `response` the first SASL response when the user only
-    appeared there (the command then already reached the default backend, and a new backend
-    must be asked again and its challenge answered with the held response).
-    """
-
-    user: str
-    command: bytes
-    response: bytes | None = None
-
-
-ROUTABLE_MECHANISMS = ("PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER")  # the user is in the first response
-
-
 @dataclass(frozen=True)
 class TlsOptions:
     """What a watcher may do about TLS on one session."""

@@ -27,9 +27,6 @@ from popbridge.wire.login import (
     BackendNotice,
     LoginFailed,
     StartBackendTls,
-    ROUTABLE_MECHANISMS,
-    HeldLogin,
-    RouteLogin,
     StartClientTls,
     TlsOptions,
     LoginProtocolError,
@@ -37,6 +34,7 @@ from popbridge.wire.login import (
     ToBackend,
     ToClient,
 )
+from popbridge.wire.routing import HeldLogin, LoginHold
 from popbridge.wire.sasl import SaslUserReader, clean_name
 
 HIDDEN_CAPABILITIES = (b"STLS", b"XCLIENT")
@@ -83,10 +81,8 @@ class Pop3LoginWatcher:
         self._max_line, self._max_pending = max_line, max_pending
         self._max_bad, self._bad = max_bad_commands, 0
         self._answering_client = False  # the outstanding command is the client's, not a probe
-        self._route_logins = route_logins
-        self._held: HeldLogin | None = None
+        self._holding = LoginHold(route_logins)
         self._sasl_command = b""  # the AUTH line of the exchange in progress, for a replay
-        self._replaying = False  # a switched backend: its greeting is ours, the held login follows
         self._client, self._backend = b"", b""
         self.state = State.GREETING
         self._greeting = b""
@@ -157,8 +153,8 @@ class Pop3LoginWatcher:
             first = self._sasl.responses == 0
             self._sasl.client_response(line)
             self.state = State.SASL_SERVER
-            if first and self._routable(self._sasl):
-                return self._hold(HeldLogin(self._sasl.user, self._sasl_command, line + CRLF))
+            if first and self._holding.routable(self._sasl):
+                return self._hold_login(HeldLogin(self._sasl.user, self._sasl_command, line + CRLF))
             return [ToBackend(line + CRLF)]
         verb, _, argument = line.partition(b" ")
         verb = verb.upper()
@@ -173,8 +169,8 @@ class Pop3LoginWatcher:
             self._on_status = self._multiline(self._capability_shown, self._capabilities_added)
         elif verb == b"USER":
             self._on_status = self._after_user(argument.decode("utf-8", "replace"))
-            if self._route_logins and argument:
-                return self._hold(HeldLogin(clean_name(argument.decode("utf-8", "replace")), line + CRLF))
+            if self._holding.enabled and argument:
+                return self._hold_login(HeldLogin(clean_name(argument.decode("utf-8", "replace")), line + CRLF))
         elif verb == b"PASS":
             self._on_status = self._after_login("USER", self._user or "")
         elif verb == b"APOP":
@@ -186,8 +182,8 @@ class Pop3LoginWatcher:
             if initial:
                 sasl.client_response(initial)
             self.state, self._on_status = State.SASL_SERVER, self._after_login(f"AUTH {sasl.mechanism}", sasl)
-            if initial and self._routable(sasl):
-                return self._hold(HeldLogin(sasl.user, line + CRLF))
+            if initial and self._holding.routable(sasl):
+                return self._hold_login(HeldLogin(sasl.user, line + CRLF))
         elif verb == b"AUTH":
             self._on_status = self._multiline(_everything, self._back_to_ready)
         elif verb == b"QUIT":
@@ -206,10 +202,8 @@ class Pop3LoginWatcher:
         if self.state is State.HOLD:
             raise Pop3ProtocolError("backend spoke out of turn")
         if self.state is State.REPLAY_CHALLENGE and (line == b"+" or line.startswith(b"+ ")):
-            assert self._held is not None and self._held.response is not None
-            response, self._held = self._held.response, None
             self.state = State.SASL_SERVER
-            return [ToBackend(response)]
+            return [ToBackend(self._holding.answer_challenge())]
         if self.state in (State.SASL_SERVER, State.REPLAY_CHALLENGE) and (line == b"+" or line.startswith(b"+ ")):
             self.state = State.SASL_CLIENT
             return [ToClient(line + CRLF)]
@@ -246,35 +240,28 @@ class Pop3LoginWatcher:
 
     # -- routing logins to the user's own backend ---------------------------------------
 
-    def _routable(self, sasl: SaslUserReader) -> bool:
-        return self._route_logins and bool(sasl.user) and sasl.mechanism in ROUTABLE_MECHANISMS
-
-    def _hold(self, held: HeldLogin) -> list[Action]:
+    def _hold_login(self, held: HeldLogin) -> list[Action]:
         """Keep the login until `route_decided`; the state it would have had is kept aside."""
-        self._held, self._state_after_hold, self.state = held, self.state, State.HOLD
-        return [RouteLogin(held.user)]
+        route = self._holding.hold(held, self.state)
+        self.state = State.HOLD
+        return [route]
 
     def route_decided(self, switch: bool) -> list[Action]:
-        held = self._held
-        assert held is not None and self.state is State.HOLD
+        assert self.state is State.HOLD
         if not switch:
-            self._held, self.state = None, self._state_after_hold
-            return [ToBackend(held.response if held.response is not None else held.command)]
-        self._backend, self._replaying, self._answering_client = b"", True, False
+            data, self.state = self._holding.send_on()
+            return [ToBackend(data)]
+        self._backend, self._holding.replaying, self._answering_client = b"", True, False
         self._continue_with = self._on_status  # the held command's own status handler
         self.state, self._on_status = State.GREETING, self._after_greeting
         return []
 
     def _replay(self) -> list[Action]:
         """The new backend is ready: send it the held login, as if it had been there all along."""
-        held = self._held
-        assert held is not None
-        self._replaying, self._on_status, self._answering_client = False, self._continue_with, True
-        if held.response is None:
-            self._held, self.state = None, self._state_after_hold
-        else:
-            self.state = State.REPLAY_CHALLENGE
-        return [ToBackend(held.command)]
+        command, state = self._holding.replay()
+        self._on_status, self._answering_client = self._continue_with, True
+        self.state = state or State.REPLAY_CHALLENGE
+        return [ToBackend(command)]
 
     # -- TLS ----------------------------------------------------------------------------
 
@@ -328,7 +315,7 @@ class Pop3LoginWatcher:
         offered = line.startswith(XCLIENT_GREETING)
         greeting = b"+OK " + line.removeprefix(XCLIENT_GREETING) if offered else line
         if not ok:
-            if self._replaying:
+            if self._holding.replaying:
                 raise Pop3ProtocolError("the user's mail server refused the connection")
             self.farewell_seen = True
             return [ToClient(greeting + CRLF)]
@@ -377,7 +364,7 @@ class Pop3LoginWatcher:
         greeting is not shown at all (the client was greeted long ago): the held login goes."""
         greeting, self._greeting = self._greeting, b""
         self.state = State.READY
-        return self._replay() if self._replaying else [ToClient(greeting + CRLF)]
+        return self._replay() if self._holding.replaying else [ToClient(greeting + CRLF)]
 
 
 StatusHandler = Callable[[bytes, bool], list[Action]]
