@@ -30,6 +30,7 @@ REQUIRED = {
     "slapd": "slapd",
     "slapadd": "slapd",
     "openssl": "openssl",
+    "haproxy": "haproxy",
 }
 
 USERS = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import select
 import socket
 import threading
 import time
@@ -39,10 +38,11 @@ class Wire:
         self.sock.sendall(data)
 
     def _fill(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        if not ready:
+        self.sock.settimeout(timeout)  # no select(): descriptors pass 1024 in the thousand-connection test
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
             return False
-        data = self.sock.recv(65536)
         if not data:
             self.closed_by_peer = True
             return False
@@ -251,6 +251,17 @@ def read_until_closed(sock: socket.socket, limit: int = 1 << 20) -> bytes:
             chunk = sock.recv(65536)
             if not chunk:
                 break
+            data += chunk
+    return data
+
+
+def read_for(sock: socket.socket, quiet: float) -> bytes:
+    """What the peer sends until it closes or stays silent for `quiet` seconds (for answers
+    that may or may not end the session)."""
+    data = b""
+    sock.settimeout(quiet)
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := sock.recv(65536):
             data += chunk
     return data
 

@@ -4,13 +4,15 @@ daemon's own registry. StringTransport, task.Clock and a spy backend; no reactor
 import json
 
 from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.test.requesthelper import DummyRequest
 
 from popbridge.config import LookupConfig, ProxyConfig
+from popbridge.directory import LdapDirectory
+from popbridge.ldap_search import ConnectionPool
 from popbridge.ledger import LedgerUnavailable, Login
 from popbridge.ledger.measured import MeasuredLedger
 from popbridge.ledger.memory import MemoryLedger
@@ -21,6 +23,8 @@ from popbridge.proxy import proxy_factory
 from popbridge.proxy.backend import EndpointConnector
 from popbridge.stats import Counters
 from popbridge.verdict import Verdicts
+
+from .ldap_mock import CONFIG, MockLdap
 
 
 def sample(metrics: Metrics, name: str) -> float:
@@ -238,3 +242,17 @@ def test_popbridge_stats_reports_the_numbers_metrics_serves():
     assert metrics[LOGINS_OK] == 1
     assert metrics["popbridge_live_addresses"] == 1
     assert metrics == dict(counters.metrics.samples())
+
+
+def test_directory_cache_hits_misses_and_ldap_errors_are_counted():
+    clock, ldap, metrics = Clock(), MockLdap(), Metrics()
+    directory = LdapDirectory(CONFIG, ConnectionPool(ldap.connect, 2), lambda f, *a: maybeDeferred(f, *a), clock, metrics=metrics)
+    directory.is_exempt("alice")  # asks LDAP
+    directory.is_exempt("alice")  # fresh in the cache
+    ldap.down = True
+    clock.advance(CONFIG.cache_ttl)
+    directory.is_exempt("alice")  # stale: LDAP asked, fails, the stale answer serves
+    samples = dict(metrics.samples())
+    assert samples['popbridge_ldap_lookups_total{result="miss"}'] == 2
+    assert samples['popbridge_ldap_lookups_total{result="hit"}'] == 1
+    assert samples['popbridge_ldap_lookups_total{result="error"}'] == 1
