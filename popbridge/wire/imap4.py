@@ -332,6 +332,8 @@ class Imap4LoginWatcher:
             raise ImapProtocolError(f"backend answered a command that is not outstanding: {line[:40]!r}")
         if status not in (b"OK", b"NO", b"BAD"):
             raise ImapProtocolError(f"backend sent no status: {line[:40]!r}")
+        if status == b"OK" and not _fully_sent(command, self.state):
+            raise ImapProtocolError("backend accepted a login before it had all of it")
         self.state, self._command = State.READY, None
         if status == b"BAD" or (status == b"NO" and command.verb in (b"LOGIN", b"AUTHENTICATE")):
             self._count_bad()
@@ -440,6 +442,19 @@ class Imap4LoginWatcher:
         self._command = self._held_command
         self.state = state or State.REPLAY_CHALLENGE
         return [ToBackend(command)]
+
+
+def _fully_sent(command: _Command, state: State) -> bool:
+    """Whether the client's side of a LOGIN / AUTHENTICATE was all sent when the OK came.
+
+    An OK while a literal or a SASL response is still owed answers nothing the client said:
+    never believed as a login (other commands are not checked: they log nobody in).
+    """
+    if command.verb == b"LOGIN":
+        return state is State.RESPONSE
+    if command.verb == b"AUTHENTICATE":
+        return state is State.SASL_SERVER and command.sasl is not None and command.sasl.responses > 0
+    return True
 
 
 def _login_identity(command: _Command) -> tuple[str, str]:

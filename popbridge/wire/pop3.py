@@ -300,6 +300,8 @@ class Pop3LoginWatcher:
     def _after_login(self, method: str, user: "str | SaslUserReader") -> "StatusHandler":
         def on_status(line: bytes, ok: bool) -> list[Action]:
             name = user if isinstance(user, str) else user.user
+            if ok and isinstance(user, SaslUserReader) and user.responses == 0:
+                raise Pop3ProtocolError("backend accepted AUTH before any SASL response")
             if not ok:
                 return [LoginFailed(name, method), ToClient(line + CRLF)]
             self.state = State.AUTHENTICATED

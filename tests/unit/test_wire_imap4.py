@@ -270,3 +270,18 @@ def test_no_reply_but_the_tagged_ok_records_a_login(client, reply):
     except ImapProtocolError:
         return
     assert outcome.logins == []
+
+
+def test_an_ok_before_the_login_literal_was_sent_is_a_protocol_error():
+    with pytest.raises(ImapProtocolError):
+        imap([("client", b"a LOGIN {5}\r\n"), ("backend", b"+ go ahead\r\na OK LOGIN completed\r\n")])
+
+
+def test_an_ok_before_the_sasl_response_is_a_protocol_error():
+    with pytest.raises(ImapProtocolError):
+        imap([("client", b"a AUTHENTICATE PLAIN\r\n"), ("backend", b"+ \r\na OK done\r\n")])
+
+
+def test_an_ok_to_authenticate_without_any_response_is_a_protocol_error():
+    with pytest.raises(ImapProtocolError):
+        imap([("client", b"a AUTHENTICATE EXTERNAL\r\n"), ("backend", b"a OK done\r\n")])

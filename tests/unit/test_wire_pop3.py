@@ -313,3 +313,13 @@ def test_only_ok_to_pass_counts_as_a_login(reply):
     except Pop3ProtocolError:
         return
     assert outcome.logins == []
+
+
+def test_ok_to_auth_before_any_sasl_response_is_a_protocol_error():
+    with pytest.raises(Pop3ProtocolError):
+        run_session([("backend", GREETING), ("client", b"AUTH PLAIN\r\n"), ("backend", b"+OK Logged in.\r\n")])
+
+
+def test_ok_while_a_sasl_challenge_is_unanswered_is_a_protocol_error():
+    with pytest.raises(Pop3ProtocolError):
+        run_session([("backend", GREETING), ("client", b"AUTH PLAIN\r\n"), ("backend", b"+ \r\n+OK Logged in.\r\n")])
