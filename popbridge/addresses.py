@@ -6,8 +6,10 @@ and IPv6 clients that rotate privacy addresses inside one /64 can be grouped tog
 """
 
 import ipaddress
+from functools import lru_cache
 
 
+@lru_cache(maxsize=65_536)  # relays ask about the same few addresses over and over
 def client_key(address: str, ipv6_prefix: int = 128) -> str | None:
     """The ledger key for `address`, or None when it is not an IP address.
 

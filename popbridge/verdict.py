@@ -54,6 +54,15 @@ class Verdicts:
     def __init__(self, ledger: ILedger, directory: IDirectory | None = None) -> None:
         self._ledger, self._directory = ledger, directory
 
+    def instant(self, address: str, exempt: bool = False) -> Verdict | None:
+        """The verdict at once when the ledger answers from memory and no directory question
+        is needed; None when only `for_address` can tell (Redis, or an exempt question)."""
+        lookup_now = getattr(self._ledger, "lookup_now", None)
+        if lookup_now is None or (exempt and self._directory is not None):
+            return None
+        logins = lookup_now(address)
+        return Verdict(Status.AUTHORISED, logins[0].user, tuple(logins)) if logins else UNKNOWN
+
     async def for_address(self, address: str, exempt: bool = False) -> Verdict:
         """With `exempt`, an authorised address may come back EXEMPT; without it the directory
         is not asked at all (WHOSON and the `access` map need only the logins)."""

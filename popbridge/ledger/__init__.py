@@ -57,7 +57,12 @@ class ILedger(Interface):
         """The proxy session behind a login closed: its `ttl` starts now."""
 
     def lookup(address: str) -> "Deferred[list[Login]]":
-        """The live logins on `address`, newest first; [] for unknown or non-IP addresses."""
+        """The live logins on `address`, newest first; [] for unknown or non-IP addresses.
+
+        Stores that keep their logins in memory (memory, SQLite's mirror) also offer
+        ``lookup_now(address) -> list[Login]``, the same answer without a Deferred, which
+        lookups use to answer a relay without any Deferred machinery.
+        """
 
     def logins() -> "Deferred[list[Login]]":
         """Every live login, for the control socket."""

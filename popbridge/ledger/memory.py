@@ -47,8 +47,15 @@ class MemoryLedger:
         return succeed(None)
 
     def lookup(self, address: str) -> "Deferred[list[Login]]":
+        return succeed(self._current(address))
+
+    def lookup_now(self, address: str) -> list[Login]:
+        """`lookup` without a Deferred: lookups ask this first (see Verdicts.instant)."""
+        return self._current(address)
+
+    def _current(self, address: str) -> list[Login]:
         key = client_key(address, self._ipv6_prefix)
-        return succeed(self._table.lookup(key, self._clock.seconds()) if key else [])
+        return self._table.lookup(key, self._clock.seconds()) if key else []
 
     def logins(self) -> "Deferred[list[Login]]":
         return succeed(self._table.logins(self._clock.seconds()))

@@ -183,8 +183,15 @@ class SqliteLedger:
         return self._write(UPSERT, _row(changed)) if changed else succeed(None)
 
     def lookup(self, address: str) -> "Deferred[list[Login]]":
+        return succeed(self._current(address))
+
+    def lookup_now(self, address: str) -> list[Login]:
+        """`lookup` without a Deferred, from the in-memory mirror (see Verdicts.instant)."""
+        return self._current(address)
+
+    def _current(self, address: str) -> list[Login]:
         key = client_key(address, self._ipv6_prefix)
-        return succeed(self._mirror.lookup(key, self._clock.seconds()) if key else [])
+        return self._mirror.lookup(key, self._clock.seconds()) if key else []
 
     def logins(self) -> "Deferred[list[Login]]":
         return succeed(self._mirror.logins(self._clock.seconds()))

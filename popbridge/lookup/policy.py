@@ -9,9 +9,9 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from popbridge.config import LookupConfig
-from popbridge.lookup.server import Answer, Codec, lookup_server_factory, measured
+from popbridge.lookup.server import Answer, Codec, answered, lookup_server_factory, measured
 from popbridge.stats import Counters
-from popbridge.verdict import Verdicts
+from popbridge.verdict import Verdict, Verdicts
 from popbridge.wire.policy import PolicyDecoder, PolicyProtocolError, PolicyRequest, encode_action
 
 POLICY = Codec("policy", PolicyDecoder, PolicyProtocolError)
@@ -32,20 +32,31 @@ class PolicyResponder:
     counters: Counters
     log: ClassVar[Logger] = Logger()
 
-    def __call__(self, request: PolicyRequest) -> "Deferred[bytes]":
-        return measured(self.counters.metrics, "policy", self._answer(request))
-
-    async def _answer(self, request: PolicyRequest) -> Answer:
+    def __call__(self, request: PolicyRequest) -> "bytes | Deferred[bytes]":
+        metrics, started = self.counters.metrics, self.counters.metrics.now()
         self.counters.count("lookup_policy")
         client = request.get("client_address")
         if not client:
             self.log.debug("policy request without client_address: {action}", action=self.config.unknown_action)
-            return "unknown", encode_action(self.config.unknown_action)
+            return answered(metrics, "policy", ("unknown", encode_action(self.config.unknown_action)), started)
+        exempt = bool(self.config.exempt_action)
         try:
-            verdict = await self.verdicts.for_address(client, exempt=bool(self.config.exempt_action))
+            verdict = self.verdicts.instant(client, exempt)
+        except Exception:  # the waiting path below logs it and answers tempfail
+            verdict = None
+        if verdict is not None:
+            return answered(metrics, "policy", self._decide(client, verdict), started)
+        return measured(metrics, "policy", self._answer(client, exempt), started)
+
+    async def _answer(self, client: str, exempt: bool) -> Answer:
+        try:
+            verdict = await self.verdicts.for_address(client, exempt)
         except Exception:
             self.log.failure("policy lookup for {client} failed, answering tempfail", client=client)
             return "tempfail", encode_action(self.config.tempfail_action)
+        return self._decide(client, verdict)
+
+    def _decide(self, client: str, verdict: Verdict) -> Answer:
         meaning, action = ("authorised", self.config.authorised_action) if verdict.authorised else ("unknown", self.config.unknown_action)
         if verdict.exempt and self.config.exempt_action:
             meaning, action = "exempt", self.config.exempt_action

@@ -39,20 +39,20 @@ class Codec(Generic[Request]):
     error: type[Exception]
 
 
-Respond = Callable[[Request], "Deferred[bytes]"]
+Respond = Callable[[Request], "bytes | Deferred[bytes]"]  # bytes: answered at once
 Answer = tuple[str, bytes]  # what the answer meant (authorised, unknown, tempfail...), the reply
 
 
-def measured(metrics: Metrics, protocol: str, answering: Coroutine[Any, Any, Answer]) -> "Deferred[bytes]":
-    """Run a responder's coroutine; count its answer by meaning and time it, return the reply."""
-    started = metrics.now()
+def answered(metrics: Metrics, protocol: str, answer: Answer, started: float) -> bytes:
+    """Count an answer by meaning, time it, and return the reply."""
+    meaning, reply = answer
+    metrics.lookup_answered(protocol, meaning, started)
+    return reply
 
-    def sent(answer: Answer) -> bytes:
-        meaning, reply = answer
-        metrics.lookup_answered(protocol, meaning, started)
-        return reply
 
-    return Deferred.fromCoroutine(answering).addCallback(sent)
+def measured(metrics: Metrics, protocol: str, answering: Coroutine[Any, Any, Answer], started: float) -> "Deferred[bytes]":
+    """Run a responder's coroutine (an answer that has to wait for a store or directory)."""
+    return Deferred.fromCoroutine(answering).addCallback(lambda answer: answered(metrics, protocol, answer, started))
 
 
 @implementer(IHalfCloseableProtocol)
@@ -67,6 +67,7 @@ class LookupServer(Protocol, TimeoutMixin, Generic[Request]):
         self._decoder = codec.decoder()
         self.callLater = clock.callLater  # type: ignore[method-assign,assignment]  # TimeoutMixin's clock
         self._replies: Deferred[None] = succeed(None)  # one chain keeps answers in order
+        self._waiting = 0  # answers on that chain not written yet
         self._done = False  # set once the connection is going away: answer nothing more
 
     def connectionMade(self) -> None:
@@ -86,7 +87,23 @@ class LookupServer(Protocol, TimeoutMixin, Generic[Request]):
             self._close()
             return
         for request in requests:
-            self._replies.addCallback(self._answer, request)
+            if self._waiting or self._done:
+                self._chain(request)
+                continue
+            try:
+                reply = self._respond(request)
+            except Exception:
+                self._failed(Failure())
+                return
+            if isinstance(reply, bytes):  # answered from memory: no Deferred at all
+                self._write(reply)
+            else:
+                self._waiting += 1
+                self._replies.addCallback(lambda _, pending=reply: pending).addCallbacks(self._written, self._failed)
+
+    def _chain(self, request: Request) -> None:
+        self._waiting += 1
+        self._replies.addCallback(self._answer, request)
 
     def readConnectionLost(self) -> None:
         """The client half-closed: answer everything it asked, then close."""
@@ -106,7 +123,11 @@ class LookupServer(Protocol, TimeoutMixin, Generic[Request]):
     def _answer(self, _: None, request: Request) -> "Deferred[None] | None":
         if self._done:
             return None
-        return maybeDeferred(self._respond, request).addCallback(self._write).addErrback(self._failed)
+        return maybeDeferred(self._respond, request).addCallbacks(self._written, self._failed)
+
+    def _written(self, reply: bytes) -> None:
+        self._waiting -= 1
+        self._write(reply)
 
     def _write(self, reply: bytes) -> None:
         if not self._done:

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from popbridge.addresses import client_key
 from popbridge.config import LookupConfig
-from popbridge.lookup.server import Answer, Codec, lookup_server_factory, measured
+from popbridge.lookup.server import Answer, Codec, answered, lookup_server_factory, measured
 from popbridge.stats import Counters
 from popbridge.verdict import Verdict, Verdicts
 from popbridge.wire.socketmap import (
@@ -49,22 +49,32 @@ class SocketmapResponder:
     counters: Counters
     log: ClassVar[Logger] = Logger()
 
-    def __call__(self, request: SocketmapRequest) -> "Deferred[bytes]":
-        return measured(self.counters.metrics, "socketmap", self._answer(request))
-
-    async def _answer(self, request: SocketmapRequest) -> Answer:
+    def __call__(self, request: SocketmapRequest) -> "bytes | Deferred[bytes]":
+        metrics, started = self.counters.metrics, self.counters.metrics.now()
         self.counters.count("lookup_socketmap")
         if request.map_name not in MAPS:
             self.log.warn("socketmap query for unknown map {map!r}", map=request.map_name)
-            return "refused", encode_perm("unknown map")
+            return answered(metrics, "socketmap", ("refused", encode_perm("unknown map")), started)
         if client_key(request.key) is None:
             self.log.debug("socketmap {map} {key!r}: not an address", map=request.map_name, key=request.key)
-            return "unknown", encode_notfound()
+            return answered(metrics, "socketmap", ("unknown", encode_notfound()), started)
+        try:
+            verdict = self.verdicts.instant(request.key, exempt=request.map_name == "exempt")
+        except Exception:  # the waiting path below logs it and answers TEMP
+            verdict = None
+        if verdict is not None:
+            return answered(metrics, "socketmap", self._decide(request, verdict), started)
+        return measured(metrics, "socketmap", self._answer(request), started)
+
+    async def _answer(self, request: SocketmapRequest) -> Answer:
         try:
             verdict = await self.verdicts.for_address(request.key, exempt=request.map_name == "exempt")
         except Exception:
             self.log.failure("socketmap lookup for {key} failed, answering TEMP", key=request.key)
             return "tempfail", encode_temp("popbridge cannot check logins right now")
+        return self._decide(request, verdict)
+
+    def _decide(self, request: SocketmapRequest, verdict: Verdict) -> Answer:
         value = self._value(request.map_name, verdict)
         self.log.debug("socketmap {map} {key}: {value!r}", map=request.map_name, key=request.key, value=value)
         if not value:

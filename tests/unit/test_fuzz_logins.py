@@ -87,7 +87,7 @@ def _merged(actions: list[Action]) -> list[object]:
     merged: list[object] = []
     for action in actions:
         if isinstance(action, Authenticated):
-            action = (ToBackend(action.client_data), ToClient(action.backend_data), "authenticated")
+            action = ("authenticated", ToBackend(action.client_data), ToClient(action.backend_data))
             for part in action:
                 if isinstance(part, (ToBackend, ToClient)) and not part.data:
                     continue
@@ -98,6 +98,8 @@ def _merged(actions: list[Action]) -> list[object]:
 
 
 def _append(merged: list[object], action: object) -> None:
+    if isinstance(action, (ToBackend, ToClient)) and not action.data:
+        return
     if merged and isinstance(action, (ToBackend, ToClient)) and type(merged[-1]) is type(action):
         merged[-1] = type(action)(merged[-1].data + action.data)  # type: ignore[attr-defined]
     else:
@@ -122,12 +124,25 @@ def test_imap_generated_sessions_raise_only_the_protocol_error(steps):
 
 @given(sessions(POP3_CLIENT, POP3_BACKEND), st.lists(st.integers(min_value=0, max_value=200), min_size=1, max_size=14))
 def test_pop3_cutting_steps_anywhere_never_changes_the_actions(steps, cuts):
-    assert run(Pop3LoginWatcher, POP3_GREETING, steps, cuts) == run(Pop3LoginWatcher, POP3_GREETING, steps)
+    assert_same_outcome(run(Pop3LoginWatcher, POP3_GREETING, steps, cuts), run(Pop3LoginWatcher, POP3_GREETING, steps))
 
 
 @given(sessions(IMAP_CLIENT, IMAP_BACKEND), st.lists(st.integers(min_value=0, max_value=200), min_size=1, max_size=14))
 def test_imap_cutting_steps_anywhere_never_changes_the_actions(steps, cuts):
-    assert run(Imap4LoginWatcher, IMAP_GREETING, steps, cuts) == run(Imap4LoginWatcher, IMAP_GREETING, steps)
+    assert_same_outcome(run(Imap4LoginWatcher, IMAP_GREETING, steps, cuts), run(Imap4LoginWatcher, IMAP_GREETING, steps))
+
+
+def assert_same_outcome(cut: tuple[list[object], str | None], whole: tuple[list[object], str | None]) -> None:
+    """The same actions; when a protocol error ends the session, the same error and the same
+    logins (the writes of the step that failed are dropped with it, so how much of that step was
+    already released depends on where it was cut: the session is closed either way)."""
+    if whole[1] is None:
+        assert cut == whole
+    else:
+        assert cut[1] == whole[1]
+        assert [a for a in cut[0] if not isinstance(a, (ToClient, ToBackend))] == [
+            a for a in whole[0] if not isinstance(a, (ToClient, ToBackend))
+        ]
 
 
 @given(st.sampled_from([

@@ -19,12 +19,16 @@ REQUEST = b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=%s\
 
 
 class BrokenLedger(MemoryLedger):
+    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
+
     def lookup(self, address: str) -> "Deferred[list[Login]]":
         return fail(LedgerUnavailable("store down"))
 
 
 class SlowLedger(MemoryLedger):
     """Each lookup waits until the test fires its gate."""
+
+    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
 
     gates: list[Deferred[None]]
 

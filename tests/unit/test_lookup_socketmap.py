@@ -19,6 +19,8 @@ CONFIG = LookupConfig("socketmap", "unix:address=/tmp/socketmap")
 
 
 class BrokenLedger(MemoryLedger):
+    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
+
     def lookup(self, address: str) -> "Deferred[list[Login]]":
         return fail(LedgerUnavailable("store down"))
 

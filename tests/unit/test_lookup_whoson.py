@@ -20,6 +20,8 @@ CONFIG = LookupConfig("whoson", "unix:address=/tmp/whoson")
 
 
 class BrokenLedger(MemoryLedger):
+    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
+
     def lookup(self, address: str) -> "Deferred[list[Login]]":
         return fail(LedgerUnavailable("store down"))
 

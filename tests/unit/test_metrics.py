@@ -154,6 +154,8 @@ def test_lookups_are_counted_by_what_the_answer_meant_and_timed():
 
 
 class DownLedger(MemoryLedger):
+    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
+
     def lookup(self, address: str) -> "Deferred[list[Login]]":
         return fail(LedgerUnavailable("store down"))
 
