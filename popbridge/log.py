@@ -2,7 +2,8 @@
 
 twistd writes every event, debug included, and formatting a debug line per lookup was a
 quarter of a lookup's CPU (bench/profile.py). ``popbridge run`` uses `info_observer` unless
-``--log-level debug`` is given; with plain twistd, pass ``--logger popbridge.log.info_observer``.
+``--log-level debug`` is given; with plain twistd, pass ``--logger popbridge.log.info_observer``
+(or ``debug_observer`` for the per-lookup debug lines).
 """
 
 import sys
@@ -16,11 +17,22 @@ from twisted.logger import (
 )
 
 
+_debugging = False
+
+
+def debugging() -> bool:
+    """Whether debug lines are wanted: hot paths (a line per lookup) ask before building one,
+    since even a filtered event costs as much as answering the lookup."""
+    return _debugging
+
+
 def _observer(level: LogLevel) -> ILogObserver:
     return FilteringLogObserver(textFileLogObserver(sys.stdout), [LogLevelFilterPredicate(level)])
 
 
 def debug_observer() -> ILogObserver:
+    global _debugging
+    _debugging = True
     return _observer(LogLevel.debug)
 
 

@@ -55,6 +55,7 @@ class Metrics:
             "popbridge_lookup_seconds", "Time a lookup took to answer, from when its turn came", ["protocol"],
             buckets=FAST_BUCKETS, registry=r,
         )
+        self._lookup_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._live_addresses = Gauge("popbridge_live_addresses", "Client addresses authorised now", registry=r)
         self._live_logins = Gauge("popbridge_live_logins", "Live logins now (several may share an address)", registry=r)
         self._store_errors = Counter("popbridge_store_errors", "Ledger store calls that failed", ["operation"], registry=r)
@@ -92,8 +93,13 @@ class Metrics:
 
     def lookup_answered(self, protocol: str, answer: str, started: float) -> None:
         """`answer`: authorised, exempt, unknown, tempfail or refused (bad request, unknown map)."""
-        self._lookups.labels(protocol, answer).inc()
-        self._lookup_seconds.labels(protocol).observe(self.now() - started)
+        children = self._lookup_children.get((protocol, answer))
+        if children is None:  # labels() costs more than the lookup itself: resolve each pair once
+            children = self._lookups.labels(protocol, answer), self._lookup_seconds.labels(protocol)
+            self._lookup_children[(protocol, answer)] = children
+        count, seconds = children
+        count.inc()
+        seconds.observe(self.now() - started)
 
     def store_call(self, operation: str, started: float, failed: bool) -> None:
         self._store_seconds.labels(operation).observe(self.now() - started)

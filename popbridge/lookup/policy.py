@@ -9,6 +9,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from popbridge.config import LookupConfig
+from popbridge.log import debugging
 from popbridge.lookup.server import Answer, Codec, answered, lookup_server_factory, measured
 from popbridge.stats import Counters
 from popbridge.verdict import Verdict, Verdicts
@@ -37,7 +38,8 @@ class PolicyResponder:
         self.counters.count("lookup_policy")
         client = request.get("client_address")
         if not client:
-            self.log.debug("policy request without client_address: {action}", action=self.config.unknown_action)
+            if debugging():
+                self.log.debug("policy request without client_address: {action}", action=self.config.unknown_action)
             return answered(metrics, "policy", ("unknown", encode_action(self.config.unknown_action)), started)
         exempt = bool(self.config.exempt_action)
         try:
@@ -60,7 +62,8 @@ class PolicyResponder:
         meaning, action = ("authorised", self.config.authorised_action) if verdict.authorised else ("unknown", self.config.unknown_action)
         if verdict.exempt and self.config.exempt_action:
             meaning, action = "exempt", self.config.exempt_action
-        self.log.debug("policy {client} ({user}): {action}", client=client, user=verdict.user, action=action)
+        if debugging():
+            self.log.debug("policy {client} ({user}): {action}", client=client, user=verdict.user, action=action)
         return meaning, encode_action(action)
 
 

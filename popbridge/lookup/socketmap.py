@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from popbridge.addresses import client_key
 from popbridge.config import LookupConfig
+from popbridge.log import debugging
 from popbridge.lookup.server import Answer, Codec, answered, lookup_server_factory, measured
 from popbridge.stats import Counters
 from popbridge.verdict import Verdict, Verdicts
@@ -56,7 +57,8 @@ class SocketmapResponder:
             self.log.warn("socketmap query for unknown map {map!r}", map=request.map_name)
             return answered(metrics, "socketmap", ("refused", encode_perm("unknown map")), started)
         if client_key(request.key) is None:
-            self.log.debug("socketmap {map} {key!r}: not an address", map=request.map_name, key=request.key)
+            if debugging():
+                self.log.debug("socketmap {map} {key!r}: not an address", map=request.map_name, key=request.key)
             return answered(metrics, "socketmap", ("unknown", encode_notfound()), started)
         try:
             verdict = self.verdicts.instant(request.key, exempt=request.map_name == "exempt")
@@ -76,7 +78,8 @@ class SocketmapResponder:
 
     def _decide(self, request: SocketmapRequest, verdict: Verdict) -> Answer:
         value = self._value(request.map_name, verdict)
-        self.log.debug("socketmap {map} {key}: {value!r}", map=request.map_name, key=request.key, value=value)
+        if debugging():
+            self.log.debug("socketmap {map} {key}: {value!r}", map=request.map_name, key=request.key, value=value)
         if not value:
             return "unknown", encode_notfound()
         return ("exempt" if request.map_name == "exempt" else "authorised"), encode_ok(value)

@@ -16,6 +16,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from popbridge.config import LookupConfig
+from popbridge.log import debugging
 from popbridge.ledger import ILedger
 from popbridge.lookup.server import Answer, Codec, answered, lookup_server_factory, measured
 from popbridge.stats import Counters
@@ -82,8 +83,9 @@ class WhosonResponder:
         return self._query_answer(request, await self.verdicts.for_address(request.address))
 
     def _query_answer(self, request: WhosonRequest, verdict: Verdict) -> Answer:
-        self.log.debug("whoson QUERY {client}: {user!r}", client=request.address,
-                       user=verdict.user if verdict.authorised else None)
+        if debugging():
+            self.log.debug("whoson QUERY {client}: {user!r}", client=request.address,
+                           user=verdict.user if verdict.authorised else None)
         return ("authorised", encode_yes(verdict.user)) if verdict.authorised else ("unknown", encode_no())
 
 
