@@ -55,7 +55,7 @@ class Metrics:
             "popbridge_lookup_seconds", "Time a lookup took to answer, from when its turn came", ["protocol"],
             buckets=FAST_BUCKETS, registry=r,
         )
-        self._lookup_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
         self._live_addresses = Gauge("popbridge_live_addresses", "Client addresses authorised now", registry=r)
         self._live_logins = Gauge("popbridge_live_logins", "Live logins now (several may share an address)", registry=r)
         self._store_errors = Counter("popbridge_store_errors", "Ledger store calls that failed", ["operation"], registry=r)
@@ -73,45 +73,48 @@ class Metrics:
     # -- what happened -------------------------------------------------------------------
 
     def login(self, protocol: str, method: str, outcome: str) -> None:
-        self._logins.labels(protocol, method or "unknown", outcome).inc()
+        self._child(self._logins, protocol, method or "unknown", outcome).inc()
 
     def session_opened(self, protocol: str) -> None:
-        self._sessions.labels(protocol).inc()
+        self._child(self._sessions, protocol).inc()
 
     def session_closed(self, protocol: str, to_backend: int = 0, to_client: int = 0) -> None:
-        self._sessions.labels(protocol).dec()
+        self._child(self._sessions, protocol).dec()
         if to_backend:
-            self._bytes.labels(protocol, "client_to_backend").inc(to_backend)
+            self._child(self._bytes, protocol, "client_to_backend").inc(to_backend)
         if to_client:
-            self._bytes.labels(protocol, "backend_to_client").inc(to_client)
+            self._child(self._bytes, protocol, "backend_to_client").inc(to_client)
 
     def backend_connected(self, protocol: str, seconds: float) -> None:
-        self._connect_seconds.labels(protocol).observe(seconds)
+        self._child(self._connect_seconds, protocol).observe(seconds)
 
     def backend_unreachable(self, protocol: str) -> None:
-        self._connect_errors.labels(protocol).inc()
+        self._child(self._connect_errors, protocol).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, resolved once: labels() cost more than a whole lookup."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def lookup_answered(self, protocol: str, answer: str, started: float) -> None:
         """`answer`: authorised, exempt, unknown, tempfail or refused (bad request, unknown map)."""
-        children = self._lookup_children.get((protocol, answer))
-        if children is None:  # labels() costs more than the lookup itself: resolve each pair once
-            children = self._lookups.labels(protocol, answer), self._lookup_seconds.labels(protocol)
-            self._lookup_children[(protocol, answer)] = children
-        count, seconds = children
-        count.inc()
-        seconds.observe(self.now() - started)
+        self._child(self._lookups, protocol, answer).inc()
+        self._child(self._lookup_seconds, protocol).observe(self.now() - started)
 
     def store_call(self, operation: str, started: float, failed: bool) -> None:
-        self._store_seconds.labels(operation).observe(self.now() - started)
+        self._child(self._store_seconds, operation).observe(self.now() - started)
         if failed:
-            self._store_errors.labels(operation).inc()
+            self._child(self._store_errors, operation).inc()
 
     def not_stored(self, logins: int) -> None:
         self._not_stored.inc(logins)
 
     def ldap(self, result: str) -> None:
         """`result`: hit, miss or error."""
-        self._ldap.labels(result).inc()
+        self._child(self._ldap, result).inc()
 
     def live(self, logins: int, addresses: int) -> None:
         self._live_logins.set(logins)

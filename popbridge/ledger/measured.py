@@ -7,7 +7,7 @@ included, so callers still answer their temporary failure.
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -53,7 +53,11 @@ class MeasuredLedger:
             self._metrics.store_call(operation, started, failed=isinstance(result, Failure))
             return result
 
-        return maybeDeferred(call, *args, **kwargs).addBoth(done)
+        try:
+            result: Deferred[Any] = call(*args, **kwargs)
+        except Exception:
+            result = fail()
+        return result.addBoth(done)
 
     def __getattr__(self, name: str) -> Any:
         """Anything else (`restore`, a store's own `path`) is the store's."""

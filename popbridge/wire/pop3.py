@@ -120,30 +120,19 @@ class Pop3LoginWatcher:
             if self.state in (State.READY, State.SASL_CLIENT):
                 if self._backend:
                     raise Pop3ProtocolError("backend spoke out of turn")
-                line = self._take_line("_client")
-                if line is None:
+                taken = _split_line(self._client, self._max_line)
+                if taken is None:
                     break
+                line, self._client = taken
                 actions += self._client_line(line)
             else:
-                line = self._take_line("_backend")
-                if line is None:
+                taken = _split_line(self._backend, self._max_line)
+                if taken is None:
                     break
+                line, self._backend = taken
                 actions += self._backend_line(line)
         return actions
 
-    def _take_line(self, side: str) -> bytes | None:
-        """The next CRLF (or LF) terminated line of one side, without its terminator."""
-        buffer: bytes = getattr(self, side)
-        end = buffer.find(b"\n", 0, self._max_line + 1)
-        if end < 0:
-            if len(buffer) > self._max_line:
-                raise Pop3ProtocolError(f"line over {self._max_line} bytes")
-            return None
-        setattr(self, side, buffer[end + 1 :])
-        line = buffer[:end].removesuffix(b"\r")
-        if b"\r" in line or b"\0" in line:
-            raise Pop3ProtocolError("CR or NUL inside a line")
-        return line
 
     # -- client commands ----------------------------------------------------------------
 
@@ -378,6 +367,19 @@ def _relay(line: bytes, ok: bool) -> list[Action]:
 
 def _everything(line: bytes) -> bool:
     return True
+
+
+def _split_line(buffer: bytes, max_line: int) -> tuple[bytes, bytes] | None:
+    """The first CRLF (or LF) terminated line of `buffer` without its terminator, and the rest."""
+    end = buffer.find(b"\n", 0, max_line + 1)
+    if end < 0:
+        if len(buffer) > max_line:
+            raise Pop3ProtocolError(f"line over {max_line} bytes")
+        return None
+    line = buffer[:end].removesuffix(b"\r")
+    if b"\r" in line or b"\0" in line:
+        raise Pop3ProtocolError("CR or NUL inside a line")
+    return line, buffer[end + 1 :]
 
 
 def _status(line: bytes) -> bool:
