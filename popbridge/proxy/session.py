@@ -55,11 +55,11 @@ class LoginProxy(Protocol, TimeoutMixin):
         ledger: ILedger,
         counters: Counters,
         clock: IReactorTime,
-        settings: SessionSettings = SessionSettings(),
+        settings: SessionSettings | None = None,
     ) -> None:
         self._watcher_for, self._backend_connector = watcher_for, backend
         self._ledger, self._counters, self._clock = ledger, counters, clock
-        self._settings = settings
+        self._settings = settings = settings or SessionSettings()  # each gets its own OpenSessions
         self.callLater = clock.callLater  # TimeoutMixin's timer
         self._tls_settings, self._tls = settings.tls, False
         self._admitted = False
