@@ -123,6 +123,7 @@ def test_imap_generated_sessions_raise_only_the_protocol_error(steps):
 
 
 @given(sessions(POP3_CLIENT, POP3_BACKEND), st.lists(st.integers(min_value=0, max_value=200), min_size=1, max_size=14))
+@example([("client", b"USER alice\r\n"), ("client", b"USER alice\r\n"), ("backend", b"+OK\r\n+OK\r\n")], [5])  # found nightly
 def test_pop3_cutting_steps_anywhere_never_changes_the_actions(steps, cuts):
     assert_same_outcome(run(Pop3LoginWatcher, POP3_GREETING, steps, cuts), run(Pop3LoginWatcher, POP3_GREETING, steps))
 
@@ -225,7 +226,7 @@ def imap_logins_are_real(actions: list[object]) -> None:
             owed = True
         elif isinstance(action, LoginSucceeded):
             released = actions[n + 1]
-            assert isinstance(released, ToClient) and released.data.split(None, 2)[:2] == [tag, b"OK"], actions
+            assert isinstance(released, ToClient) and released.data.split(None, 2)[:2] in ([tag, b"OK"], [tag, b"ok"], [tag, b"Ok"], [tag, b"oK"]), actions
             assert not owed, f"login recorded while the client still owed the backend data: {actions}"
             assert not _ANNOUNCED_LITERAL.search(sent), f"login recorded before the announced literal was sent: {actions}"
 
