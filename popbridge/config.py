@@ -27,7 +27,7 @@ from popbridge.ledger.spec import DEFAULT_STORE, parse_store
 
 PROXY_PROTOCOLS = ("pop3", "imap4")
 COUNT_KEYS = ("max_line", "max_literal", "max_bad_commands", "max_sessions", "max_sessions_per_client")
-LIMIT_KEYS = ("idle_timeout", "session_idle_timeout", "shutdown_grace", *COUNT_KEYS)
+LIMIT_KEYS = ("idle_timeout", "login_timeout", "session_idle_timeout", "shutdown_grace", *COUNT_KEYS)
 LOOKUP_PROTOCOLS = ("policy", "socketmap", "whoson")
 
 
@@ -51,6 +51,7 @@ class ProxyConfig:
     backend: str
     forward_client_address: bool = False
     idle_timeout: float = 60.0  # seconds without input from the client before it logs in
+    login_timeout: float = 300.0  # seconds from connect to login, however busy the client is
     session_idle_timeout: float | None = None  # after the login; None: 600 (POP3) / 1800 (IMAP4)
     connect_timeout: float = 10.0  # seconds to reach the backend
     max_line: int = 16_384  # bytes in one line before the login
@@ -239,6 +240,7 @@ def _proxy(reader: "_Reader", where: str, table: Mapping[str, Any]) -> ProxyConf
         forward_client_address=reader.boolean(where, table, "forward_client_address", False),
         connect_timeout=reader.number(where, table, "connect_timeout", ProxyConfig.connect_timeout, minimum=1),
         idle_timeout=reader.number(where, table, "idle_timeout", ProxyConfig.idle_timeout, minimum=1),
+        login_timeout=reader.number(where, table, "login_timeout", ProxyConfig.login_timeout, minimum=1),
         shutdown_grace=reader.number(where, table, "shutdown_grace", ProxyConfig.shutdown_grace, minimum=0),
         session_idle_timeout=(
             reader.number(where, table, "session_idle_timeout", 0, minimum=1) if "session_idle_timeout" in table else None

@@ -60,6 +60,7 @@ def proxy_factory(
 
     settings = SessionSettings(
         idle_timeout=config.idle_timeout,
+        login_timeout=config.login_timeout,
         idle_after_login=config.idle_after_login,
         connect_timeout=config.connect_timeout,
         tls=session_tls,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IReactorTime,
     ITransport,
 )
@@ -70,6 +71,7 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._splice_ended = False
         self._routing = False  # a login waits while its backend is chosen
         self._paused_for_record = False
+        self._login_deadline: IDelayedCall | None = None
         self._target: str | None = None  # the backend in use: None is the listener's default
         self._session: tuple[str, str] | None = None  # (client host, user) once recorded
         self._closed = False
@@ -90,6 +92,7 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._counters.metrics.session_opened(self._watcher.protocol)
         self.transport.pauseProducing()  # nothing is read until the backend answers
         self.setTimeout(self._settings.idle_timeout)
+        self._login_deadline = self._clock.callLater(self._settings.login_timeout, self._too_slow_to_log_in)
         self._connecting_since = self._counters.metrics.now()
         self._backend_connector.connect(self)
 
@@ -131,6 +134,8 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._feed(self._watcher.feed_backend, data)
 
     def _feed(self, feed: Callable[[bytes], list[Action]], data: bytes) -> None:
+        if self._closed:  # hung up: what still arrives is read, never obeyed
+            return
         try:
             actions = feed(data)
         except LoginProtocolError as e:
@@ -229,6 +234,7 @@ class LoginProxy(Protocol, TimeoutMixin):
     def _splice(self, leftovers: Authenticated) -> None:
         assert self._backend is not None
         self._spliced = True
+        self._cancel_login_deadline()
         self.setTimeout(self._settings.idle_after_login)
         self._backend.transport.write(leftovers.client_data)
         self.transport.write(leftovers.backend_data)
@@ -264,11 +270,24 @@ class LoginProxy(Protocol, TimeoutMixin):
 
     def timeoutConnection(self) -> None:
         when = "after" if self._spliced else "before"
-        self.log.info("{protocol} client {client} idle {when} login: closed", protocol=self._watcher.protocol, client=self._client, when=when)
+        self.log.warn("{protocol} client {client} idle {when} login: closed", protocol=self._watcher.protocol, client=self._client, when=when)
         if self._spliced:  # mid-session the protocol's state is unknown: just close both
             self._end_splice()
         else:
             self._hang_up(self._watcher.goodbye("idle for too long"))
+
+    def _too_slow_to_log_in(self) -> None:
+        """A client that trickles bytes resets the idle timeout forever; this bounds the whole
+        time a session may hold a backend connection without a login."""
+        self._login_deadline = None
+        self.log.warn("{protocol} client {client} did not log in within {seconds} s: closed",
+                      protocol=self._watcher.protocol, client=self._client, seconds=self._settings.login_timeout)
+        self._hang_up(self._watcher.goodbye("took too long to log in"))
+
+    def _cancel_login_deadline(self) -> None:
+        if self._login_deadline is not None and self._login_deadline.active():
+            self._login_deadline.cancel()
+        self._login_deadline = None
 
     @property
     def logged_in(self) -> bool:
@@ -282,6 +301,8 @@ class LoginProxy(Protocol, TimeoutMixin):
             self._hang_up(self._watcher.goodbye("server shutting down, try again later"))
 
     def _hang_up(self, last_words: bytes) -> None:
+        self._closed = True
+        self._cancel_login_deadline()
         self.transport.write(last_words)
         self.transport.loseConnection()
         if self._backend is not None:
@@ -289,6 +310,7 @@ class LoginProxy(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._closed = True
+        self._cancel_login_deadline()
         self.setTimeout(None)
         if self._admitted:
             self._admitted = False

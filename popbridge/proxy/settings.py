@@ -92,6 +92,7 @@ class OpenSessions:
 @dataclass(frozen=True)
 class SessionSettings:
     idle_timeout: float = 60.0  # before the login
+    login_timeout: float = 300.0  # from connect to login, however active the client is
     idle_after_login: float = 600.0
     connect_timeout: float = 10.0
     tls: SessionTls = SessionTls()

@@ -345,3 +345,24 @@ def test_a_client_gone_while_its_login_was_being_stored_does_not_stay_open_forev
     h.ledger.pending.callback(None)
     clock.advance(1800)
     assert h.users() == []
+
+
+def test_a_client_trickling_bytes_is_closed_at_the_login_timeout():
+    h = Harness(idle_timeout=60, login_timeout=300)
+    h.connect_backend()
+    for _ in range(299):
+        h.clock.advance(1)
+        h.proxy.dataReceived(b"N")
+    assert not h.client.disconnecting
+    h.clock.advance(1)
+    assert h.client.value().endswith(b"-ERR [SYS/TEMP] popbridge: took too long to log in\r\n")
+    assert h.client.disconnecting and h.server.disconnecting
+
+
+def test_nothing_the_client_sends_after_the_hang_up_reaches_the_backend():
+    h = Harness()
+    h.connect_backend()
+    h.leg.dataReceived(b"+OK surprise\r\n")  # out of turn: the session ends
+    h.server.clear()
+    h.proxy.dataReceived(b"USER alice\r\n")
+    assert h.server.value() == b""
