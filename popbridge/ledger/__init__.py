@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a million of them may be live: no per-instance dict
 class Login:
     """One live login on a client address (the normalised ledger key)."""
 

@@ -11,53 +11,59 @@ addresses seen within one `ttl` because expired entries are dropped when their a
 touched and by `purge`.
 """
 
+import sys
 from collections.abc import Iterable
 from dataclasses import replace
 
 from popbridge.ledger import Login
 
-Name = tuple[str, str]  # (user, protocol): one login per pair on an address
+Entries = tuple[Login, ...]  # the live logins of one address, newest first (usually just one)
 
 
 class LoginTable:
-    """Logins keyed by client address, then by (user, protocol)."""
+    """Logins keyed by client address; one per (user, protocol) on an address.
+
+    Each address holds a tuple, newest first, rather than a dict: most addresses have one
+    login, and a one-item tuple costs a quarter of a small dict (bench/ledger_size.py).
+    """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._logins: dict[str, dict[Name, Login]] = {}
+        self._logins: dict[str, Entries] = {}
 
     def record(self, key: str, user: str, protocol: str, now: float, session: bool, tls: bool) -> Login:
         """A successful login; refreshes `when` and adds one open session if `session`."""
         entries = self._live(key, now)
-        old = entries.get((user, protocol))
+        old = _named(entries, user, protocol)
         opened = (old.open_sessions if old else 0) + (1 if session else 0)
-        login = Login(key, user, protocol, now, opened, tls)
-        entries[(user, protocol)] = login
-        self._logins[key] = entries
+        login = Login(key, sys.intern(user), protocol, now, opened, tls)
+        self._logins[key] = (login, *(entry for entry in entries if entry is not old))
         return login
 
     def end_session(self, key: str, user: str, protocol: str, now: float) -> Login | None:
         """One session of a login closed; returns the changed login, None if there was none."""
-        entries = self._logins.get(key, {})
-        login = entries.get((user, protocol))
+        entries = self._logins.get(key, ())
+        login = _named(entries, user, protocol)
         if login is None or not login.open_sessions:
             return None
         changed = replace(login, when=now, open_sessions=login.open_sessions - 1)
-        entries[(user, protocol)] = changed
+        self._logins[key] = _newest_first_tuple(changed if entry is login else entry for entry in entries)
         return changed
 
     def put(self, login: Login) -> None:
         """Store `login` as it is (startup load, migration); it replaces one with the same name."""
-        self._logins.setdefault(login.client, {})[(login.user, login.protocol)] = login
+        entries = self._logins.get(login.client, ())
+        old = _named(entries, login.user, login.protocol)
+        self._logins[login.client] = _newest_first_tuple((login, *(e for e in entries if e is not old)))
 
     def lookup(self, key: str, now: float) -> list[Login]:
-        return newest_first(self._live(key, now).values())
+        return list(self._live(key, now))
 
     def logins(self, now: float) -> list[Login]:
-        return newest_first(login for key in list(self._logins) for login in self._live(key, now).values())
+        return newest_first(login for key in list(self._logins) for login in self._live(key, now))
 
     def revoke(self, key: str) -> int:
-        return len(self._logins.pop(key, {}))
+        return len(self._logins.pop(key, ()))
 
     def purge(self, now: float) -> int:
         """Drop expired logins; returns how many addresses were forgotten."""
@@ -66,18 +72,28 @@ class LoginTable:
             self._live(key, now)
         return before - len(self._logins)
 
-    def _live(self, key: str, now: float) -> dict[Name, Login]:
+    def _live(self, key: str, now: float) -> Entries:
         """The unexpired logins of `key`; forgets the address once none is left."""
-        entries = {
-            name: login
-            for name, login in self._logins.get(key, {}).items()
-            if (expiry := login.expires(self.ttl)) is None or now < expiry
-        }
-        if entries:
-            self._logins[key] = entries
-        else:
-            self._logins.pop(key, None)
+        entries = self._logins.get(key, ())
+        if any(not self._alive(login, now) for login in entries):
+            entries = tuple(login for login in entries if self._alive(login, now))
+            if entries:
+                self._logins[key] = entries
+            else:
+                del self._logins[key]
         return entries
+
+    def _alive(self, login: Login, now: float) -> bool:
+        expiry = login.expires(self.ttl)
+        return expiry is None or now < expiry
+
+
+def _named(entries: Entries, user: str, protocol: str) -> Login | None:
+    return next((entry for entry in entries if entry.user == user and entry.protocol == protocol), None)
+
+
+def _newest_first_tuple(logins: Iterable[Login]) -> Entries:
+    return tuple(newest_first(logins))
 
 
 def newest_first(logins: Iterable[Login]) -> list[Login]:
