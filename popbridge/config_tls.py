@@ -7,14 +7,13 @@ expired or mismatched certificate is a configuration error naming the file and t
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.endpoints import _parse  # Twisted's own endpoint tokenizer
 
+from popbridge.config_reader import Reader
 from popbridge.tls import TLS_VERSIONS, TlsFileError, backend_tls_options, implicit_tls_listener, load_server_options
 
-if TYPE_CHECKING:
-    from popbridge.config import _Reader
 
 TLS_KEYS = (
     "tls_certificate",
@@ -48,7 +47,7 @@ class TlsConfig:
 
 
 
-def proxy_tls(reader: "_Reader", where: str, table: Mapping[str, Any], listen: str) -> tuple[str, TlsConfig]:
+def proxy_tls(reader: Reader, where: str, table: Mapping[str, Any], listen: str) -> tuple[str, TlsConfig]:
     """The endpoint to bind and the TLS settings of one [[proxy]] table."""
     bind, from_listen = listen, {}
     if listen.startswith("ssl:"):
@@ -106,5 +105,5 @@ def backend_hostname(tls: TlsConfig, backend: str) -> str:
     return str(kwargs.get("host") or (args[1] if len(args) > 1 else ""))
 
 
-def _optional_path(reader: "_Reader", where: str, table: Mapping[str, Any], key: str) -> str | None:
+def _optional_path(reader: Reader, where: str, table: Mapping[str, Any], key: str) -> str | None:
     return reader.string(where, table, key) if key in table else None
