@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.endpoints import clientFromString, serverFromString  # _parse: Twisted's tokenizer
+from twisted.internet.endpoints import clientFromString, serverFromString
 
 from popbridge.config_ldap import LdapConfig, parse_ldap
 from popbridge.config_reader import ConfigError, Reader
