@@ -8,11 +8,11 @@ from zope.interface import implementer
 
 from popbridge.addresses import client_key
 from popbridge.ledger import IRestorableLedger, Login
-from popbridge.ledger.table import LoginTable
+from popbridge.ledger.table import LoginTable, TableReads
 
 
 @implementer(IRestorableLedger)
-class MemoryLedger:
+class MemoryLedger(TableReads):
     """A `LoginTable` behind the ILedger interface; every Deferred has already fired.
 
     Expired entries are dropped when their address is next touched and by `purge`, which the
@@ -45,20 +45,6 @@ class MemoryLedger:
         if key is not None:
             self._table.end_session(key, user, protocol, self._clock.seconds())
         return succeed(None)
-
-    def lookup(self, address: str) -> "Deferred[list[Login]]":
-        return succeed(self._current(address))
-
-    def lookup_now(self, address: str) -> list[Login]:
-        """`lookup` without a Deferred: lookups ask this first (see Verdicts.instant)."""
-        return self._current(address)
-
-    def _current(self, address: str) -> list[Login]:
-        key = client_key(address, self._ipv6_prefix)
-        return self._table.lookup(key, self._clock.seconds()) if key else []
-
-    def logins(self) -> "Deferred[list[Login]]":
-        return succeed(self._table.logins(self._clock.seconds()))
 
     def revoke(self, address: str) -> "Deferred[int]":
         key = client_key(address, self._ipv6_prefix)

@@ -42,7 +42,7 @@ from zope.interface import implementer
 
 from popbridge.addresses import client_key
 from popbridge.ledger import IRestorableLedger, LedgerStoreError, Login
-from popbridge.ledger.table import LoginTable
+from popbridge.ledger.table import LoginTable, TableReads
 
 RunBlocking = Callable[..., "Deferred[Any]"]  # run_blocking(f, *args) runs f(*args) off the reactor
 BUSY_TIMEOUT = 1.0  # seconds to wait for another process's lock on the file before giving up
@@ -72,7 +72,7 @@ class _Change:
 
 
 @implementer(IRestorableLedger)
-class SqliteLedger:
+class SqliteLedger(TableReads):
     log = Logger()
 
     def __init__(
@@ -86,7 +86,7 @@ class SqliteLedger:
     ) -> None:
         self.path, self._clock, self._ipv6_prefix = Path(path), clock, ipv6_prefix
         self._run_blocking, self._not_stored = run_blocking, not_stored
-        self._mirror = LoginTable(ttl)
+        self._table = LoginTable(ttl)
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
         self._queue: list[_Change] = []
@@ -94,12 +94,12 @@ class SqliteLedger:
 
     @property
     def ttl(self) -> float:
-        return self._mirror.ttl
+        return self._table.ttl
 
     @ttl.setter
     def ttl(self, seconds: float) -> None:
         """A new ttl (SIGHUP) applies at once: rows keep their times, expiry is computed."""
-        self._mirror.ttl = seconds
+        self._table.ttl = seconds
 
     # -- opening and closing (blocking: startup and shutdown only) -------------------------
 
@@ -150,7 +150,7 @@ class SqliteLedger:
                 db.execute("ROLLBACK")
             raise
         for client, user, protocol, when, opened, tls in rows:
-            self._mirror.put(Login(client, user, protocol, when, opened, bool(tls)))
+            self._table.put(Login(client, user, protocol, when, opened, bool(tls)))
         return len(rows), ended
 
     def close(self) -> None:
@@ -173,46 +173,32 @@ class SqliteLedger:
         key = client_key(address, self._ipv6_prefix)
         if key is None:
             return succeed(None)
-        login = self._mirror.record(key, user, protocol, self._clock.seconds(), session, tls)
+        login = self._table.record(key, user, protocol, self._clock.seconds(), session, tls)
         written = self._write(UPSERT, _row(login), login)
         return written.addCallback(lambda _: login)
 
     def end_session(self, address: str, user: str, protocol: str) -> "Deferred[None]":
         key = client_key(address, self._ipv6_prefix)
-        changed = self._mirror.end_session(key, user, protocol, self._clock.seconds()) if key else None
+        changed = self._table.end_session(key, user, protocol, self._clock.seconds()) if key else None
         return self._write(UPSERT, _row(changed)) if changed else succeed(None)
-
-    def lookup(self, address: str) -> "Deferred[list[Login]]":
-        return succeed(self._current(address))
-
-    def lookup_now(self, address: str) -> list[Login]:
-        """`lookup` without a Deferred, from the in-memory mirror (see Verdicts.instant)."""
-        return self._current(address)
-
-    def _current(self, address: str) -> list[Login]:
-        key = client_key(address, self._ipv6_prefix)
-        return self._mirror.lookup(key, self._clock.seconds()) if key else []
-
-    def logins(self) -> "Deferred[list[Login]]":
-        return succeed(self._mirror.logins(self._clock.seconds()))
 
     def revoke(self, address: str) -> "Deferred[int]":
         key = client_key(address, self._ipv6_prefix)
         if key is None:
             return succeed(0)
-        removed = self._mirror.revoke(key)
+        removed = self._table.revoke(key)
         return self._write("DELETE FROM logins WHERE client = ?", (key,)).addCallback(lambda _: removed)
 
     def purge(self) -> "Deferred[int]":
         now = self._clock.seconds()
-        forgotten = self._mirror.purge(now)
+        forgotten = self._table.purge(now)
         deleting = self._write("DELETE FROM logins WHERE open_sessions = 0 AND recorded <= ?", (now - self.ttl,))
         return deleting.addCallback(lambda _: forgotten)
 
     def restore(self, logins: Iterable[Login]) -> "Deferred[int]":
         writes = []
         for login in logins:
-            self._mirror.put(login)
+            self._table.put(login)
             writes.append(self._write(UPSERT, _row(login), login))
         return writes[-1].addCallback(lambda _: len(writes)) if writes else succeed(0)
 

@@ -15,6 +15,10 @@ import sys
 from collections.abc import Iterable
 from dataclasses import replace
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from popbridge.addresses import client_key
 from popbridge.ledger import Login
 
 Entries = tuple[Login, ...]  # the live logins of one address, newest first (usually just one)
@@ -86,6 +90,29 @@ class LoginTable:
     def _alive(self, login: Login, now: float) -> bool:
         expiry = login.expires(self.ttl)
         return expiry is None or now < expiry
+
+
+class TableReads:
+    """The reads of a store that keeps every live login in a LoginTable (memory, SQLite's
+    mirror): they never wait, so `lookup_now` lets lookups skip Deferreds altogether."""
+
+    _table: LoginTable
+    _clock: IReactorTime
+    _ipv6_prefix: int
+
+    def lookup(self, address: str) -> "Deferred[list[Login]]":
+        return succeed(self._current(address))
+
+    def lookup_now(self, address: str) -> list[Login]:
+        """`lookup` without a Deferred (see Verdicts.instant)."""
+        return self._current(address)
+
+    def logins(self) -> "Deferred[list[Login]]":
+        return succeed(self._table.logins(self._clock.seconds()))
+
+    def _current(self, address: str) -> list[Login]:
+        key = client_key(address, self._ipv6_prefix)
+        return self._table.lookup(key, self._clock.seconds()) if key else []
 
 
 def _named(entries: Entries, user: str, protocol: str) -> Login | None:
