@@ -86,7 +86,7 @@ class SqliteLedger(TableReads):
     ) -> None:
         self.path, self._clock, self._ipv6_prefix = Path(path), clock, ipv6_prefix
         self._run_blocking, self._not_stored = run_blocking, not_stored
-        self._table = LoginTable(ttl)
+        self._table = LoginTable(ttl)  # the in-memory mirror every lookup is answered from
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
         self._queue: list[_Change] = []
