@@ -7,6 +7,7 @@ sends bare ``\\n`` only, so framing is strict: a ``\\r`` stays part of the value
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 
 
@@ -42,8 +43,8 @@ class PolicyDecoder:
         while (end := self._buffer.find(b"\n\n", max(start, self._scanned))) >= 0:
             if end + 2 - start > self.max_request:
                 raise PolicyProtocolError(f"request over {self.max_request} bytes")
-            block = self._buffer[start:end]
-            requests.append(PolicyRequest(tuple(_attribute(line) for line in block.split(b"\n"))))
+            block = self._buffer[start:end].decode("utf-8", "replace")
+            requests.append(PolicyRequest(tuple(_attribute(line) for line in block.split("\n"))))
             start = end + 2
         self._buffer = self._buffer[start:]
         if self._buffer.startswith(b"\n"):
@@ -54,13 +55,14 @@ class PolicyDecoder:
         return requests
 
 
-def _attribute(line: bytes) -> tuple[str, str]:
-    name, sep, value = line.decode("utf-8", "replace").partition("=")
+def _attribute(line: str) -> tuple[str, str]:
+    name, sep, value = line.partition("=")
     if not sep or not name:
         raise PolicyProtocolError(f"not name=value: {line[:40]!r}")
     return name, value
 
 
+@lru_cache(maxsize=64)  # a listener answers with the same few actions over and over
 def encode_action(action: str) -> bytes:
     """The answer to one request: ``action=<action>`` and the empty line."""
     if not action or any(c in action for c in "\r\n\0"):
