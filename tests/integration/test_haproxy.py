@@ -55,12 +55,13 @@ def test_a_direct_connection_from_an_untrusted_address_is_dropped_and_records_no
     behind_haproxy: tuple[Popbridge, Haproxy],
 ) -> None:
     daemon, _ = behind_haproxy
-    with socket.create_connection(("127.0.0.1", daemon.haproxy_port), timeout=10, source_address=("127.0.0.9", 0)) as s:  # type: ignore[attr-defined]
-        s.sendall(b"PROXY TCP4 192.0.2.66 127.0.0.1 40000 110\r\nUSER alice\r\nPASS alice-pw\r\n")
-        try:
+    received = b""
+    try:  # popbridge aborts at once: the reset may even reach connect() on loopback
+        with socket.create_connection(("127.0.0.1", daemon.haproxy_port), timeout=10, source_address=("127.0.0.9", 0)) as s:  # type: ignore[attr-defined]
+            s.sendall(b"PROXY TCP4 192.0.2.66 127.0.0.1 40000 110\r\nUSER alice\r\nPASS alice-pw\r\n")
             received = s.recv(1024)
-        except ConnectionResetError:
-            received = b""
+    except (ConnectionResetError, BrokenPipeError):
+        pass
     assert received == b""  # no greeting: dropped before any mail session
     assert daemon.logins("127.0.0.9") == [] and daemon.logins("192.0.2.66") == []
     assert "PROXY header refused: " in daemon.output() and "127.0.0.9" in daemon.output()
