@@ -19,9 +19,7 @@ Like the POP3 watcher, it stands between client and backend until the login succ
 After the login it emits `Authenticated` and becomes a plain pipe (IDLE, COMPRESS, FETCH...).
 """
 
-import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from enum import Enum, auto
 
 from popbridge.wire.imap4_syntax import (
@@ -31,7 +29,7 @@ from popbridge.wire.imap4_syntax import (
     LiteralData,
     astrings,
     capabilities_in,
-    edit_capabilities,
+    client_capabilities,
     id_command,
     id_fields,
     is_tag,
@@ -298,12 +296,8 @@ class Imap4LoginWatcher:
 
     def _capabilities(self, raw: bytes) -> bytes:
         """Capability lists as the client must see them: popbridge's STARTTLS, not the backend's."""
-        if not _MENTIONS_CAPABILITY.search(raw):
-            return raw  # most lines: nothing to rewrite
         before_tls = not self.tls_active
-        return _rewritten_capabilities(
-            raw, self._tls.offer_starttls and before_tls, self._tls.required and before_tls
-        )
+        return client_capabilities(raw, self._tls.offer_starttls and before_tls, self._tls.required and before_tls)
 
     def _bad_command(self, answer: bytes) -> list[Action]:
         self._count_bad()
@@ -442,19 +436,6 @@ class Imap4LoginWatcher:
         self._command = self._held_command
         self.state = state or State.REPLAY_CHALLENGE
         return [ToBackend(command)]
-
-
-_MENTIONS_CAPABILITY = re.compile(rb"(?i)capability")
-
-
-@lru_cache(maxsize=256)  # the same greeting and answers come back session after session
-def _rewritten_capabilities(raw: bytes, offer_starttls: bool, locked: bool) -> bytes:
-    extra = [b"STARTTLS"] * offer_starttls + [b"LOGINDISABLED"] * locked
-
-    def keep(name: bytes) -> bool:
-        return name != b"STARTTLS" and not (locked and name.startswith(b"AUTH="))
-
-    return edit_capabilities(raw, keep, extra)
 
 
 def _fully_sent(command: _Command, state: State) -> bool:

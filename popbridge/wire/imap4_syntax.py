@@ -9,6 +9,7 @@ list, and capability lists. Everything is bytes in, plain values out; malformed 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 CRLF = b"\r\n"
 
@@ -179,3 +180,24 @@ def edit_capabilities(line: bytes, keep: Callable[[bytes], bool], extra: list[by
 def without_capability_code(line: bytes) -> bytes:
     """`line` without its ``[CAPABILITY ...]`` code (a list that is no longer true)."""
     return _CAPABILITY_LIST.sub(b"", line).replace(b"  ", b" ")
+
+
+_MENTIONS_CAPABILITY = re.compile(rb"(?i)capability")
+
+
+def client_capabilities(raw: bytes, offer_starttls: bool, locked: bool) -> bytes:
+    """A backend line as the client must see it: no backend STARTTLS; popbridge's own when it
+    offers one; LOGINDISABLED and no AUTH= while logins are locked until TLS."""
+    if not _MENTIONS_CAPABILITY.search(raw):
+        return raw  # most lines: nothing to rewrite
+    return _rewritten_capabilities(raw, offer_starttls, locked)
+
+
+@lru_cache(maxsize=256)  # the same greeting and answers come back session after session
+def _rewritten_capabilities(raw: bytes, offer_starttls: bool, locked: bool) -> bytes:
+    extra = [b"STARTTLS"] * offer_starttls + [b"LOGINDISABLED"] * locked
+
+    def keep(name: bytes) -> bool:
+        return name != b"STARTTLS" and not (locked and name.startswith(b"AUTH="))
+
+    return edit_capabilities(raw, keep, extra)
