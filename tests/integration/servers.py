@@ -592,13 +592,56 @@ smtpd_client_connection_rate_limit = 0
 # ---------------------------------------------------------------- Redis
 
 
+class ForegroundServer:
+    """A server run in the foreground as a child of the tests (redis-server, slapd): stopped,
+    killed, paused and cleaned up the same way. Subclasses set `name`, `process`, `directory`."""
+
+    name = "server"
+    process: "subprocess.Popen[bytes] | None"
+    directory: Path
+
+    def _why_dead(self) -> str | None:
+        code = self.process.poll() if self.process is not None else None
+        return None if code is None else f"{self.name} exited with status {code}"
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an unplugged server would end it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel but never answered (a hung server)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 @dataclass
-class Redis:
+class Redis(ForegroundServer):
     """A private redis-server on 127.0.0.1 with its own directory. Writes are appended to an
     AOF fsynced on every write, so a killed server keeps what it acknowledged; `kill()` or
     `stop()`, then `start()` again, restarts it on the same port with the same data."""
 
     host: str = "127.0.0.1"
+    name = "redis-server"
 
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-redis-")
@@ -633,39 +676,6 @@ class Redis:
         except OSError:
             return False
 
-    def _why_dead(self) -> str | None:
-        assert self.process is not None
-        code = self.process.poll()
-        return None if code is None else f"redis-server exited with status {code}"
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or an unplugged server would end it."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def pause(self) -> None:
-        """SIGSTOP: connections are accepted by the kernel but never answered (a hung server)."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- OpenLDAP slapd
@@ -678,7 +688,7 @@ _LDAP_ADMIN_DN, _LDAP_ADMIN_PASSWORD = f"cn=admin,{LDAP_BASE}", "admin-pw"
 
 
 @dataclass
-class Slapd:
+class Slapd(ForegroundServer):
     """A private OpenLDAP 2.5 slapd on 127.0.0.1: cn=config built with ``slapadd -n0``, an mdb
     database in its own directory, and the memberof overlay, so members of the groupOfNames
     `LDAP_EXEMPT_GROUP` carry ``memberOf``. `people` maps uid -> extra attributes (``mailHost``);
@@ -691,6 +701,7 @@ class Slapd:
     people: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     exempt: Iterable[str] = ()
     host: str = "127.0.0.1"
+    name = "slapd"
 
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-slapd-")
@@ -800,10 +811,6 @@ olcMemberOfMemberOfAD: memberOf
             if not admin.add(LDAP_EXEMPT_GROUP, ["groupOfNames"], {"cn": "exempt", "member": members}):
                 raise ServerError(f"adding {LDAP_EXEMPT_GROUP}: {admin.result}")
 
-    def _why_dead(self) -> str | None:
-        code = self.process.poll() if self.process is not None else None
-        return None if code is None else f"slapd exited with status {code}"
-
     def pause(self) -> None:
         """SIGSTOP: connections are still accepted by the kernel, but nothing is answered."""
         assert self.process is not None
@@ -821,25 +828,6 @@ olcMemberOfMemberOfAD: memberOf
             )
         except (OSError, IndexError):
             return False
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGCONT)  # a paused slapd cannot act on SIGTERM
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> "Slapd":
         return self.start()
