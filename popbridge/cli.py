@@ -120,7 +120,8 @@ def _run(
     del config  # checked first so a config error is one line, not twistd's usage text
     privileges = [*(["--uid", user] if user else []), *(["--gid", group] if group else [])]
     logger = f"--logger=popbridge.log.{OBSERVERS[level]}"
-    sys.argv = ["twistd", "--nodaemon", "--pidfile=", logger, *privileges, "popbridge", "--config", path]
+    reactor = "--reactor=popbridge"  # popbridge.reactor: epoll without a log context per event
+    sys.argv = ["twistd", "--nodaemon", "--pidfile=", logger, reactor, *privileges, "popbridge", "--config", path]
     run()
 
 

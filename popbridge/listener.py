@@ -15,6 +15,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from popbridge.fast_transports import fast_sockets
+
 
 class Listener(Service):
     """One listening endpoint. Binds in privilegedStartService (before twistd drops root).
@@ -42,7 +44,7 @@ class Listener(Service):
         self._reactor, self.what, self.description, self._factory = reactor, what, description, factory
         self._drain, self._owner, self._group = drain, owner, group
         factory.noisy = False  # this class logs the listener itself, with what it is for
-        self._endpoint: IStreamServerEndpoint = serverFromString(reactor, bind or description)
+        self._endpoint: IStreamServerEndpoint = serverFromString(fast_sockets(reactor), bind or description)
         self._port: IListeningPort | None = None
         self.fatal = True
         self.bound: Deferred[bool] = Deferred()  # fires True once listening, False if it cannot

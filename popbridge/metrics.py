@@ -8,6 +8,7 @@ Why it looks like this:
   prometheus objects, so names and labels live here, in one place, and stay a stable contract
   for dashboards.
 - Nothing here runs per proxied chunk: sessions add their byte counts once, when they end.
+- Lookups, the hottest path, are tallied in plain integers (`LookupTally`) and exported per scrape.
 - `samples()` is what ``popbridge stats`` prints: the same registry, so the control socket and
   ``/metrics`` cannot disagree.
 """
@@ -17,6 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from popbridge.metrics_lookups import LookupTally
 
 # Lookups and store calls are usually well under a millisecond; buckets reach into the seconds
 # that a stalled Redis, SQLite fsync or LDAP server would take.
@@ -50,11 +53,8 @@ class Metrics:
             "popbridge_backend_connect_seconds", "Time to connect to the backend", ["protocol"],
             buckets=CONNECT_BUCKETS, registry=r,
         )
-        self._lookups = Counter("popbridge_lookups", "Lookups answered, by protocol and answer", ["protocol", "answer"], registry=r)
-        self._lookup_seconds = Histogram(
-            "popbridge_lookup_seconds", "Time a lookup took to answer, from when its turn came", ["protocol"],
-            buckets=FAST_BUCKETS, registry=r,
-        )
+        self._lookups = LookupTally(FAST_BUCKETS)
+        r.register(self._lookups)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._live_addresses = Gauge("popbridge_live_addresses", "Client addresses authorised now", registry=r)
         self._live_logins = Gauge("popbridge_live_logins", "Live logins now (several may share an address)", registry=r)
@@ -101,8 +101,7 @@ class Metrics:
 
     def lookup_answered(self, protocol: str, answer: str, started: float) -> None:
         """`answer`: authorised, exempt, unknown, tempfail or refused (bad request, unknown map)."""
-        self._child(self._lookups, protocol, answer).inc()
-        self._child(self._lookup_seconds, protocol).observe(self.now() - started)
+        self._lookups.add(protocol, answer, self.now() - started)
 
     def store_call(self, operation: str, started: float, failed: bool) -> None:
         self._child(self._store_seconds, operation).observe(self.now() - started)

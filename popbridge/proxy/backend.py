@@ -13,6 +13,8 @@ from twisted.internet.interfaces import IConnector, IReactorTime, IStreamClientE
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 
+from popbridge.fast_transports import fast_sockets
+
 
 class BackendUser(Structural):
     """What a leg reports to: the session that owns it."""
@@ -84,7 +86,7 @@ class EndpointConnector:
 
 class TcpConnector:
     def __init__(self, reactor: Any, host: str, port: int, timeout: float) -> None:
-        self._reactor, self._host, self._port, self._timeout = reactor, host, port, timeout
+        self._reactor, self._host, self._port, self._timeout = fast_sockets(reactor), host, port, timeout
 
     def connect(self, session: BackendUser) -> None:
         self._reactor.connectTCP(self._host, self._port, _LegFactory(session), timeout=self._timeout)

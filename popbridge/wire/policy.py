@@ -5,10 +5,12 @@ A request is ``name=value`` lines, each ended by ``\\n``, then an empty line. Th
 sends bare ``\\n`` only, so framing is strict: a ``\\r`` stays part of the value it follows.
 """
 
-from collections.abc import Mapping
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from types import MappingProxyType
+
+# A request block: one or more name=value lines (a name is non-empty and has no "=").
+_BLOCK = re.compile(r"[^=\n]+=[^\n]*(?:\n[^=\n]+=[^\n]*)*")
 
 
 class PolicyProtocolError(ValueError):
@@ -17,16 +19,40 @@ class PolicyProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class PolicyRequest:
-    """One policy request: its attributes in arrival order (a repeated name keeps the last)."""
+    """One policy request: its validated text, attribute lines without the empty line.
 
-    attributes: tuple[tuple[str, str], ...]
-    _by_name: Mapping[str, str] = field(init=False, repr=False, compare=False, hash=False)
+    Postfix sends some thirty attributes and popbridge reads one (``client_address``), so
+    the text is searched when asked rather than split into a mapping per request: at 20,000
+    requests a second that split was a third of the lookup's cost. A repeated name answers
+    with its last value.
+    """
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_name", MappingProxyType(dict(self.attributes)))
+    text: str
+
+    @classmethod
+    def of(cls, attributes: "tuple[tuple[str, str], ...] | list[tuple[str, str]]") -> "PolicyRequest":
+        return cls("\n".join(f"{name}={value}" for name, value in attributes))
+
+    @property
+    def attributes(self) -> tuple[tuple[str, str], ...]:
+        return tuple(_pair(line) for line in self.text.split("\n"))
 
     def get(self, name: str, default: str = "") -> str:
-        return self._by_name.get(name, default)
+        key, text = name + "=", self.text
+        at = text.rfind("\n" + key)
+        if at >= 0:
+            start = at + 1 + len(key)
+        elif text.startswith(key):
+            start = len(key)
+        else:
+            return default
+        end = text.find("\n", start)
+        return text[start:] if end < 0 else text[start:end]
+
+
+def _pair(line: str) -> tuple[str, str]:
+    name, _, value = line.partition("=")
+    return name, value
 
 
 @dataclass
@@ -43,8 +69,7 @@ class PolicyDecoder:
         while (end := self._buffer.find(b"\n\n", max(start, self._scanned))) >= 0:
             if end + 2 - start > self.max_request:
                 raise PolicyProtocolError(f"request over {self.max_request} bytes")
-            block = self._buffer[start:end].decode("utf-8", "replace")
-            requests.append(PolicyRequest(tuple(_attribute(line) for line in block.split("\n"))))
+            requests.append(_request(self._buffer[start:end].decode("utf-8", "replace")))
             start = end + 2
         self._buffer = self._buffer[start:]
         if self._buffer.startswith(b"\n"):
@@ -55,11 +80,11 @@ class PolicyDecoder:
         return requests
 
 
-def _attribute(line: str) -> tuple[str, str]:
-    name, sep, value = line.partition("=")
-    if not sep or not name:
-        raise PolicyProtocolError(f"not name=value: {line[:40]!r}")
-    return name, value
+def _request(block: str) -> PolicyRequest:
+    if _BLOCK.fullmatch(block) is None:
+        bad = next(line for line in block.split("\n") if not line.partition("=")[0] or "=" not in line)
+        raise PolicyProtocolError(f"not name=value: {bad[:40]!r}")
+    return PolicyRequest(block)
 
 
 @lru_cache(maxsize=64)  # a listener answers with the same few actions over and over

@@ -22,6 +22,11 @@ def test_curl_logs_in_through_popbridge(popbridge_daemon: StartPopbridge) -> Non
     assert [(login["user"], login["protocol"]) for login in daemon.logins("127.0.0.11")] == [("alice", "pop3")]
 
 
+def test_popbridge_run_uses_the_popbridge_reactor(popbridge_daemon: StartPopbridge) -> None:
+    daemon = popbridge_daemon()
+    assert "reactor class: popbridge.reactor.PopbridgeReactor" in daemon.log.text()
+
+
 def test_poplib_logs_in_through_popbridge(popbridge_daemon: StartPopbridge) -> None:
     daemon = popbridge_daemon()
     assert pop3_login(daemon.port, "127.0.0.12", "bob", "bob-pw").startswith(b"+OK")

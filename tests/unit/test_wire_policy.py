@@ -38,12 +38,22 @@ def test_request_split_at_every_point_yields_the_same_request() -> None:
 def test_incomplete_request_yields_nothing_until_its_empty_line() -> None:
     decoder = PolicyDecoder()
     assert decoder.feed(b"client_address=192.0.2.7\n") == []
-    assert decoder.feed(b"\n") == [PolicyRequest((("client_address", "192.0.2.7"),))]
+    assert decoder.feed(b"\n") == [PolicyRequest.of([("client_address", "192.0.2.7")])]
 
 
 def test_value_may_contain_equals_signs() -> None:
     [request] = PolicyDecoder().feed(b"sender=a=b@example.org\n\n")
     assert request.get("sender") == "a=b@example.org"
+
+
+def test_repeated_name_answers_with_its_last_value() -> None:
+    [request] = PolicyDecoder().feed(b"client_address=192.0.2.7\nclient_address=192.0.2.8\nx=y\n\n")
+    assert request.get("client_address") == "192.0.2.8"
+
+
+def test_a_name_ending_in_another_name_is_not_that_name() -> None:
+    [request] = PolicyDecoder().feed(b"xclient_address=192.0.2.9\nsender=client_address=1\n\n")
+    assert request.get("client_address") == ""
 
 
 def test_carriage_return_stays_in_the_value() -> None:
@@ -101,7 +111,7 @@ def encode_request(attributes: list[tuple[str, str]]) -> bytes:
 def test_chunking_never_changes_the_requests(stream: list[list[tuple[str, str]]], cuts: list[int]) -> None:
     data = b"".join(encode_request(attributes) for attributes in stream)
     decoded = feed_all(PolicyDecoder(), split(data, cuts))
-    assert decoded == [PolicyRequest(tuple(attributes)) for attributes in stream]
+    assert [request.attributes for request in decoded] == [tuple(attributes) for attributes in stream]
 
 
 def outcome(data: bytes, cuts: list[int]) -> tuple[list[PolicyRequest], bool]:
@@ -121,3 +131,10 @@ noise = st.one_of(st.binary(max_size=300), st.lists(pieces, max_size=30).map(b""
 @given(noise, st.lists(st.integers(min_value=0), max_size=10))
 def test_only_the_protocol_error_escapes_and_chunking_keeps_the_outcome(data: bytes, cuts: list[int]) -> None:
     assert outcome(data, cuts) == outcome(data, [])
+
+
+@given(requests, names)
+def test_get_answers_like_the_last_attribute_of_that_name(attributes: list[tuple[str, str]], probe: str) -> None:
+    [request] = PolicyDecoder().feed(encode_request(attributes))
+    for name in [probe, *(name for name, _ in attributes)]:
+        assert request.get(name, "<none>") == dict(attributes).get(name, "<none>")

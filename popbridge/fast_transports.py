@@ -1,0 +1,126 @@
+"""Twisted's TCP and Unix socket transports, minus two costs popbridge pays on every exchange.
+
+bench/profile.py showed where a policy lookup's time went once popbridge's own work was small:
+
+- **Writes wait a loop turn.** `FileDescriptor.write` only queues: it registers for
+  writability (``epoll_ctl``), the next reactor turn calls ``doWrite`` to ``send``, and an
+  emptied buffer unregisters (``epoll_ctl`` again). Every lookup answer and every line of a
+  POP3 or IMAP login pays that. `WriteThrough` sends at once when nothing is queued; what the
+  kernel does not take (a full socket buffer) is queued the usual way, so producers, ordering,
+  TLS and errors stay Twisted's.
+- **Unix reads ask for file descriptors.** `unix.Server.doRead` uses ``recvmsg`` to collect
+  passed descriptors for protocols that take them; lookups never do, so `PlainRecv` reads
+  with ``recv``.
+
+Together they took a bare Twisted lookup server from about 25 to 14 µs of CPU per request.
+
+`fast_sockets(reactor)` is how the daemon gets them: a view of a real posix reactor whose
+``listenTCP``, ``listenUNIX`` and ``connectTCP`` build these transports, and which passes
+everything else through, so endpoint strings (``tcp:``, ``unix:``, ``haproxy:``, ``systemd:``,
+``ssl:``) parse as always. Any other reactor (a test's MemoryReactor) is returned unchanged.
+"""
+
+from typing import Any
+
+from twisted.internet import main, tcp, unix
+from twisted.internet.interfaces import IFileDescriptorReceiver
+from twisted.internet.posixbase import PosixReactorBase
+
+
+class WriteThrough:
+    """Mixed into a Twisted socket transport (before it): send at once when nothing waits."""
+
+    def write(self, data: bytes) -> None:
+        if (
+            data
+            and self._tempDataLen == 0  # type: ignore[attr-defined]
+            and self.offset == len(self.dataBuffer)  # type: ignore[attr-defined]
+            and self.connected  # type: ignore[attr-defined]
+            and not self.disconnecting  # type: ignore[attr-defined]
+            and not self._writeDisconnected  # type: ignore[attr-defined]
+            and not self.TLS  # type: ignore[attr-defined]  # startTLS: the TLS layer writes
+        ):
+            try:
+                sent = self.socket.send(data)  # type: ignore[attr-defined]
+            except OSError:  # a full buffer waits for doWrite; an error, doWrite reports it
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        super().write(data)  # type: ignore[misc]
+
+
+class PlainRecv:
+    """Mixed into `unix.Server`: ``recv`` unless the protocol takes passed file descriptors."""
+
+    def doRead(self) -> object:
+        if IFileDescriptorReceiver.providedBy(self.protocol):  # type: ignore[attr-defined]
+            return super().doRead()  # type: ignore[misc]
+        try:
+            data = self.socket.recv(self.bufferSize)  # type: ignore[attr-defined]
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        return self._dataReceived(data)  # type: ignore[attr-defined]
+
+
+class TCPServer(WriteThrough, tcp.Server):
+    pass
+
+
+class TCPClient(WriteThrough, tcp.Client):
+    pass
+
+
+class UNIXServer(WriteThrough, PlainRecv, unix.Server):
+    pass
+
+
+class TCPPort(tcp.Port):
+    transport = TCPServer
+
+
+class UNIXPort(unix.Port):
+    transport = UNIXServer
+
+
+class TCPConnector(tcp.Connector):
+    def _makeTransport(self) -> TCPClient:
+        return TCPClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+class FastSockets:
+    """A real reactor whose TCP and Unix stream sockets get the transports above."""
+
+    def __init__(self, reactor: PosixReactorBase) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> TCPPort:
+        listening = TCPPort(port, factory, backlog, interface, self._reactor)
+        listening.startListening()
+        return listening
+
+    def listenUNIX(self, address: str, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0) -> UNIXPort:
+        listening = UNIXPort(address, factory, backlog, mode, self._reactor, wantPID)
+        listening.startListening()
+        return listening
+
+    def connectTCP(
+        self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None
+    ) -> TCPConnector:
+        connector = TCPConnector(host, port, factory, timeout, bindAddress, self._reactor)
+        connector.connect()
+        return connector
+
+
+def fast_sockets(reactor: Any) -> Any:
+    """`FastSockets` over a real posix reactor; any other reactor unchanged."""
+    if isinstance(reactor, FastSockets) or not isinstance(reactor, PosixReactorBase):
+        return reactor
+    return FastSockets(reactor)
