@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""popbridge's mail benchmark: the same load straight to Dovecot, through popbridge, and through
-nginx's mail proxy and perdition when they are installed, in one run; one table of ratios.
+"""popbridge's mail benchmark: the same load straight to Dovecot, through popbridge, through
+nginx's mail proxy and perdition when they are installed, and through a bare Twisted relay
+(bench/twisted_relay.py, the floor for any Twisted proxy), in one run; one table of ratios.
 
 Run as root from the repository (it starts a private Dovecot as the fixtures do):
 
@@ -31,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import load
-from bench.peers import BenchDovecot, Nginx, Perdition, tree_cpu, tree_rss
+from bench.peers import BenchDovecot, Nginx, Perdition, TwistedRelay, tree_cpu, tree_rss
 from tests.integration.servers import Popbridge, ServerError, message_of_size
 
 MESSAGE_SIZE = 20 * 1024 * 1024
@@ -702,7 +703,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="nginx worker_processes (default 1, like popbridge's one process)",
     )
     parser.add_argument(
-        "--only", default="", help="comma-separated subset of popbridge,nginx,perdition"
+        "--relay-python",
+        default=sys.executable,
+        help="interpreter for the twisted-relay column (default this one; /usr/bin/pypy3 "
+        "with Twisted installed measures PyPy)",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated subset of popbridge,nginx,perdition,twisted-relay",
     )
     parser.add_argument(
         "--skip",
@@ -744,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         "popbridge",
         "nginx",
         "perdition",
+        "twisted-relay",
     }
     skip = set(filter(None, args.skip.split(",")))
 
@@ -774,14 +784,15 @@ def main(argv: list[str] | None = None) -> int:
                     "popbridge", popbridge.port, popbridge.imap_port, pids=lambda: [pid]
                 )
             )
-        for peer_class in (Nginx, Perdition):
+        for peer_class in (Nginx, Perdition, TwistedRelay):
             if peer_class.name not in only:
                 continue
             reason = peer_class.missing()
             if reason is not None:
                 skipped.append(f"{peer_class.name}: {reason}")
                 continue
-            peer = peer_class(dovecot.port, dovecot.imap_port)  # type: ignore[operator]
+            options = {Nginx: {"workers": args.nginx_workers}, TwistedRelay: {"python": args.relay_python}}
+            peer = peer_class(dovecot.port, dovecot.imap_port, **options.get(peer_class, {}))  # type: ignore[operator]
             started.append(peer.stop)
             targets.append(
                 Target(

@@ -311,4 +311,48 @@ class Perdition:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-__all__ = ["BenchDovecot", "Nginx", "Perdition", "ServerError", "tree_cpu", "tree_rss"]
+class TwistedRelay:
+    """bench/twisted_relay.py: Twisted's portforward with nothing else, the floor for popbridge."""
+
+    name = "twisted-relay"
+
+    @staticmethod
+    def missing() -> str | None:
+        return None
+
+    def __init__(self, pop3_backend: int, imap_backend: int, python: str = sys.executable) -> None:
+        self.pop3_port, self.imap_port = free_port(), free_port()
+        self.process = subprocess.Popen(
+            [
+                python,
+                str(HERE / "twisted_relay.py"),
+                f"{self.pop3_port}:{pop3_backend}",
+                f"{self.imap_port}:{imap_backend}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        wait_until(
+            lambda: tcp_connectable("127.0.0.1", self.pop3_port)
+            and tcp_connectable("127.0.0.1", self.imap_port),
+            "twisted relay",
+            alive=lambda: None
+            if self.process.poll() is None
+            else f"twisted relay exited {self.process.returncode}",
+        )
+
+    def pids(self) -> list[int]:
+        return [self.process.pid]
+
+    def helper_cpu(self) -> float:
+        return 0.0
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+__all__ = ["BenchDovecot", "Nginx", "Perdition", "ServerError", "TwistedRelay", "tree_cpu", "tree_rss"]
