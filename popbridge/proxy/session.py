@@ -11,19 +11,14 @@ from collections import deque
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IReactorTime,
-    ITransport,
-)
+from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from popbridge.ledger import ILedger
 from popbridge.proxy.backend import BackendConnector, BackendLeg
+from popbridge.proxy.deadlines import SessionDeadlines
 from popbridge.proxy.splice import splice
 from popbridge.stats import Counters
 from popbridge.proxy.settings import SessionSettings
@@ -43,7 +38,7 @@ from popbridge.wire.login import (
 )
 
 
-class LoginProxy(Protocol, TimeoutMixin):
+class LoginProxy(Protocol):
     """Faces the mail client; owns the backend leg and the watcher until the pipe is spliced."""
 
     log = Logger()
@@ -61,7 +56,6 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._watcher_for, self._backend_connector = watcher_for, backend
         self._ledger, self._counters, self._clock = ledger, counters, clock
         self._settings = settings = settings or SessionSettings()  # each gets its own OpenSessions
-        self.callLater = clock.callLater  # TimeoutMixin's timer
         self._tls_settings, self._tls = settings.tls, False
         self._admitted = False
         self._backend: BackendLeg | None = None
@@ -71,7 +65,7 @@ class LoginProxy(Protocol, TimeoutMixin):
         self._splice_ended = False
         self._routing = False  # a login waits while its backend is chosen
         self._paused_for_record = False
-        self._login_deadline: IDelayedCall | None = None
+        self._deadlines: SessionDeadlines | None = None  # idle and login limits, once admitted
         self._target: str | None = None  # the backend in use: None is the listener's default
         self._session: tuple[str, str] | None = None  # (client host, user) once recorded
         self._closed = False
@@ -91,8 +85,9 @@ class LoginProxy(Protocol, TimeoutMixin):
             return
         self._counters.metrics.session_opened(self._watcher.protocol)
         self.transport.pauseProducing()  # nothing is read until the backend answers
-        self.setTimeout(self._settings.idle_timeout)
-        self._login_deadline = self._clock.callLater(self._settings.login_timeout, self._too_slow_to_log_in)
+        self._deadlines = SessionDeadlines(
+            self._clock, self._settings.idle_timeout, self._settings.login_timeout, self._idle_too_long, self._too_slow_to_log_in
+        )
         self._connecting_since = self._counters.metrics.now()
         self._backend_connector.connect(self)
 
@@ -121,9 +116,10 @@ class LoginProxy(Protocol, TimeoutMixin):
         if self._spliced:
             self._backend.transport.write(data)  # type: ignore[union-attr]
             self._to_backend += len(data)  # published once, at the end (popbridge.metrics)
-            self.resetTimeout()
+            self._deadlines.active()  # type: ignore[union-attr]
             return
-        self.resetTimeout()
+        if self._deadlines is not None:
+            self._deadlines.active()
         self._feed(self._watcher.feed_client, data)
 
     def backendDataReceived(self, data: bytes) -> None:
@@ -234,8 +230,7 @@ class LoginProxy(Protocol, TimeoutMixin):
     def _splice(self, leftovers: Authenticated) -> None:
         assert self._backend is not None
         self._spliced = True
-        self._cancel_login_deadline()
-        self.setTimeout(self._settings.idle_after_login)
+        self._deadlines.logged_in(self._settings.idle_after_login)  # type: ignore[union-attr]
         self._backend.transport.write(leftovers.client_data)
         self.transport.write(leftovers.backend_data)
         splice(self.transport, self._backend.transport)
@@ -268,7 +263,7 @@ class LoginProxy(Protocol, TimeoutMixin):
 
     # -- endings ------------------------------------------------------------------------
 
-    def timeoutConnection(self) -> None:
+    def _idle_too_long(self) -> None:
         when = "after" if self._spliced else "before"
         self.log.warn("{protocol} client {client} idle {when} login: closed", protocol=self._watcher.protocol, client=self._client, when=when)
         if self._spliced:  # mid-session the protocol's state is unknown: just close both
@@ -279,15 +274,13 @@ class LoginProxy(Protocol, TimeoutMixin):
     def _too_slow_to_log_in(self) -> None:
         """A client that trickles bytes resets the idle timeout forever; this bounds the whole
         time a session may hold a backend connection without a login."""
-        self._login_deadline = None
         self.log.warn("{protocol} client {client} did not log in within {seconds} s: closed",
                       protocol=self._watcher.protocol, client=self._client, seconds=self._settings.login_timeout)
         self._hang_up(self._watcher.goodbye("took too long to log in"))
 
-    def _cancel_login_deadline(self) -> None:
-        if self._login_deadline is not None and self._login_deadline.active():
-            self._login_deadline.cancel()
-        self._login_deadline = None
+    def _stop_deadlines(self) -> None:
+        if self._deadlines is not None:
+            self._deadlines.stop()
 
     @property
     def logged_in(self) -> bool:
@@ -302,7 +295,7 @@ class LoginProxy(Protocol, TimeoutMixin):
 
     def _hang_up(self, last_words: bytes) -> None:
         self._closed = True
-        self._cancel_login_deadline()
+        self._stop_deadlines()
         self.transport.write(last_words)
         self.transport.loseConnection()
         if self._backend is not None:
@@ -310,8 +303,7 @@ class LoginProxy(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._closed = True
-        self._cancel_login_deadline()
-        self.setTimeout(None)
+        self._stop_deadlines()
         if self._admitted:
             self._admitted = False
             self._settings.sessions.release(self._client, self)
