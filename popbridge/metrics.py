@@ -8,7 +8,8 @@ Why it looks like this:
   prometheus objects, so names and labels live here, in one place, and stay a stable contract
   for dashboards.
 - Nothing here runs per proxied chunk: sessions add their byte counts once, when they end.
-- Lookups, the hottest path, are tallied in plain integers (`LookupTally`) and exported per scrape.
+- Lookups and session events, the hottest paths, are tallied in plain numbers (`metrics_tally`)
+  and exported per scrape; what other threads touch (LDAP) stays prometheus-client's.
 - `samples()` is what ``popbridge stats`` prints: the same registry, so the control socket and
   ``/metrics`` cannot disagree.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from popbridge.metrics_lookups import LookupTally
+from popbridge.metrics_tally import TallyCounter, TallyGauge, TallyHistogram
 
 # Lookups and store calls are usually well under a millisecond; buckets reach into the seconds
 # that a stalled Redis, SQLite fsync or LDAP server would take.
@@ -37,24 +38,26 @@ class Metrics:
         self.now = now
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._logins = Counter(
-            "popbridge_logins", "Logins judged by the backend, by protocol, method and outcome",
-            ["protocol", "method", "outcome"], registry=r,
+        self._logins = TallyCounter(
+            "popbridge_logins", "Logins judged by the backend, by protocol, method and outcome", ("protocol", "method", "outcome")
         )
-        self._sessions = Gauge("popbridge_sessions_open", "Proxied client connections open now", ["protocol"], registry=r)
-        self._bytes = Counter(
-            "popbridge_proxied_bytes", "Bytes moved after the login, counted when a session ends",
-            ["protocol", "direction"], registry=r,
+        self._sessions = TallyGauge("popbridge_sessions_open", "Proxied client connections open now", ("protocol",))
+        self._bytes = TallyCounter(
+            "popbridge_proxied_bytes", "Bytes moved after the login, counted when a session ends", ("protocol", "direction")
         )
-        self._connect_errors = Counter(
-            "popbridge_backend_connect_errors", "Backend connections that failed or timed out", ["protocol"], registry=r
+        self._connect_errors = TallyCounter(
+            "popbridge_backend_connect_errors", "Backend connections that failed or timed out", ("protocol",)
         )
-        self._connect_seconds = Histogram(
-            "popbridge_backend_connect_seconds", "Time to connect to the backend", ["protocol"],
-            buckets=CONNECT_BUCKETS, registry=r,
+        self._connect_seconds = TallyHistogram(
+            "popbridge_backend_connect_seconds", "Time to connect to the backend", ("protocol",), CONNECT_BUCKETS
         )
-        self._lookups = LookupTally(FAST_BUCKETS)
-        r.register(self._lookups)
+        self._lookups = TallyCounter("popbridge_lookups", "Lookups answered, by protocol and answer", ("protocol", "answer"))
+        self._lookup_seconds = TallyHistogram(
+            "popbridge_lookup_seconds", "Time a lookup took to answer, from when its turn came", ("protocol",), FAST_BUCKETS
+        )
+        for tally in (self._logins, self._sessions, self._bytes, self._connect_errors, self._connect_seconds,
+                      self._lookups, self._lookup_seconds):
+            r.register(tally)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._live_addresses = Gauge("popbridge_live_addresses", "Client addresses authorised now", registry=r)
         self._live_logins = Gauge("popbridge_live_logins", "Live logins now (several may share an address)", registry=r)
@@ -73,23 +76,23 @@ class Metrics:
     # -- what happened -------------------------------------------------------------------
 
     def login(self, protocol: str, method: str, outcome: str) -> None:
-        self._child(self._logins, protocol, method or "unknown", outcome).inc()
+        self._logins.inc((protocol, method or "unknown", outcome))
 
     def session_opened(self, protocol: str) -> None:
-        self._child(self._sessions, protocol).inc()
+        self._sessions.add((protocol,), 1)
 
     def session_closed(self, protocol: str, to_backend: int = 0, to_client: int = 0) -> None:
-        self._child(self._sessions, protocol).dec()
+        self._sessions.add((protocol,), -1)
         if to_backend:
-            self._child(self._bytes, protocol, "client_to_backend").inc(to_backend)
+            self._bytes.inc((protocol, "client_to_backend"), to_backend)
         if to_client:
-            self._child(self._bytes, protocol, "backend_to_client").inc(to_client)
+            self._bytes.inc((protocol, "backend_to_client"), to_client)
 
     def backend_connected(self, protocol: str, seconds: float) -> None:
-        self._child(self._connect_seconds, protocol).observe(seconds)
+        self._connect_seconds.observe((protocol,), seconds)
 
     def backend_unreachable(self, protocol: str) -> None:
-        self._child(self._connect_errors, protocol).inc()
+        self._connect_errors.inc((protocol,))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, resolved once: labels() cost more than a whole lookup."""
@@ -101,7 +104,8 @@ class Metrics:
 
     def lookup_answered(self, protocol: str, answer: str, started: float) -> None:
         """`answer`: authorised, exempt, unknown, tempfail or refused (bad request, unknown map)."""
-        self._lookups.add(protocol, answer, self.now() - started)
+        self._lookups.inc((protocol, answer))
+        self._lookup_seconds.observe((protocol,), self.now() - started)
 
     def store_call(self, operation: str, started: float, failed: bool) -> None:
         self._child(self._store_seconds, operation).observe(self.now() - started)
