@@ -8,7 +8,7 @@ Why it looks like this:
   prometheus objects, so names and labels live here, in one place, and stay a stable contract
   for dashboards.
 - Nothing here runs per proxied chunk: sessions add their byte counts once, when they end.
-- Lookups and session events, the hottest paths, are tallied in plain numbers (`metrics_tally`)
+- Lookups, session events and store calls, the hottest paths, are tallied in plain numbers (`metrics_tally`)
   and exported per scrape; what other threads touch (LDAP) stays prometheus-client's.
 - `samples()` is what ``popbridge stats`` prints: the same registry, so the control socket and
   ``/metrics`` cannot disagree.
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from popbridge.metrics_tally import TallyCounter, TallyGauge, TallyHistogram
 
@@ -58,13 +58,14 @@ class Metrics:
         for tally in (self._logins, self._sessions, self._bytes, self._connect_errors, self._connect_seconds,
                       self._lookups, self._lookup_seconds):
             r.register(tally)
-        self._children: dict[tuple[Any, ...], Any] = {}
         self._live_addresses = Gauge("popbridge_live_addresses", "Client addresses authorised now", registry=r)
         self._live_logins = Gauge("popbridge_live_logins", "Live logins now (several may share an address)", registry=r)
-        self._store_errors = Counter("popbridge_store_errors", "Ledger store calls that failed", ["operation"], registry=r)
-        self._store_seconds = Histogram(
-            "popbridge_store_seconds", "Time a ledger store call took", ["operation"], buckets=FAST_BUCKETS, registry=r
+        self._store_errors = TallyCounter("popbridge_store_errors", "Ledger store calls that failed", ("operation",))
+        self._store_seconds = TallyHistogram(
+            "popbridge_store_seconds", "Time a ledger store call took", ("operation",), FAST_BUCKETS
         )
+        r.register(self._store_errors)
+        r.register(self._store_seconds)
         self._not_stored = Counter(
             "popbridge_ledger_not_stored", "Logins kept in memory only after a failed durable write", registry=r
         )
@@ -94,30 +95,22 @@ class Metrics:
     def backend_unreachable(self, protocol: str) -> None:
         self._connect_errors.inc((protocol,))
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(*labels)`, resolved once: labels() cost more than a whole lookup."""
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
     def lookup_answered(self, protocol: str, answer: str, started: float) -> None:
         """`answer`: authorised, exempt, unknown, tempfail or refused (bad request, unknown map)."""
         self._lookups.inc((protocol, answer))
         self._lookup_seconds.observe((protocol,), self.now() - started)
 
     def store_call(self, operation: str, started: float, failed: bool) -> None:
-        self._child(self._store_seconds, operation).observe(self.now() - started)
+        self._store_seconds.observe((operation,), self.now() - started)
         if failed:
-            self._child(self._store_errors, operation).inc()
+            self._store_errors.inc((operation,))
 
     def not_stored(self, logins: int) -> None:
         self._not_stored.inc(logins)
 
     def ldap(self, result: str) -> None:
         """`result`: hit, miss or error."""
-        self._child(self._ldap, result).inc()
+        self._ldap.labels(result).inc()  # LDAP answers are cached: not a hot path
 
     def live(self, logins: int, addresses: int) -> None:
         self._live_logins.set(logins)

@@ -48,16 +48,15 @@ class MeasuredLedger:
 
     def _measure(self, operation: str, call: Any, *args: Any, **kwargs: Any) -> "Deferred[Any]":
         started = self._metrics.now()
-
-        def done(result: object) -> object:
-            self._metrics.store_call(operation, started, failed=isinstance(result, Failure))
-            return result
-
         try:
             result: Deferred[Any] = call(*args, **kwargs)
         except Exception:
             result = fail()
-        return result.addBoth(done)
+        return result.addBoth(self._done, operation, started)
+
+    def _done(self, result: object, operation: str, started: float) -> object:
+        self._metrics.store_call(operation, started, failed=isinstance(result, Failure))
+        return result
 
     def __getattr__(self, name: str) -> Any:
         """Anything else (`restore`, a store's own `path`) is the store's."""
