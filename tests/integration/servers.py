@@ -953,6 +953,7 @@ class Popbridge:
     proxy_extra: str = ""  # TOML lines added to each generated [[proxy]] table (tls_certificate = ..., say)
     store: str = "memory"  # [ledger] store; a sqlite: path relative to the directory is kept there
     log_level: str = "info"  # popbridge run --log-level
+    plain_twistd: bool = False  # start `twistd -n popbridge` (Twisted's default reactor) instead
 
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-daemon-")
@@ -1009,11 +1010,17 @@ forward_client_address = {forward}
 {self.proxy_extra}
 """
 
+    def _command(self) -> list[str]:
+        if self.plain_twistd:
+            twistd = str(Path(popbridge_command()[0]).parent / "twistd")
+            return [twistd, "-n", "--pidfile=", "popbridge", "--config", str(self.config_path)]
+        return [*popbridge_command(), "run", "--config", str(self.config_path), "--log-level", self.log_level]
+
     def start(self) -> "Popbridge":
         self.config_path.write_text(self.config_text())
         with open(self.log.path, "ab") as output:  # a restarted daemon appends to its log
             self.process = subprocess.Popen(
-                [*popbridge_command(), "run", "--config", str(self.config_path), "--log-level", self.log_level],
+                self._command(),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,

@@ -27,6 +27,13 @@ def test_popbridge_run_uses_the_popbridge_reactor(popbridge_daemon: StartPopbrid
     assert "reactor class: popbridge.reactor.PopbridgeReactor" in daemon.log.text()
 
 
+def test_plain_twistd_on_twisteds_default_reactor_works_the_same(popbridge_daemon: StartPopbridge) -> None:
+    daemon = popbridge_daemon(plain_twistd=True)
+    assert "reactor class: twisted.internet.epollreactor.EPollReactor" in daemon.log.text()
+    assert pop3_login(daemon.port, "127.0.0.17", "bob", "bob-pw").startswith(b"+OK")
+    assert [(login["user"], login["protocol"]) for login in daemon.logins("127.0.0.17")] == [("bob", "pop3")]
+
+
 def test_poplib_logs_in_through_popbridge(popbridge_daemon: StartPopbridge) -> None:
     daemon = popbridge_daemon()
     assert pop3_login(daemon.port, "127.0.0.12", "bob", "bob-pw").startswith(b"+OK")
