@@ -39,6 +39,7 @@ class WriteThrough:
             and not self.disconnecting  # type: ignore[attr-defined]
             and not self._writeDisconnected  # type: ignore[attr-defined]
             and not self.TLS  # type: ignore[attr-defined]  # startTLS: the TLS layer writes
+            and not getattr(self, "_sendmsgQueue", None)  # Unix: descriptors ride with the next write
         ):
             try:
                 sent = self.socket.send(data)  # type: ignore[attr-defined]

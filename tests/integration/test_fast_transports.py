@@ -1,5 +1,6 @@
 """popbridge.fast_transports on the real reactor and real sockets: sooner, never different."""
 
+import os
 import socket
 from pathlib import Path
 
@@ -135,3 +136,35 @@ def test_any_other_reactor_is_left_as_it_is():
     assert isinstance(fast_sockets(reactor), FastSockets)
     assert fast_sockets(fast_sockets(reactor)).listenTCP.__self__.__class__ is FastSockets
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_passed_file_descriptor_still_travels_with_the_next_write(tmp_path: Path):
+    class Passer(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.sendFileDescriptor(passed.fileno())
+            self.transport.write(b"fd")
+
+    passed = open(tmp_path / "passed.txt", "w+b")  # noqa: SIM115 - closed below
+    path = str(tmp_path / "fd.sock")
+    port = fast_sockets(reactor).listenUNIX(path, Factory.forProtocol(Passer))
+    client = socket.socket(socket.AF_UNIX)
+    try:
+        client.connect(path)
+        client.setblocking(False)
+        arrived: Deferred[tuple[bytes, list]] = Deferred()
+        reactor.addReader(FdReadable(client, arrived))
+        data, fds = await arrived
+        assert len(fds) == 1 and data and b"fd".startswith(data)  # Twisted sends one byte with each descriptor
+        os.close(fds[0])
+    finally:
+        passed.close()
+        client.close()
+        await port.stopListening()
+
+
+class FdReadable(Readable):
+    def doRead(self) -> None:
+        reactor.removeReader(self)
+        data, fds, _, _ = socket.recv_fds(self.sock, 100, 4)
+        self.answered.callback((data, fds))
