@@ -1,7 +1,8 @@
 """Ledger memory and lookup time at N live addresses (issue 9: 1,000,000 in <= 300 MB, O(1)).
 
 Run: .venv/bin/python bench/ledger_size.py [N]   (in-process, memory store; prints RSS growth
-per address and the median lookup time at a small and at the full size, to show it stays flat)
+per address, the median lookup time at a small and at the full size, to show it stays flat,
+and how long a full garbage-collection pass takes with that many logins live)
 """
 
 import gc
@@ -47,10 +48,14 @@ def main() -> None:
     gc.collect()
     grown = rss_kib() - before
     at_full = median_lookup_us(ledger, total)
+    started = time.perf_counter()
+    gc.collect()
+    full_pass_ms = (time.perf_counter() - started) * 1000
     print(f"live addresses           {total:>12,}")
     print(f"RSS growth               {grown / 1024:>12.1f} MiB ({grown * 1024 / (total - small):.0f} bytes per address)")
     print(f"lookup median at {small:,}  {at_small:>8.2f} us")
     print(f"lookup median at {total:,}  {at_full:>8.2f} us (flat = O(1))")
+    print(f"full GC pass at {total:,}  {full_pass_ms:>8.1f} ms (the daemon stalls that long)")
 
 
 if __name__ == "__main__":

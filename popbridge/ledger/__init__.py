@@ -11,15 +11,18 @@ starts again when that session ends. A new login for the same (user, protocol) r
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 
-@dataclass(frozen=True, slots=True)  # a million of them may be live: no per-instance dict
-class Login:
-    """One live login on a client address (the normalised ledger key)."""
+class Login(NamedTuple):
+    """One live login on a client address (the normalised ledger key).
+
+    Built on every read (the stores keep compact rows of their own), so it is a named tuple:
+    a third of the cost of a frozen dataclass per lookup.
+    """
 
     client: str
     user: str

@@ -7,7 +7,6 @@ its own time, so it expires when it would have; a session that was open in FROM 
 ended now. ``memory`` is refused: it lives only inside one running daemon.
 """
 
-from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -53,5 +52,5 @@ def _opened(text: str, ttl: float, reactor: Any) -> Store:
 
 def _ended(login: Login, now: float) -> Login:
     if login.open_sessions:
-        return replace(login, when=max(login.when, now), open_sessions=0)
+        return login._replace(when=max(login.when, now), open_sessions=0)
     return login

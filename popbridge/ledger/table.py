@@ -13,7 +13,6 @@ touched and by `purge`.
 
 import sys
 from collections.abc import Iterable
-from dataclasses import replace
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -21,7 +20,13 @@ from twisted.internet.interfaces import IReactorTime
 from popbridge.addresses import client_key
 from popbridge.ledger import Login
 
-Entries = tuple[Login, ...]  # the live logins of one address, newest first (usually just one)
+# One login as the table keeps it: user, protocol, when, open sessions, tls. A plain tuple of
+# strings and numbers, not a Login: the garbage collector stops tracking such tuples, and a
+# million tracked Logins made every full collection stall the daemon for a quarter of a second
+# (20 ms with rows; bench/ledger_size.py). Logins are built when read.
+Row = tuple[str, str, float, int, bool]
+Rows = tuple[Row, ...]  # the live logins of one address, newest first (usually just one)
+USER, PROTOCOL, WHEN, OPEN, TLS = range(5)
 
 
 class LoginTable:
@@ -33,63 +38,64 @@ class LoginTable:
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._logins: dict[str, Entries] = {}
+        self._rows: dict[str, Rows] = {}
 
     def record(self, key: str, user: str, protocol: str, now: float, session: bool, tls: bool) -> Login:
         """A successful login; refreshes `when` and adds one open session if `session`."""
-        entries = self._live(key, now)
-        old = _named(entries, user, protocol)
-        opened = (old.open_sessions if old else 0) + (1 if session else 0)
-        login = Login(key, sys.intern(user), protocol, now, opened, tls)
-        self._logins[key] = (login, *(entry for entry in entries if entry is not old))
-        return login
+        rows = self._live(key, now)
+        old = _named(rows, user, protocol)
+        opened = (old[OPEN] if old else 0) + (1 if session else 0)
+        row = (sys.intern(user), protocol, now, opened, tls)
+        self._rows[key] = (row, *(r for r in rows if r is not old))
+        return _login(key, row)
 
     def end_session(self, key: str, user: str, protocol: str, now: float) -> Login | None:
         """One session of a login closed; returns the changed login, None if there was none."""
-        entries = self._logins.get(key, ())
-        login = _named(entries, user, protocol)
-        if login is None or not login.open_sessions:
+        rows = self._rows.get(key, ())
+        row = _named(rows, user, protocol)
+        if row is None or not row[OPEN]:
             return None
-        changed = replace(login, when=now, open_sessions=login.open_sessions - 1)
-        self._logins[key] = _newest_first_tuple(changed if entry is login else entry for entry in entries)
-        return changed
+        changed = (row[USER], row[PROTOCOL], now, row[OPEN] - 1, row[TLS])
+        self._rows[key] = _newest_first_rows(changed if r is row else r for r in rows)
+        return _login(key, changed)
 
     def put(self, login: Login) -> None:
         """Store `login` as it is (startup load, migration); it replaces one with the same name."""
-        entries = self._logins.get(login.client, ())
-        old = _named(entries, login.user, login.protocol)
-        self._logins[login.client] = _newest_first_tuple((login, *(e for e in entries if e is not old)))
+        rows = self._rows.get(login.client, ())
+        old = _named(rows, login.user, login.protocol)
+        row = (sys.intern(login.user), login.protocol, login.when, login.open_sessions, login.tls)
+        self._rows[login.client] = _newest_first_rows((row, *(r for r in rows if r is not old)))
 
     def lookup(self, key: str, now: float) -> list[Login]:
-        return list(self._live(key, now))
+        return [_login(key, row) for row in self._live(key, now)]
 
     def logins(self, now: float) -> list[Login]:
-        return newest_first(login for key in list(self._logins) for login in self._live(key, now))
+        return newest_first(_login(key, row) for key in list(self._rows) for row in self._live(key, now))
 
     def revoke(self, key: str) -> int:
-        return len(self._logins.pop(key, ()))
+        return len(self._rows.pop(key, ()))
 
     def purge(self, now: float) -> int:
         """Drop expired logins; returns how many addresses were forgotten."""
-        before = len(self._logins)
-        for key in list(self._logins):
+        before = len(self._rows)
+        for key in list(self._rows):
             self._live(key, now)
-        return before - len(self._logins)
+        return before - len(self._rows)
 
-    def _live(self, key: str, now: float) -> Entries:
+    def _live(self, key: str, now: float) -> Rows:
         """The unexpired logins of `key`; forgets the address once none is left."""
-        entries = self._logins.get(key, ())
-        if any(not self._alive(login, now) for login in entries):
-            entries = tuple(login for login in entries if self._alive(login, now))
-            if entries:
-                self._logins[key] = entries
+        rows = self._rows.get(key, ())
+        if any(not self._alive(row, now) for row in rows):
+            rows = tuple(row for row in rows if self._alive(row, now))
+            if rows:
+                self._rows[key] = rows
             else:
-                del self._logins[key]
-        return entries
+                del self._rows[key]
+        return rows
 
-    def _alive(self, login: Login, now: float) -> bool:
-        expiry = login.expires(self.ttl)
-        return expiry is None or now < expiry
+    def _alive(self, row: Row, now: float) -> bool:
+        """Live while a session is open, else for `ttl` after `when` (Login.expires)."""
+        return bool(row[OPEN]) or now < row[WHEN] + self.ttl
 
 
 class TableReads:
@@ -115,12 +121,16 @@ class TableReads:
         return self._table.lookup(key, self._clock.seconds()) if key else []
 
 
-def _named(entries: Entries, user: str, protocol: str) -> Login | None:
-    return next((entry for entry in entries if entry.user == user and entry.protocol == protocol), None)
+def _login(key: str, row: Row) -> Login:
+    return Login(key, *row)
 
 
-def _newest_first_tuple(logins: Iterable[Login]) -> Entries:
-    return tuple(newest_first(logins))
+def _named(rows: Rows, user: str, protocol: str) -> Row | None:
+    return next((row for row in rows if row[USER] == user and row[PROTOCOL] == protocol), None)
+
+
+def _newest_first_rows(rows: Iterable[Row]) -> Rows:
+    return tuple(sorted(rows, key=lambda row: row[WHEN], reverse=True))
 
 
 def newest_first(logins: Iterable[Login]) -> list[Login]:
