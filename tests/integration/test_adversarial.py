@@ -633,10 +633,13 @@ trusted_proxies = ["127.0.0.2/32"]
     with b.second_client():
         v2 = b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([203, 0, 113, 9, 127, 0, 0, 1, 19, 136, 0, 110])
         for version in (spoof, v2 + spoof.split(b"\r\n", 1)[1]):
-            with connect(haproxy_port, "127.0.0.38") as s:
-                with contextlib.suppress(OSError):
-                    s.sendall(version)
-                assert read_until_closed(s) == b""
+            received = b""
+            with contextlib.suppress(ConnectionResetError):  # popbridge aborts at once: the reset may reach connect()
+                with connect(haproxy_port, "127.0.0.38") as s:
+                    with contextlib.suppress(OSError):
+                        s.sendall(version)
+                    received = read_until_closed(s)
+            assert received == b""
     assert accepting.connections == 0
     b.assert_nothing_recorded("127.0.0.38", "203.0.113.9")
     with connect(haproxy_port, "127.0.0.2") as s:  # the control: a trusted balancer
