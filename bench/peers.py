@@ -106,6 +106,17 @@ def tree_rss(root: int) -> int:
     return total
 
 
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each, then wait up to 15 s for each and SIGKILL what is still running."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 class AuthHttp:
     """nginx's auth_http answerer, `bench/auth_http.py`, as a process of its own (its CPU is
     counted apart from nginx's)."""
@@ -209,11 +220,7 @@ mail {{
         return tree_cpu(self.auth.process.pid)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_processes([self.process])
         self.auth.stop()
         self.log.close()
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -300,13 +307,7 @@ class Perdition:
         return 0.0
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes)
         self.log.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -348,11 +349,7 @@ class TwistedRelay:
         return 0.0
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_processes([self.process])
 
 
 __all__ = ["BenchDovecot", "Nginx", "Perdition", "ServerError", "TwistedRelay", "tree_cpu", "tree_rss"]

@@ -20,34 +20,37 @@ from prometheus_client.utils import floatToGoString
 Labels = tuple[str, ...]
 
 
-class TallyCounter(Collector):
+class _TallyValues(Collector):
+    """One number per label set, exported as `family` (a counter or a gauge)."""
+
+    family: type[CounterMetricFamily] | type[GaugeMetricFamily]
+
     def __init__(self, name: str, documentation: str, labels: Labels) -> None:
         self._name, self._documentation, self._labels = name, documentation, labels
         self._values: dict[Labels, float] = {}
+
+    def _add(self, labels: Labels, amount: float) -> None:
+        self._values[labels] = self._values.get(labels, 0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = self.family(self._name, self._documentation, labels=list(self._labels))
+        for labels, value in sorted(self._values.items()):
+            family.add_metric(list(labels), value)
+        yield family
+
+
+class TallyCounter(_TallyValues):
+    family = CounterMetricFamily
 
     def inc(self, labels: Labels, amount: float = 1) -> None:
-        self._values[labels] = self._values.get(labels, 0) + amount
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=list(self._labels))
-        for labels, value in sorted(self._values.items()):
-            family.add_metric(list(labels), value)
-        yield family
+        self._add(labels, amount)
 
 
-class TallyGauge(Collector):
-    def __init__(self, name: str, documentation: str, labels: Labels) -> None:
-        self._name, self._documentation, self._labels = name, documentation, labels
-        self._values: dict[Labels, float] = {}
+class TallyGauge(_TallyValues):
+    family = GaugeMetricFamily
 
     def add(self, labels: Labels, amount: float) -> None:
-        self._values[labels] = self._values.get(labels, 0) + amount
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(self._name, self._documentation, labels=list(self._labels))
-        for labels, value in sorted(self._values.items()):
-            family.add_metric(list(labels), value)
-        yield family
+        self._add(labels, amount)
 
 
 class TallyHistogram(Collector):
