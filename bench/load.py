@@ -156,6 +156,23 @@ class LoadResult:
         return self.sessions / self.seconds if self.seconds else 0.0
 
 
+async def one_session(host: str, port: int, steps: list, i: int, result: LoadResult) -> bool:
+    """Run one scripted session (source address chosen by `i`) and count it in `result`."""
+    done = asyncio.get_running_loop().create_future()
+    started = time.perf_counter()
+    try:
+        await connect(partial(Scripted, steps, done), host, port, i)
+        ok = await asyncio.wait_for(done, 30)
+    except (TimeoutError, OSError):
+        ok = False
+    if ok:
+        result.sessions += 1
+        result.latencies.append(time.perf_counter() - started)
+    else:
+        result.failures += 1
+    return ok
+
+
 async def closed_loop_sessions(
     host: str,
     port: int,
@@ -166,7 +183,6 @@ async def closed_loop_sessions(
 ) -> LoadResult:
     """`concurrency` clients, each opening one session after another for `duration` seconds;
     session i uses `steps_for(i)` (rotating over users)."""
-    loop = asyncio.get_running_loop()
     result = LoadResult()
     counter = [first]
     deadline = time.perf_counter() + duration
@@ -175,18 +191,7 @@ async def closed_loop_sessions(
         while time.perf_counter() < deadline:
             i = counter[0]
             counter[0] += 1
-            done = loop.create_future()
-            started = time.perf_counter()
-            try:
-                await connect(partial(Scripted, steps_for(i), done), host, port, i)
-                ok = await asyncio.wait_for(done, 30)
-            except (TimeoutError, OSError):
-                ok = False
-            if ok:
-                result.sessions += 1
-                result.latencies.append(time.perf_counter() - started)
-            else:
-                result.failures += 1
+            if not await one_session(host, port, steps_for(i), i, result):
                 await asyncio.sleep(0.01)
 
     started = time.perf_counter()
@@ -208,20 +213,6 @@ async def paced_sessions(
     result = LoadResult()
     in_flight: set[asyncio.Task] = set()
 
-    async def one(i: int) -> None:
-        done = loop.create_future()
-        started = time.perf_counter()
-        try:
-            await connect(partial(Scripted, steps_for(i), done), host, port, i)
-            ok = await asyncio.wait_for(done, 30)
-        except (TimeoutError, OSError):
-            ok = False
-        if ok:
-            result.sessions += 1
-            result.latencies.append(time.perf_counter() - started)
-        else:
-            result.failures += 1
-
     started = time.perf_counter()
     i = 0
     while True:
@@ -231,7 +222,7 @@ async def paced_sessions(
         due = int(now * rate) + 1
         while i < due:
             if len(in_flight) < limit:
-                task = loop.create_task(one(i))
+                task = loop.create_task(one_session(host, port, steps_for(i), i, result))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
             i += 1

@@ -15,6 +15,7 @@ from tests.integration.servers import (
     find_binary,
     free_port,
     short_directory,
+    stop_process,
     tcp_connectable,
     wait_until,
 )
@@ -104,17 +105,6 @@ def tree_rss(root: int) -> int:
         except OSError:
             continue
     return total
-
-
-def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM each, then wait up to 15 s for each and SIGKILL what is still running."""
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 class AuthHttp:
@@ -220,7 +210,7 @@ mail {{
         return tree_cpu(self.auth.process.pid)
 
     def stop(self) -> None:
-        stop_processes([self.process])
+        stop_process(self.process, 15)
         self.auth.stop()
         self.log.close()
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -307,7 +297,8 @@ class Perdition:
         return 0.0
 
     def stop(self) -> None:
-        stop_processes(self.processes)
+        for process in self.processes:
+            stop_process(process, 15)
         self.log.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -349,7 +340,7 @@ class TwistedRelay:
         return 0.0
 
     def stop(self) -> None:
-        stop_processes([self.process])
+        stop_process(self.process, 15)
 
 
 __all__ = ["BenchDovecot", "Nginx", "Perdition", "ServerError", "TwistedRelay", "tree_cpu", "tree_rss"]

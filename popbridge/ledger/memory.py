@@ -23,15 +23,6 @@ class MemoryLedger(TableReads):
         self._clock, self._ipv6_prefix = clock, ipv6_prefix
         self._table = LoginTable(ttl)
 
-    @property
-    def ttl(self) -> float:
-        return self._table.ttl
-
-    @ttl.setter
-    def ttl(self, seconds: float) -> None:
-        """A new ttl (SIGHUP) applies at once to every login, old ones too."""
-        self._table.ttl = seconds
-
     def record(
         self, address: str, user: str, protocol: str, session: bool, tls: bool = False
     ) -> "Deferred[Login | None]":

@@ -92,15 +92,6 @@ class SqliteLedger(TableReads):
         self._queue: list[_Change] = []
         self._writing = False
 
-    @property
-    def ttl(self) -> float:
-        return self._table.ttl
-
-    @ttl.setter
-    def ttl(self, seconds: float) -> None:
-        """A new ttl (SIGHUP) applies at once: rows keep their times, expiry is computed."""
-        self._table.ttl = seconds
-
     # -- opening and closing (blocking: startup and shutdown only) -------------------------
 
     def open(self) -> None:

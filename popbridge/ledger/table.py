@@ -99,12 +99,21 @@ class LoginTable:
 
 
 class TableReads:
-    """The reads of a store that keeps every live login in a LoginTable (memory, SQLite's
-    mirror): they never wait, so `lookup_now` lets lookups skip Deferreds altogether."""
+    """The reads (and the ttl) of a store that keeps every live login in a LoginTable (memory,
+    SQLite's mirror): they never wait, so `lookup_now` lets lookups skip Deferreds altogether."""
 
     _table: LoginTable
     _clock: IReactorTime
     _ipv6_prefix: int
+
+    @property
+    def ttl(self) -> float:
+        return self._table.ttl
+
+    @ttl.setter
+    def ttl(self, seconds: float) -> None:
+        """A new ttl (SIGHUP) applies at once to every login, old ones too: expiry is computed."""
+        self._table.ttl = seconds
 
     def lookup(self, address: str) -> "Deferred[list[Login]]":
         return succeed(self._current(address))

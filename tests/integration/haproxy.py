@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from .servers import ServerError, _tail, binary, free_port, short_directory, tcp_listening, wait_until
+from .servers import ServerError, _tail, binary, free_port, short_directory, stop_process, tcp_listening, wait_until
 
 CONFIG = """\
 global
@@ -73,10 +73,4 @@ class Haproxy:
         return None if code is None else f"haproxy exited with status {code}: {_tail(self.log_path)}"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)

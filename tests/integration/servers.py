@@ -74,6 +74,18 @@ def check_socket_path(path: Path) -> Path:
     return path
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """SIGTERM a server still running, wait for it, and SIGKILL it after `timeout` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 def wait_until(
     ready: Callable[[], bool],
     what: str,
@@ -1050,14 +1062,7 @@ forward_client_address = {forward}
         return self.log.text()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def cleanup(self) -> None:
         self.stop()

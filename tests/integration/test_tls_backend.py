@@ -132,18 +132,24 @@ def test_tls_backend_endpoint_logs_in_with_the_backend_verified(
 # ---------------------------------------------------------------- not verified: refused, nothing recorded
 
 
+def assert_refused_before_the_backend_login(daemon: Popbridge, port: int, tls_dovecot: TlsDovecot, client: str) -> None:
+    """alice gets -ERR, the TLS handshake fails at Dovecot, her password never reaches it, and
+    popbridge records nothing for `client`."""
+    mark = tls_dovecot.log.mark()
+    error = pop3_session_refused(port, client, "alice", "alice-pw")
+    assert "-ERR" in error, error
+    tls_dovecot.log.wait_for(lambda line: "SSL_accept() failed" in line or "TLS handshaking" in line, since=mark)
+    assert "Login: user=<alice>" not in tls_dovecot.log.text(mark)
+    assert daemon.logins(client) == []
+
+
 def test_backend_starttls_with_the_wrong_ca_refuses_the_login(
     popbridge_daemon: StartPopbridge, tls_dovecot: TlsDovecot, tls_certificates: TlsCertificates
 ) -> None:
     daemon, port = start_proxy(
         popbridge_daemon, "pop3", f"tcp:host=127.0.0.1:port={tls_dovecot.port}", starttls_backend_keys(tls_certificates.other_ca_file)
     )
-    mark = tls_dovecot.log.mark()
-    error = pop3_session_refused(port, "127.0.4.34", "alice", "alice-pw")
-    assert "-ERR" in error, error
-    tls_dovecot.log.wait_for(lambda line: "SSL_accept() failed" in line or "TLS handshaking" in line, since=mark)
-    assert "Login: user=<alice>" not in tls_dovecot.log.text(mark)
-    assert daemon.logins("127.0.4.34") == []
+    assert_refused_before_the_backend_login(daemon, port, tls_dovecot, "127.0.4.34")
 
 
 def test_backend_starttls_with_the_wrong_hostname_refuses_the_login(
@@ -155,12 +161,7 @@ def test_backend_starttls_with_the_wrong_hostname_refuses_the_login(
         f"tcp:host=127.0.0.1:port={tls_dovecot.port}",
         starttls_backend_keys(tls_certificates.ca_file, hostname="other.popbridge.test"),
     )
-    mark = tls_dovecot.log.mark()
-    error = pop3_session_refused(port, "127.0.4.35", "alice", "alice-pw")
-    assert "-ERR" in error, error
-    tls_dovecot.log.wait_for(lambda line: "SSL_accept() failed" in line or "TLS handshaking" in line, since=mark)
-    assert "Login: user=<alice>" not in tls_dovecot.log.text(mark)
-    assert daemon.logins("127.0.4.35") == []
+    assert_refused_before_the_backend_login(daemon, port, tls_dovecot, "127.0.4.35")
 
 
 def test_tls_backend_endpoint_with_the_wrong_ca_refuses_the_login(
@@ -168,12 +169,7 @@ def test_tls_backend_endpoint_with_the_wrong_ca_refuses_the_login(
 ) -> None:
     roots = trust_directory(tmp_path, tls_certificates.other_ca_file)
     daemon, port = start_proxy(popbridge_daemon, "pop3", tls_endpoint(tls_dovecot.pop3s_port, roots))
-    mark = tls_dovecot.log.mark()
-    error = pop3_session_refused(port, "127.0.4.36", "alice", "alice-pw")
-    assert "-ERR" in error, error
-    tls_dovecot.log.wait_for(lambda line: "SSL_accept() failed" in line or "TLS handshaking" in line, since=mark)
-    assert "Login: user=<alice>" not in tls_dovecot.log.text(mark)
-    assert daemon.logins("127.0.4.36") == []
+    assert_refused_before_the_backend_login(daemon, port, tls_dovecot, "127.0.4.36")
 
 
 # ---------------------------------------------------------------- the end of a session
