@@ -30,14 +30,6 @@ class PolicyRequest:
 
     text: str
 
-    @classmethod
-    def of(cls, attributes: "tuple[tuple[str, str], ...] | list[tuple[str, str]]") -> "PolicyRequest":
-        return cls("\n".join(f"{name}={value}" for name, value in attributes))
-
-    @property
-    def attributes(self) -> tuple[tuple[str, str], ...]:
-        return tuple(_pair(line) for line in self.text.split("\n"))
-
     def get(self, name: str, default: str = "") -> str:
         key, text = name + "=", self.text
         at = text.rfind("\n" + key)
@@ -49,11 +41,6 @@ class PolicyRequest:
             return default
         end = text.find("\n", start)
         return text[start:] if end < 0 else text[start:end]
-
-
-def _pair(line: str) -> tuple[str, str]:
-    name, _, value = line.partition("=")
-    return name, value
 
 
 @dataclass
