@@ -39,12 +39,12 @@ def main() -> None:
     ledger = MemoryLedger(Clock(), ttl=1800)
     small = 10_000
     for i in range(small):
-        ledger.record(address(i), f"user{i % 5000}", "pop3", False)
+        ledger.record(address(i), f"user{i % 5000}", "pop3")
     at_small = median_lookup_us(ledger, small)
     gc.collect()
     before = rss_kib()
     for i in range(small, total):
-        ledger.record(address(i), f"user{i % 5000}", "pop3", False)
+        ledger.record(address(i), f"user{i % 5000}", "pop3")
     gc.collect()
     grown = rss_kib() - before
     at_full = median_lookup_us(ledger, total)

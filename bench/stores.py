@@ -117,7 +117,7 @@ async def record_rate(reactor: Any, store_text: str, logins: int, clients: int) 
 
         async def caller() -> None:
             for n in counter:
-                await store.ledger.record(f"10.3.{n // 250}.{n % 250 + 1}", f"user{n}", "pop3", False)
+                await store.ledger.record(f"10.3.{n // 250}.{n % 250 + 1}", f"user{n}", "pop3")
 
         from twisted.internet.defer import Deferred, gatherResults
 

@@ -6,12 +6,17 @@ method returns a Deferred so a store may do I/O; the memory store answers at onc
 are raw peer addresses: the ledger normalises them with `popbridge.addresses.client_key`.
 
 Liveness rule (DESIGN.md): a login authorises its address for `ttl` seconds after it was
-recorded; while the proxy session that made it is still open it stays live, and the `ttl`
-starts again when that session ends. A new login for the same (user, protocol) refreshes it.
+recorded; while a proxy session that made it is still open it stays live, and the `ttl`
+starts again when the last of them ends. A new login for the same (user, protocol) refreshes it.
+
+Open sessions are counted per session, by the `SessionId` the proxy passes to `record` and
+again to `end_session`, never by a bare count: after a revoke, a session that was open before
+it ending must not end a session opened after it (a count cannot tell the two apart).
 """
 
+import itertools
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import NamedTuple, NewType
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -36,6 +41,15 @@ class Login(NamedTuple):
         return None if self.open_sessions else self.when + ttl
 
 
+SessionId = NewType("SessionId", int)  # one proxy session; a NewType, so a bool is not taken for one
+_session_ids = itertools.count(1)
+
+
+def new_session() -> SessionId:
+    """An id for one proxy session, unique within this process (the Redis store adds its node's)."""
+    return SessionId(next(_session_ids))
+
+
 class LedgerUnavailable(Exception):
     """The store could not answer; callers answer a temporary failure, never a yes."""
 
@@ -50,14 +64,17 @@ class ILedger(Interface):
 
     ttl = Attribute("seconds a login authorises its address after it was made or its session ended")
 
-    def record(address: str, user: str, protocol: str, session: bool, tls: bool = False) -> "Deferred[Login | None]":
-        """Store a successful login; with `session`, it stays live until `end_session`.
+    def record(
+        address: str, user: str, protocol: str, session: "SessionId | None" = None, tls: bool = False
+    ) -> "Deferred[Login | None]":
+        """Store a successful login; with a `session`, it stays live until `end_session(session)`.
 
         Fires with the stored Login, or None when `address` is not an IP address.
         """
 
-    def end_session(address: str, user: str, protocol: str) -> "Deferred[None]":
-        """The proxy session behind a login closed: its `ttl` starts now."""
+    def end_session(address: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
+        """The proxy `session` behind a login closed: once no session of it is open, its `ttl`
+        starts now. A session that is not open on the login (revoked since) changes nothing."""
 
     def lookup(address: str) -> "Deferred[list[Login]]":
         """The live logins on `address`, newest first; [] for unknown or non-IP addresses.

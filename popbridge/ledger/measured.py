@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from popbridge.ledger import ILedger, Login
+from popbridge.ledger import ILedger, Login, SessionId
 from popbridge.metrics import Metrics
 
 
@@ -28,11 +28,13 @@ class MeasuredLedger:
     def ttl(self, value: float) -> None:
         self._store.ttl = value
 
-    def record(self, address: str, user: str, protocol: str, session: bool, tls: bool = False) -> "Deferred[Login | None]":
+    def record(
+        self, address: str, user: str, protocol: str, session: SessionId | None = None, tls: bool = False
+    ) -> "Deferred[Login | None]":
         return self._measure("record", self._store.record, address, user, protocol, session, tls=tls)
 
-    def end_session(self, address: str, user: str, protocol: str) -> "Deferred[None]":
-        return self._measure("end_session", self._store.end_session, address, user, protocol)
+    def end_session(self, address: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
+        return self._measure("end_session", self._store.end_session, address, user, protocol, session)
 
     def lookup(self, address: str) -> "Deferred[list[Login]]":
         return self._measure("lookup", self._store.lookup, address)

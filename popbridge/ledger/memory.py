@@ -7,7 +7,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from popbridge.addresses import client_key
-from popbridge.ledger import IRestorableLedger, Login
+from popbridge.ledger import IRestorableLedger, Login, SessionId
 from popbridge.ledger.table import LoginTable, TableReads
 
 
@@ -24,17 +24,17 @@ class MemoryLedger(TableReads):
         self._table = LoginTable(ttl)
 
     def record(
-        self, address: str, user: str, protocol: str, session: bool, tls: bool = False
+        self, address: str, user: str, protocol: str, session: SessionId | None = None, tls: bool = False
     ) -> "Deferred[Login | None]":
         key = client_key(address, self._ipv6_prefix)
         if key is None:
             return succeed(None)
         return succeed(self._table.record(key, user, protocol, self._clock.seconds(), session, tls))
 
-    def end_session(self, address: str, user: str, protocol: str) -> "Deferred[None]":
+    def end_session(self, address: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
         key = client_key(address, self._ipv6_prefix)
         if key is not None:
-            self._table.end_session(key, user, protocol, self._clock.seconds())
+            self._table.end_session(key, user, protocol, session, self._clock.seconds())
         return succeed(None)
 
     def revoke(self, address: str) -> "Deferred[int]":

@@ -12,21 +12,25 @@ Why it is built this way:
   slow. A call that waited in the pool's queue past its deadline is dropped unsent, so an
   outage leaves no backlog. The connection pool reconnects on the next call once Redis is
   back; nothing has to be restarted.
-- **Layout.** One hash per client address, ``popbridge:login:<address>``, one field per
-  (user, protocol) holding ``{"when", "tls", "open_until"}``. A lookup is one ``HGETALL``;
-  revoke is one ``DEL``, seen by every node at once. Several users per address (NAT) are
-  several fields. Every write extends the hash's Redis TTL to cover its longest-lived field
+- **Layout.** One hash per client address, ``popbridge:login:<address>``: one field per
+  (user, protocol), ``["user", "protocol"]`` holding ``{"when", "tls"}``, and one field per
+  open session, ``["user", "protocol", "NODE:ID"]`` holding its lease ``{"seen", "until"}``.
+  A lookup is one ``HGETALL``; revoke is one ``DEL``, seen by every node at once, sessions
+  included. Several users per address (NAT) are several fields. Every write extends the hash's Redis TTL to cover its longest-lived field
   (never shortens it), so Redis itself drops an address once all its logins are over;
   readers also filter fields by time, so a field that outlived its `ttl` inside a live hash
   is never a yes. There is no local cache: every lookup asks Redis, so a revocation is
   visible on every node immediately.
-- **Open sessions across nodes.** A node cannot know another node's connections, and a node
-  that crashes cannot say its sessions ended. So the node that holds a session keeps a lease
-  on its login: every `refresh` seconds it rewrites ``when = now`` and ``open_until = now +
-  3 * refresh``. While the lease holds the login is live; when the last local session ends
-  the node writes ``when = now, open_until = 0`` and the `ttl` runs from then. If the node
-  dies, the lease lapses and the `ttl` runs from its last refresh: as if its sessions had
-  ended when it was last seen. Lease writes never re-create a login that was revoked.
+- **Open sessions across nodes, each on its own.** A node cannot know another node's
+  connections, and a node that crashes cannot say its sessions ended. So the node that holds
+  a session keeps a lease on it: every `refresh` seconds it rewrites the session's field to
+  ``seen = now, until = now + 3 * refresh``. While any lease holds the login is live; when a
+  session ends its node deletes its field and writes ``when = now``, so the `ttl` runs from
+  then once no other session holds it. If the node dies, the lease lapses and the `ttl` runs
+  from `seen`: as if its sessions had ended when it was last seen. A lease write or a session
+  end only touches a field that is still there, so after a revoke (the ``DEL`` took every
+  session field with it) a session opened before it can neither come back nor end a session
+  opened after it.
 - **Clocks.** Times are each node's own clock (`when` is compared across nodes), so nodes
   sharing a Redis need NTP, as any multi-node mail setup does.
 - **Durability** is Redis's: popbridge waits for Redis's reply before it releases a login;
@@ -35,6 +39,7 @@ Why it is built this way:
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -50,7 +55,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popbridge.addresses import client_key
-from popbridge.ledger import IRestorableLedger, LedgerUnavailable, Login
+from popbridge.ledger import IRestorableLedger, LedgerUnavailable, Login, SessionId
 from popbridge.ledger.table import newest_first
 
 RunBlocking = Callable[..., "Deferred[Any]"]
@@ -58,18 +63,21 @@ KEY_PREFIX = "popbridge:login:"
 LIST_TIMEOUT = 10.0  # seconds for `logins()`, which walks every address (control socket only)
 MAX_REFRESH = 30.0  # seconds between lease refreshes of open sessions (less for a short ttl)
 
-# KEYS[1] the address hash. ARGV: field, value, milliseconds the hash must live at least,
-# "1" to write only if the field is still there (lease refreshes and session ends: never
-# re-create a revoked login). The hash's TTL only ever grows.
+# KEYS[1] the address hash. ARGV: [1] a field that must still be there, or "" (lease refreshes
+# and session ends: never re-create what a revoke deleted); [2] milliseconds the hash must live
+# at least; [3] a field to delete, or ""; [4...] field, value pairs to set. Returns 0 when the
+# field in [1] was missing and nothing was written. The hash's TTL only ever grows.
 WRITE_SCRIPT = """
-if ARGV[4] == '1' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local want = tonumber(ARGV[3])
+if ARGV[1] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[3] ~= '' then redis.call('HDEL', KEYS[1], ARGV[3]) end
+if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+local want = tonumber(ARGV[2])
 if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], want) end
 return 1
 """
 
 Name = tuple[str, str, str]  # (address key, user, protocol)
+Write = tuple[str, list[Any]]  # (hash key, WRITE_SCRIPT's ARGV)
 
 
 def redis_client(url: str, password: str, timeout: float) -> Redis:
@@ -103,7 +111,8 @@ class RedisLedger:
         self._redis, self._clock, self._ipv6_prefix = client, clock, ipv6_prefix
         self._run_blocking, self._timeout, self._prefix = run_blocking, timeout, prefix
         self._write_script = client.register_script(WRITE_SCRIPT)
-        self._open: dict[Name, tuple[int, bool]] = {}  # sessions this node holds: (count, tls)
+        self._node = uuid.uuid4().hex[:12]  # makes this node's session ids unique in Redis
+        self._open: dict[SessionId, tuple[Name, bool]] = {}  # sessions this node holds: login, tls
         self._refreshing = LoopingCall(self._refresh_leases)
         self._refreshing.clock = clock
         self.ttl = ttl
@@ -135,58 +144,58 @@ class RedisLedger:
 
     def _refresh_leases(self) -> "Deferred[None]":
         now = self._clock.seconds()
-        names = list(self._open)
-        if not names:
+        sessions = list(self._open)
+        if not sessions:
             return succeed(None)
-        writes = [self._entry(name, now, self._open[name][1], now + 3 * self.refresh, only_if_present=True) for name in names]
+        writes = []
+        for session in sessions:
+            name, _ = self._open[session]
+            lease = self._lease_field(name, session)
+            writes.append(self._write(name[0], now + 3 * self.refresh, must_exist=lease, pairs=self._lease(lease, now)))
         refreshing = self._call("lease refresh", self._write_many, writes)
-        refreshing.addCallback(self._refreshed, names)
-        refreshing.addErrback(lambda f: self.log.failure("redis: could not refresh {count} open sessions", f, count=len(names)))
+        refreshing.addCallback(self._refreshed, sessions)
+        refreshing.addErrback(lambda f: self.log.failure("redis: could not refresh {count} open sessions", f, count=len(sessions)))
         return refreshing
 
-    def _refreshed(self, results: list[int], names: list[Name]) -> None:
-        for name, written in zip(names, results, strict=True):
+    def _refreshed(self, results: list[int], sessions: list[SessionId]) -> None:
+        for session, written in zip(sessions, results, strict=True):
             if not written:  # revoked, perhaps by another node: the session no longer counts
-                self._open.pop(name, None)
+                self._open.pop(session, None)
 
     # -- ILedger ---------------------------------------------------------------------------
 
     def record(
-        self, address: str, user: str, protocol: str, session: bool, tls: bool = False
+        self, address: str, user: str, protocol: str, session: SessionId | None = None, tls: bool = False
     ) -> "Deferred[Login | None]":
         key = client_key(address, self._ipv6_prefix)
         if key is None:
             return succeed(None)
         now, name = self._clock.seconds(), (key, user, protocol)
-        if session:
-            self._open[name] = (self._open.get(name, (0, tls))[0] + 1, tls)
-        open_until = now + 3 * self.refresh if name in self._open else 0.0
-        writing = self._call("record", self._write_many, [self._entry(name, now, tls, open_until)])
-        if session:
-            writing.addErrback(self._not_opened, name)
-        return writing.addCallback(lambda _: Login(key, user, protocol, now, 1 if open_until else 0, tls))
+        pairs = self._login(name, now, tls)
+        lease_until = now
+        if session is not None:
+            self._open[session] = (name, tls)
+            lease_until = now + 3 * self.refresh
+            pairs += self._lease(self._lease_field(name, session), now)
+        writing = self._call("record", self._write_many, [self._write(key, lease_until, pairs=pairs)])
+        if session is not None:
+            writing.addErrback(self._not_opened, session)
+        open_sessions = sum(1 for opened, _ in self._open.values() if opened == name)
+        return writing.addCallback(lambda _: Login(key, user, protocol, now, open_sessions, tls))
 
-    def _not_opened(self, failure: Failure, name: Name) -> Failure:
+    def _not_opened(self, failure: Failure, session: SessionId) -> Failure:
         """The login was not stored, so the proxy will not end its session: forget it here."""
-        count, tls = self._open.get(name, (0, False))
-        if count > 1:
-            self._open[name] = (count - 1, tls)
-        else:
-            self._open.pop(name, None)
+        self._open.pop(session, None)
         return failure
 
-    def end_session(self, address: str, user: str, protocol: str) -> "Deferred[None]":
-        key = client_key(address, self._ipv6_prefix)
-        name = (key or "", user, protocol)
-        if name not in self._open:
+    def end_session(self, address: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
+        if session not in self._open:  # revoked since, or never stored
             return succeed(None)
-        count, tls = self._open[name]
-        if count > 1:
-            self._open[name] = (count - 1, tls)
-            return succeed(None)
-        del self._open[name]
-        entry = self._entry(name, self._clock.seconds(), tls, 0.0, only_if_present=True)
-        return self._call("end session", self._write_many, [entry]).addCallback(lambda _: None)
+        name, tls = self._open.pop(session)
+        lease = self._lease_field(name, session)
+        now = self._clock.seconds()
+        ending = self._write(name[0], now, must_exist=lease, delete=lease, pairs=self._login(name, now, tls))
+        return self._call("end session", self._write_many, [ending]).addCallback(lambda _: None)
 
     def lookup(self, address: str) -> "Deferred[list[Login]]":
         key = client_key(address, self._ipv6_prefix)
@@ -204,8 +213,8 @@ class RedisLedger:
         key = client_key(address, self._ipv6_prefix)
         if key is None:
             return succeed(0)
-        for name in [name for name in self._open if name[0] == key]:
-            del self._open[name]
+        for session in [session for session, (name, _) in self._open.items() if name[0] == key]:
+            del self._open[session]
         return self._call("revoke", self._revoke, self._prefix + key)
 
     def purge(self) -> "Deferred[int]":
@@ -213,31 +222,43 @@ class RedisLedger:
         return succeed(0)
 
     def restore(self, logins: Iterable[Login]) -> "Deferred[int]":
-        entries = [self._entry((l.client, l.user, l.protocol), l.when, l.tls, 0.0) for l in logins]
+        entries = [self._write(l.client, l.when, pairs=self._login((l.client, l.user, l.protocol), l.when, l.tls)) for l in logins]
         if not entries:
             return succeed(0)
         return self._call("restore", self._write_many, entries, timeout=LIST_TIMEOUT).addCallback(len)
 
     # -- Redis calls (these run in the thread pool) ---------------------------------------
 
-    def _entry(self, name: Name, when: float, tls: bool, open_until: float, only_if_present: bool = False) -> tuple[str, list[Any]]:
-        key, user, protocol = name
-        lives_ms = max(1, int((max(when + self.ttl, open_until) - self._clock.seconds()) * 1000) + 1000)
-        value = json.dumps({"when": when, "tls": tls, "open_until": open_until})
-        return self._prefix + key, [json.dumps([user, protocol]), value, lives_ms, "1" if only_if_present else "0"]
+    def _write(self, key: str, live_until: float, must_exist: str = "", delete: str = "", pairs: list[str] | None = None) -> Write:
+        """One WRITE_SCRIPT call on `key`'s hash, which must then live until `live_until` + `ttl`."""
+        lives_ms = max(1, int((live_until + self.ttl - self._clock.seconds()) * 1000) + 1000)
+        return self._prefix + key, [must_exist, lives_ms, delete, *(pairs or [])]
 
-    def _write_many(self, entries: list[tuple[str, list[Any]]]) -> list[int]:
+    @staticmethod
+    def _login(name: Name, when: float, tls: bool) -> list[str]:
+        _, user, protocol = name
+        return [json.dumps([user, protocol]), json.dumps({"when": when, "tls": tls})]
+
+    def _lease_field(self, name: Name, session: SessionId) -> str:
+        _, user, protocol = name
+        return json.dumps([user, protocol, f"{self._node}:{session}"])
+
+    def _lease(self, field: str, now: float) -> list[str]:
+        return [field, json.dumps({"seen": now, "until": now + 3 * self.refresh})]
+
+    def _write_many(self, entries: list[Write]) -> list[int]:
         pipe = self._redis.pipeline(transaction=False)
         for key, args in entries:
             self._write_script(keys=[key], args=args, client=pipe)
         return [int(result) for result in pipe.execute()]
 
     def _revoke(self, key: str) -> int:
+        """Deletes the address's hash; counts its logins (the fields that are not session leases)."""
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hlen(key)
+        pipe.hkeys(key)
         pipe.delete(key)
-        removed, _ = pipe.execute()
-        return int(removed)
+        fields, _ = pipe.execute()
+        return sum(1 for field in fields if _is_login(field))
 
     def _everything(self) -> list[tuple[str, dict[str, str]]]:
         keys = list(self._redis.scan_iter(match=self._prefix + "*", count=1000))
@@ -266,17 +287,33 @@ class RedisLedger:
         return calling.addTimeout(limit, self._clock, onTimeoutCancel=timed_out)
 
     def _live(self, key: str, fields: dict[str, str]) -> list[Login]:
-        now, live = self._clock.seconds(), []
+        """The live logins in one address's hash: login fields, each with its session leases."""
+        now = self._clock.seconds()
+        logins: dict[tuple[str, str], tuple[float, bool]] = {}
+        leases: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for name, value in fields.items():
             try:
-                user, protocol = json.loads(name)
+                user, protocol, *session = json.loads(name)
                 entry = json.loads(value)
-                when, open_until, tls = float(entry["when"]), float(entry["open_until"]), bool(entry["tls"])
+                if session:
+                    leases.setdefault((user, protocol), []).append((float(entry["seen"]), float(entry["until"])))
+                else:
+                    logins[user, protocol] = (float(entry["when"]), bool(entry["tls"]))
             except (ValueError, KeyError, TypeError):
                 self.log.warn("redis: ignoring a malformed entry {field!r} of {key}", field=name, key=key)
-                continue
-            if now < open_until:
-                live.append(Login(key, user, protocol, when, 1, tls))
-            elif now < when + self.ttl:
-                live.append(Login(key, user, protocol, when, 0, tls))
+        live = []
+        for (user, protocol), (when, tls) in logins.items():
+            held = leases.get((user, protocol), [])
+            open_sessions = sum(1 for _, until in held if now < until)
+            when = max([when, *(seen for seen, until in held if until <= now)])  # a lapsed lease ended when last seen
+            if open_sessions or now < when + self.ttl:
+                live.append(Login(key, user, protocol, when, open_sessions, tls))
         return live
+
+
+def _is_login(field: str) -> bool:
+    """A login's field (``["user", "protocol"]``), not a session lease's (three items)."""
+    try:
+        return len(json.loads(field)) == 2
+    except (ValueError, TypeError):
+        return False

@@ -22,6 +22,8 @@ Why it is built this way:
 - **One process per file.** The file is `flock`ed at startup: a second popbridge on the same
   file is a startup error naming it, since two mirrors of one table would disagree. Readers
   such as ``sqlite3 FILE .backup`` are not blocked by it.
+- **Open sessions** are kept per session id in the mirror (see `popbridge.ledger`); the file
+  keeps only their number, since an id means nothing after a restart, when every one has ended.
 - **Restarts.** Sessions that were open when popbridge stopped or crashed cannot be open any
   more: at startup they are treated as ended *at startup time*, so their address stays
   authorised for `ttl` from then. Expired rows are deleted at startup and by `purge`.
@@ -41,7 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popbridge.addresses import client_key
-from popbridge.ledger import IRestorableLedger, LedgerStoreError, Login
+from popbridge.ledger import IRestorableLedger, LedgerStoreError, Login, SessionId
 from popbridge.ledger.table import LoginTable, TableReads
 
 RunBlocking = Callable[..., "Deferred[Any]"]  # run_blocking(f, *args) runs f(*args) off the reactor
@@ -159,7 +161,7 @@ class SqliteLedger(TableReads):
     # -- ILedger ---------------------------------------------------------------------------
 
     def record(
-        self, address: str, user: str, protocol: str, session: bool, tls: bool = False
+        self, address: str, user: str, protocol: str, session: SessionId | None = None, tls: bool = False
     ) -> "Deferred[Login | None]":
         key = client_key(address, self._ipv6_prefix)
         if key is None:
@@ -168,9 +170,9 @@ class SqliteLedger(TableReads):
         written = self._write(UPSERT, _row(login), login)
         return written.addCallback(lambda _: login)
 
-    def end_session(self, address: str, user: str, protocol: str) -> "Deferred[None]":
+    def end_session(self, address: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
         key = client_key(address, self._ipv6_prefix)
-        changed = self._table.end_session(key, user, protocol, self._clock.seconds()) if key else None
+        changed = self._table.end_session(key, user, protocol, session, self._clock.seconds()) if key else None
         return self._write(UPSERT, _row(changed)) if changed else succeed(None)
 
     def revoke(self, address: str) -> "Deferred[int]":

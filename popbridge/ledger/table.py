@@ -18,13 +18,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from popbridge.addresses import client_key
-from popbridge.ledger import Login
+from popbridge.ledger import Login, SessionId
 
-# One login as the table keeps it: user, protocol, when, open sessions, tls. A plain tuple of
-# strings and numbers, not a Login: the garbage collector stops tracking such tuples, and a
-# million tracked Logins made every full collection stall the daemon for a quarter of a second
-# (20 ms with rows; bench/ledger_size.py). Logins are built when read.
-Row = tuple[str, str, float, int, bool]
+# One login as the table keeps it: user, protocol, when, the ids of its open sessions, tls. A
+# plain tuple of strings and numbers, not a Login: the garbage collector stops tracking such
+# tuples, and a million tracked Logins made every full collection stall the daemon for a quarter
+# of a second (20 ms with rows; bench/ledger_size.py). Logins are built when read.
+Row = tuple[str, str, float, tuple[SessionId, ...], bool]
 Rows = tuple[Row, ...]  # the live logins of one address, newest first (usually just one)
 USER, PROTOCOL, WHEN, OPEN, TLS = range(5)
 
@@ -40,30 +40,37 @@ class LoginTable:
         self.ttl = ttl
         self._rows: dict[str, Rows] = {}
 
-    def record(self, key: str, user: str, protocol: str, now: float, session: bool, tls: bool) -> Login:
-        """A successful login; refreshes `when` and adds one open session if `session`."""
+    def record(
+        self, key: str, user: str, protocol: str, now: float, session: SessionId | None, tls: bool
+    ) -> Login:
+        """A successful login; refreshes `when` and adds `session` to its open sessions."""
         rows = self._live(key, now)
         old = _named(rows, user, protocol)
-        opened = (old[OPEN] if old else 0) + (1 if session else 0)
+        opened = (old[OPEN] if old else ()) + (() if session is None else (session,))
         row = (sys.intern(user), protocol, now, opened, tls)
         self._rows[key] = (row, *(r for r in rows if r is not old))
         return _login(key, row)
 
-    def end_session(self, key: str, user: str, protocol: str, now: float) -> Login | None:
-        """One session of a login closed; returns the changed login, None if there was none."""
+    def end_session(self, key: str, user: str, protocol: str, session: SessionId, now: float) -> Login | None:
+        """`session` of a login closed; returns the changed login, None if that session was not
+        open on it (revoked since: then the login there now belongs to later sessions)."""
         rows = self._rows.get(key, ())
         row = _named(rows, user, protocol)
-        if row is None or not row[OPEN]:
+        if row is None or session not in row[OPEN]:
             return None
-        changed = (row[USER], row[PROTOCOL], now, row[OPEN] - 1, row[TLS])
+        still_open = tuple(s for s in row[OPEN] if s != session)
+        changed = (row[USER], row[PROTOCOL], now, still_open, row[TLS])
         self._rows[key] = _newest_first_rows(changed if r is row else r for r in rows)
         return _login(key, changed)
 
     def put(self, login: Login) -> None:
-        """Store `login` as it is (startup load, migration); it replaces one with the same name."""
+        """Store `login` as it is (startup load, migration); it replaces one with the same name.
+
+        Its sessions, if any, are not this process's: it is stored with none open (callers pass
+        logins whose sessions ended, see IRestorableLedger.restore)."""
         rows = self._rows.get(login.client, ())
         old = _named(rows, login.user, login.protocol)
-        row = (sys.intern(login.user), login.protocol, login.when, login.open_sessions, login.tls)
+        row = (sys.intern(login.user), login.protocol, login.when, (), login.tls)
         self._rows[login.client] = _newest_first_rows((row, *(r for r in rows if r is not old)))
 
     def lookup(self, key: str, now: float) -> list[Login]:
@@ -131,7 +138,8 @@ class TableReads:
 
 
 def _login(key: str, row: Row) -> Login:
-    return Login(key, *row)
+    user, protocol, when, sessions, tls = row
+    return Login(key, user, protocol, when, len(sessions), tls)
 
 
 def _named(rows: Rows, user: str, protocol: str) -> Row | None:

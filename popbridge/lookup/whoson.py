@@ -73,7 +73,7 @@ class WhosonResponder:
 
     async def _serve(self, request: WhosonRequest) -> Answer:
         if request.command is Command.LOGIN:
-            await self.ledger.record(request.address, request.extra, "whoson", session=False)
+            await self.ledger.record(request.address, request.extra, "whoson")
             self.log.info("whoson LOGIN {user} from {client}", user=request.extra, client=request.address)
             return "updated", encode_yes()
         if request.command is Command.LOGOUT:

@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from popbridge.ledger import ILedger
+from popbridge.ledger import ILedger, SessionId, new_session
 from popbridge.proxy.backend import BackendConnector, BackendLeg
 from popbridge.proxy.deadlines import SessionDeadlines
 from popbridge.proxy.splice import splice
@@ -67,7 +67,7 @@ class LoginProxy(Protocol):
         self._paused_for_record = False
         self._deadlines: SessionDeadlines | None = None  # idle and login limits, once admitted
         self._target: str | None = None  # the backend in use: None is the listener's default
-        self._session: tuple[str, str] | None = None  # (client host, user) once recorded
+        self._session: tuple[str, str, SessionId] | None = None  # (client host, user, its id) once recorded
         self._closed = False
         self._to_backend = self._to_client = 0  # bytes moved after the login
 
@@ -167,16 +167,17 @@ class LoginProxy(Protocol):
 
     def _record(self, login: LoginSucceeded) -> None:
         self._recording = True
+        session = new_session()
         recorded: Deferred[object] = self._ledger.record(
-            self._client, login.user, self._watcher.protocol, True, tls=self._tls
+            self._client, login.user, self._watcher.protocol, session, tls=self._tls
         )
-        recorded.addCallbacks(self._recorded, self._not_recorded, callbackArgs=(login,))
+        recorded.addCallbacks(self._recorded, self._not_recorded, callbackArgs=(login, session))
         if self._recording and not self._closed:  # a store that writes to disk or network: hold both sides
             self._paused_for_record = True
             self._pause_both()
 
-    def _recorded(self, _: object, login: LoginSucceeded) -> None:
-        self._session = (self._client, login.user)
+    def _recorded(self, _: object, login: LoginSucceeded, session: SessionId) -> None:
+        self._session = (self._client, login.user, session)
         self._log_login("succeeded", login.user, login.method)
         self._recording = False
         if self._closed:  # the client left while the store was writing: its ttl starts now
@@ -318,8 +319,8 @@ class LoginProxy(Protocol):
         """The recorded login's session is over: from now its address has `ttl` left."""
         if self._session is None:
             return
-        (host, user), self._session = self._session, None
-        ended = self._ledger.end_session(host, user, self._watcher.protocol)
+        (host, user, session), self._session = self._session, None
+        ended = self._ledger.end_session(host, user, self._watcher.protocol, session)
         ended.addErrback(lambda f: self.log.failure("could not end the session of {client}", f, client=host))
 
     def backendConnectionLost(self, reason: Failure) -> None:

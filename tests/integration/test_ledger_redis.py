@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from popbridge.ledger import LedgerUnavailable
+from popbridge.ledger import LedgerUnavailable, new_session
 from popbridge.ledger.redis import RedisLedger, redis_client
 from popbridge.ledger.sqlite import SqliteLedger
 from tests.unit.test_ledger_behaviour import *  # noqa: F401,F403  the shared behaviour suite
@@ -48,29 +48,44 @@ def nodes(redis_server: Redis, clock: Clock) -> Iterator[tuple[RedisLedger, Redi
 
 def test_a_login_on_one_node_is_seen_by_another(nodes):
     a, b = nodes
-    result(a.record("192.0.2.7", "alice", "pop3", False))
+    result(a.record("192.0.2.7", "alice", "pop3"))
     assert users(b, "192.0.2.7") == ["alice"]
 
 
 def test_a_revoke_on_one_node_is_seen_by_every_node(nodes):
     a, b = nodes
-    result(a.record("192.0.2.7", "alice", "pop3", True))
+    result(a.record("192.0.2.7", "alice", "pop3", new_session()))
     assert result(b.revoke("192.0.2.7")) == 1
     assert users(a, "192.0.2.7") == []
 
 
 def test_a_revoked_session_is_not_brought_back_by_its_node(nodes, clock):
     a, b = nodes
-    result(a.record("192.0.2.7", "alice", "imap4", True))
+    session = new_session()
+    result(a.record("192.0.2.7", "alice", "imap4", session))
     result(b.revoke("192.0.2.7"))
     clock.advance(a.refresh)  # a's lease refresh finds the login gone
-    result(a.end_session("192.0.2.7", "alice", "imap4"))
+    result(a.end_session("192.0.2.7", "alice", "imap4", session))
     assert users(b, "192.0.2.7") == []
+
+
+def test_a_session_from_before_a_revoke_on_another_node_ending_leaves_a_later_session_open(nodes, clock):
+    """Defect 2 across nodes: a's session, a revoke on b, a new session on a before a's lease
+    refresh noticed the revoke, then the old session ends: the new one still holds."""
+    a, b = nodes
+    old, new = new_session(), new_session()
+    result(a.record("192.0.2.7", "alice", "imap4", old))
+    result(b.revoke("192.0.2.7"))
+    result(a.record("192.0.2.7", "alice", "imap4", new))
+    result(a.end_session("192.0.2.7", "alice", "imap4", old))
+    for _ in range(3):
+        clock.advance(TTL)
+        assert [(l.user, l.open_sessions) for l in result(b.lookup("192.0.2.7"))] == [("alice", 1)]
 
 
 def test_a_session_held_by_one_node_keeps_the_address_live_for_all(nodes, clock):
     a, b = nodes
-    result(a.record("192.0.2.7", "alice", "imap4", True))
+    result(a.record("192.0.2.7", "alice", "imap4", new_session()))
     for _ in range(200):
         clock.advance(a.refresh)
     [login] = result(b.lookup("192.0.2.7"))
@@ -80,7 +95,7 @@ def test_a_session_held_by_one_node_keeps_the_address_live_for_all(nodes, clock)
 def test_a_crashed_nodes_sessions_end_ttl_after_it_was_last_seen(redis_server, clock):
     redis_client(redis_server.url, "", 2.0).flushdb()
     crashed, survivor = node(redis_server, clock), node(redis_server, clock)
-    result(crashed.record("192.0.2.7", "alice", "imap4", True))
+    result(crashed.record("192.0.2.7", "alice", "imap4", new_session()))
     clock.advance(crashed.refresh)
     crashed.stop_refreshing()  # the node dies holding the session
     last_seen = clock.seconds()
@@ -95,7 +110,7 @@ def test_redis_expires_the_address_itself(redis_server):
     """Real time here: the Redis TTL, not only popbridge's reading of `when`, ends a login."""
     redis_client(redis_server.url, "", 2.0).flushdb()
     store = RedisLedger(redis_client(redis_server.url, "", 2.0), reactor, 1, 128, run_blocking=direct_call)
-    result(store.record("192.0.2.7", "alice", "pop3", False))
+    result(store.record("192.0.2.7", "alice", "pop3"))
     raw = redis_client(redis_server.url, "", 2.0)
     assert 0 < raw.pttl("popbridge:login:192.0.2.7") <= 2000
     deadline = time.monotonic() + 5
@@ -110,7 +125,7 @@ def test_a_dead_redis_is_unavailable_not_unknown(own_redis, clock):
     with pytest.raises(LedgerUnavailable):
         result(store.lookup("192.0.2.7"))
     with pytest.raises(LedgerUnavailable):
-        result(store.record("192.0.2.7", "alice", "pop3", False))
+        result(store.record("192.0.2.7", "alice", "pop3"))
     store.stop_refreshing()
 
 
@@ -123,7 +138,7 @@ async def test_a_hung_redis_answers_unavailable_within_the_timeout_then_recovers
             redis_client(own_redis.url, "", 0.3), reactor, TTL, 128,
             run_blocking=partial(deferToThreadPool, reactor, pool), timeout=0.3,
         )
-        await store.record("192.0.2.7", "alice", "pop3", False)
+        await store.record("192.0.2.7", "alice", "pop3")
         own_redis.pause()
         started = time.monotonic()
         with pytest.raises(LedgerUnavailable):
@@ -144,8 +159,8 @@ def test_migrate_store_moves_live_logins_from_sqlite_to_redis_and_back(redis_ser
     redis_client(redis_server.url, "", 2.0).flushdb()
     source = SqliteLedger(tmp_path / "a.sqlite3", reactor, TTL, 128, run_blocking=direct_call)
     source.open()
-    result(source.record("192.0.2.7", "alice", "pop3", False, tls=True))
-    result(source.record("192.0.2.8", "bob", "imap4", True))  # open: arrives as ended now
+    result(source.record("192.0.2.7", "alice", "pop3", tls=True))
+    result(source.record("192.0.2.8", "bob", "imap4", new_session()))  # open: arrives as ended now
     before = result(source.logins())
     source.close()
 
@@ -166,10 +181,10 @@ def test_migrate_store_moves_live_logins_from_sqlite_to_redis_and_back(redis_ser
 
 def test_a_session_whose_login_was_not_stored_holds_no_lease(own_redis, clock):
     store = node(own_redis, clock)
-    result(store.record("192.0.2.7", "alice", "imap4", False))
+    result(store.record("192.0.2.7", "alice", "imap4"))
     own_redis.kill()
     with pytest.raises(LedgerUnavailable):
-        result(store.record("192.0.2.7", "alice", "imap4", True))
+        result(store.record("192.0.2.7", "alice", "imap4", new_session()))
     own_redis.start()
     clock.advance(TTL)  # had the failed session kept a lease, the refresh would keep alice live
     assert users(store, "192.0.2.7") == []

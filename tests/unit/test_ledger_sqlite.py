@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from popbridge.ledger import LedgerStoreError
+from popbridge.ledger import LedgerStoreError, new_session
 from popbridge.ledger.sqlite import SqliteLedger
 
 from .test_ledger_behaviour import TTL, direct_call, result, users
@@ -34,7 +34,7 @@ def opened(path: Path, clock: Clock, run_blocking=direct_call, **options) -> Sql
 
 def test_logins_survive_a_restart_with_their_user_and_expiry(path, clock):
     first = opened(path, clock)
-    result(first.record("192.0.2.7", "alice", "pop3", False, tls=True))
+    result(first.record("192.0.2.7", "alice", "pop3", tls=True))
     before = result(first.lookup("192.0.2.7"))
     first.close()
     clock.advance(60)
@@ -45,7 +45,7 @@ def test_logins_survive_a_restart_with_their_user_and_expiry(path, clock):
 
 def test_a_login_is_committed_before_record_fires(path, clock):
     ledger = opened(path, clock)
-    result(ledger.record("192.0.2.7", "alice", "pop3", True))
+    result(ledger.record("192.0.2.7", "alice", "pop3", new_session()))
     with sqlite3.connect(path) as other:  # another connection sees the committed row
         assert other.execute("SELECT user, open_sessions FROM logins").fetchall() == [("alice", 1)]
     ledger.close()
@@ -61,7 +61,7 @@ def test_record_waits_for_the_writer(path, clock):
         return d
 
     ledger = opened(path, clock, run_blocking=later)
-    recording = ledger.record("192.0.2.7", "alice", "pop3", False)
+    recording = ledger.record("192.0.2.7", "alice", "pop3")
     assert not recording.called
     assert users(ledger, "192.0.2.7") == ["alice"]  # lookups never wait for the disk
     pending.pop().callback(None)
@@ -79,8 +79,8 @@ def test_changes_queued_during_a_commit_share_the_next_one(path, clock):
         return d
 
     ledger = opened(path, clock, run_blocking=later)
-    first = ledger.record("192.0.2.1", "alice", "pop3", False)
-    others = [ledger.record(f"192.0.2.{n}", "bob", "pop3", False) for n in range(2, 12)]
+    first = ledger.record("192.0.2.1", "alice", "pop3")
+    others = [ledger.record(f"192.0.2.{n}", "bob", "pop3") for n in range(2, 12)]
     assert len(batches) == 1
     batches.pop().callback(None)
     assert first.called and len(batches) == 1  # the ten others: one transaction
@@ -91,7 +91,7 @@ def test_changes_queued_during_a_commit_share_the_next_one(path, clock):
 
 def test_sessions_open_at_a_crash_count_as_ended_at_startup(path, clock):
     first = opened(path, clock)
-    result(first.record("192.0.2.7", "alice", "imap4", True))
+    result(first.record("192.0.2.7", "alice", "imap4", new_session()))
     first._release()  # a crash: nothing more is written
     clock.advance(10_000)
     second = opened(path, clock)
@@ -104,7 +104,7 @@ def test_sessions_open_at_a_crash_count_as_ended_at_startup(path, clock):
 
 def test_logins_that_expired_while_stopped_are_dropped_at_startup(path, clock):
     first = opened(path, clock)
-    result(first.record("192.0.2.7", "alice", "pop3", False))
+    result(first.record("192.0.2.7", "alice", "pop3"))
     first.close()
     clock.advance(TTL)
     second = opened(path, clock)
@@ -115,7 +115,7 @@ def test_logins_that_expired_while_stopped_are_dropped_at_startup(path, clock):
 
 def test_purge_deletes_expired_rows(path, clock):
     ledger = opened(path, clock)
-    result(ledger.record("192.0.2.7", "alice", "pop3", False))
+    result(ledger.record("192.0.2.7", "alice", "pop3"))
     clock.advance(TTL)
     result(ledger.purge())
     assert sqlite3.connect(path).execute("SELECT count(*) FROM logins").fetchone() == (0,)
@@ -151,7 +151,7 @@ def test_a_full_disk_keeps_the_login_in_memory_logs_and_counts_it(path, clock):
     pages = ledger._db.execute("PRAGMA page_count").fetchone()[0]
     ledger._db.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: SQLITE_FULL
     with capturedLogs() as events:
-        login = result(ledger.record("192.0.2.7", "x" * 5000, "pop3", False))
+        login = result(ledger.record("192.0.2.7", "x" * 5000, "pop3"))
     assert login.user == "x" * 5000  # record still fires: the client gets its mail
     assert users(ledger, "192.0.2.7") == ["x" * 5000]  # and the address is authorised
     assert not_stored == [1]
@@ -163,7 +163,7 @@ def test_a_full_disk_keeps_the_login_in_memory_logs_and_counts_it(path, clock):
 def test_a_closed_store_keeps_later_changes_in_memory(path, clock):
     ledger = opened(path, clock)
     ledger.close()
-    assert result(ledger.record("192.0.2.7", "alice", "pop3", False)).user == "alice"
+    assert result(ledger.record("192.0.2.7", "alice", "pop3")).user == "alice"
     assert users(ledger, "192.0.2.7") == ["alice"]
 
 
@@ -180,7 +180,7 @@ def test_run_blocking_is_the_only_way_to_the_disk_after_open(path, clock):
         return succeed(function(*args))
 
     ledger = opened(path, clock, run_blocking=counting)
-    result(ledger.record("192.0.2.7", "alice", "pop3", False))
+    result(ledger.record("192.0.2.7", "alice", "pop3"))
     result(ledger.lookup("192.0.2.7"))
     assert calls == ["_commit"]
     ledger.close()

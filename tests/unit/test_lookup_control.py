@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from popbridge.config import LookupConfig
-from popbridge.ledger import LedgerUnavailable, Login
+from popbridge.ledger import LedgerUnavailable, Login, new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.lookup.server import LookupServer
@@ -45,9 +45,9 @@ def replies(transport: StringTransport) -> list[dict]:
 
 def test_list_reports_every_live_login() -> None:
     factory, ledger, _, clock = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     clock.advance(10)
-    ledger.record("192.0.2.8", "bob", "imap4", session=True, tls=True)
+    ledger.record("192.0.2.8", "bob", "imap4", new_session(), tls=True)
     server, transport = connect(factory)
     server.dataReceived(b'{"command": "list"}\n')
     assert replies(transport) == [
@@ -65,7 +65,7 @@ def test_list_reports_every_live_login() -> None:
 
 def test_query_reports_the_logins_of_one_address() -> None:
     factory, ledger, _, _ = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(factory)
     server.dataReceived(b'{"command": "query", "address": "::ffff:192.0.2.7"}\n'
                         b'{"command": "query", "address": "192.0.2.9"}\n')
@@ -76,8 +76,8 @@ def test_query_reports_the_logins_of_one_address() -> None:
 
 def test_revoke_reports_how_many_logins_it_removed() -> None:
     factory, ledger, _, _ = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
-    ledger.record("192.0.2.7", "bob", "pop3", session=True)
+    ledger.record("192.0.2.7", "alice", "pop3")
+    ledger.record("192.0.2.7", "bob", "pop3", new_session())
     server, transport = connect(factory)
     with capturedLogs():
         server.dataReceived(b'{"command": "revoke", "address": "192.0.2.7"}\n')
@@ -88,9 +88,9 @@ def test_revoke_reports_how_many_logins_it_removed() -> None:
 def test_stats_reports_counters_logins_and_uptime() -> None:
     factory, ledger, counters, clock = setup()
     counters.count("login_succeeded")
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
-    ledger.record("192.0.2.7", "bob", "pop3", session=False)
-    ledger.record("192.0.2.8", "carol", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
+    ledger.record("192.0.2.7", "bob", "pop3")
+    ledger.record("192.0.2.8", "carol", "pop3")
     clock.advance(42)
     server, transport = connect(factory)
     server.dataReceived(b'{"command": "stats"}\n')

@@ -33,7 +33,7 @@ def ask(config: LookupConfig, data: bytes, *logins: tuple[str, str], directory: 
     clock = Clock()
     ledger = MemoryLedger(clock, ttl=1800)
     for address, user in logins:
-        ledger.record(address, user, "pop3", session=False)
+        ledger.record(address, user, "pop3")
     factory = lookup_factory(config, Verdicts(ledger, directory), ledger, Counters(started=0), clock)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
     server = factory.buildProtocol(None)

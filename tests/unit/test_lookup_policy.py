@@ -8,7 +8,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from popbridge.config import LookupConfig
-from popbridge.ledger import LedgerUnavailable, Login
+from popbridge.ledger import LedgerUnavailable, Login, new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
 from popbridge.stats import Counters
@@ -53,7 +53,7 @@ def connect(factory: ServerFactory) -> tuple[object, StringTransport]:
 def test_login_authorises_its_address_until_the_ttl_passes() -> None:
     clock = Clock()
     ledger = MemoryLedger(clock, ttl=300)  # under the 600 s idle timeout, so one connection sees it
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(build(ledger, clock)[0])
     server.dataReceived(REQUEST % b"192.0.2.7")
     assert transport.value() == b"action=OK\n\n"
@@ -78,7 +78,7 @@ def test_idle_policy_connection_is_closed_after_the_idle_timeout() -> None:
 def test_connection_stays_open_for_the_next_request() -> None:
     clock = Clock()
     ledger = MemoryLedger(clock, ttl=1800)
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(build(ledger, clock)[0])
     server.dataReceived(REQUEST % b"192.0.2.8" + REQUEST % b"192.0.2.7")
     assert transport.value() == b"action=DUNNO\n\naction=OK\n\n"
@@ -88,7 +88,7 @@ def test_connection_stays_open_for_the_next_request() -> None:
 def test_configured_actions_are_answered() -> None:
     clock = Clock()
     ledger = MemoryLedger(clock, ttl=1800)
-    ledger.record("::ffff:192.0.2.7", "alice", "pop3", session=True)
+    ledger.record("::ffff:192.0.2.7", "alice", "pop3", new_session())
     config = LookupConfig("policy", "unix:address=/tmp/p", authorised_action="PERMIT_AUTH_DESTINATION",
                           unknown_action="REJECT relay denied")
     server, transport = connect(build(ledger, clock, config)[0])
@@ -106,7 +106,7 @@ def test_request_without_client_address_gets_the_unknown_action() -> None:
 def test_ledger_failure_answers_tempfail_never_yes() -> None:
     clock = Clock()
     ledger = BrokenLedger(clock, ttl=1800)
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(build(ledger, clock)[0])
     with capturedLogs() as events:
         server.dataReceived(REQUEST % b"192.0.2.7")
@@ -131,7 +131,7 @@ def test_replies_keep_request_order_when_the_first_lookup_is_slow() -> None:
     clock = Clock()
     ledger = SlowLedger(clock, ttl=1800)
     ledger.gates = []
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(build(ledger, clock)[0])
     server.dataReceived(REQUEST % b"192.0.2.7" + REQUEST % b"192.0.2.8")
     assert transport.value() == b"" and len(ledger.gates) == 1

@@ -8,7 +8,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 
 from popbridge.config import LookupConfig
-from popbridge.ledger import LedgerUnavailable, Login
+from popbridge.ledger import LedgerUnavailable, Login, new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
 from popbridge.stats import Counters
@@ -51,7 +51,7 @@ def ask(factory: ServerFactory, data: bytes) -> bytes:
 
 def test_access_map_answers_ok_for_a_live_address_and_notfound_otherwise() -> None:
     factory, ledger, _ = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     assert ask(factory, query("access", "192.0.2.7")) == b"5:OK OK,"
     assert ask(factory, query("access", "192.0.2.8")) == b"9:NOTFOUND ,"
 
@@ -71,14 +71,14 @@ def test_hostname_keys_are_notfound_even_when_the_ledger_is_down() -> None:
 
 def test_user_map_answers_the_newest_login_name() -> None:
     factory, ledger, _ = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     assert ask(factory, query("user", "192.0.2.7")) == b"8:OK alice,"
     assert ask(factory, query("user", "192.0.2.8")) == b"9:NOTFOUND ,"
 
 
 def test_user_map_without_a_login_name_is_notfound_never_bare_ok() -> None:
     factory, ledger, _ = setup()
-    ledger.record("192.0.2.7", "", "pop3", session=True)  # GSSAPI: no name known
+    ledger.record("192.0.2.7", "", "pop3", new_session())  # GSSAPI: no name known
     assert ask(factory, query("user", "192.0.2.7")) == b"9:NOTFOUND ,"
     assert ask(factory, query("access", "192.0.2.7")) == b"5:OK OK,"
 
@@ -91,7 +91,7 @@ def test_unknown_map_is_perm() -> None:
 
 def test_ledger_failure_is_temp_never_ok() -> None:
     factory, ledger, _ = setup(BrokenLedger)
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     with capturedLogs() as events:
         reply = ask(factory, query("access", "192.0.2.7"))
     assert reply.split(b":", 1)[1].startswith(b"TEMP ")
@@ -100,7 +100,7 @@ def test_ledger_failure_is_temp_never_ok() -> None:
 
 def test_several_queries_share_one_connection() -> None:
     factory, ledger, counters = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(factory)
     server.dataReceived(query("access", "unknown") + query("access", "192.0.2.7"))
     server.dataReceived(query("user", "192.0.2.7")[:5])
@@ -112,7 +112,7 @@ def test_several_queries_share_one_connection() -> None:
 
 def test_bad_netstring_closes_and_another_connection_is_served() -> None:
     factory, ledger, _ = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     for bad in (b"x16:access 192.0.2.7,", b"16:access 192.0.2.7;", b"99999999:", b"15:access192.0.2.7,"):
         server, transport = connect(factory)
         with capturedLogs() as events:
@@ -124,7 +124,7 @@ def test_bad_netstring_closes_and_another_connection_is_served() -> None:
 
 def test_half_closed_client_gets_its_answer_then_eof() -> None:
     factory, ledger, _ = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(factory)
     server.dataReceived(query("access", "192.0.2.7"))
     server.readConnectionLost()

@@ -41,7 +41,7 @@ def connect(factory: ServerFactory) -> tuple[object, StringTransport]:
 
 def test_query_answers_the_user_of_a_live_address() -> None:
     factory, ledger = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(factory)
     server.dataReceived(b"QUERY 192.0.2.7\r\n\r\n")
     assert transport.value() == b"+alice\r\n\r\n"
@@ -56,7 +56,7 @@ def test_query_for_an_unknown_address_answers_no() -> None:
 
 def test_query_without_an_address_answers_error_and_keeps_serving() -> None:
     factory, ledger = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(factory)
     with capturedLogs():
         server.dataReceived(b"QUERY\r\n\r\n")
@@ -78,7 +78,7 @@ def test_login_is_refused_without_allow_updates() -> None:
 
 def test_logout_is_refused_without_allow_updates() -> None:
     factory, ledger = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(factory)
     with capturedLogs():
         server.dataReceived(b"LOGOUT 192.0.2.7\r\n\r\n")
@@ -101,7 +101,7 @@ def test_login_and_logout_update_the_ledger_when_allowed() -> None:
 
 def test_ledger_failure_answers_error_never_yes() -> None:
     factory, ledger = setup(ledger_type=BrokenLedger)
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(factory)
     with capturedLogs() as events:
         server.dataReceived(b"QUERY 192.0.2.7\r\n\r\n")
@@ -111,7 +111,7 @@ def test_ledger_failure_answers_error_never_yes() -> None:
 
 def test_half_closed_client_gets_its_answer_then_eof() -> None:
     factory, ledger = setup()
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     server, transport = connect(factory)
     server.dataReceived(b"QUERY 192.0.2.7\r\n\r\n")
     server.readConnectionLost()
