@@ -10,9 +10,14 @@ Why it looks like this:
   Concurrent look-ups of one user share one query.
 - The directory never fails its caller. When LDAP is down, or slower than `timeout`, the last
   answer serves if it is at most `stale_ttl` past its freshness, else FALLBACK: not exempt,
-  the default backend. So a failure never grants anything that LDAP did not recently grant,
-  and a look-up answers within `timeout` (plus the reactor's own latency). The outage is
-  logged once when it starts and once when LDAP answers again.
+  the default backend. So a failure never grants anything that LDAP did not recently grant.
+- An outage costs one timeout, not one per look-up (issue 16): a relay asks once per
+  recipient, and a hung directory (accepting connections, never answering) would otherwise
+  make every uncached look-up wait the whole `timeout`. After the first failure the directory
+  is *down*: look-ups answer at once, from the cache or FALLBACK, and send no query; one probe
+  at a time looks up the user last asked for, on a back-off (`PROBE_BACKOFF`), and the first
+  answer LDAP gives (that probe's, or a query from before the outage landing late) ends the
+  outage. The outage is logged once when it starts and once when it ends.
 """
 
 from collections.abc import Callable
@@ -22,10 +27,11 @@ from typing import Any
 
 from cachetools import TTLCache
 from ldap3.core.exceptions import LDAPException
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,6 +47,9 @@ __all__ = ["FALLBACK", "IDirectory", "LdapDirectory", "MemoryDirectory", "UserFa
 FALLBACK = UserFacts()  # what an unknown user, or a directory that cannot answer, gets
 LDAP_THREADS = 4  # worker threads, and so at most this many LDAP connections
 MAX_CACHED_USERS = 100_000
+# seconds before probe n of an outage (n = 0, 1, ...): 1, 2, 4 ... at most 30, plus up to 1 s of
+# jitter, so a directory that is back is noticed within about 30 s plus one `timeout`
+PROBE_BACKOFF = backoffPolicy(initialDelay=1.0, maxDelay=30.0, factor=2.0)
 
 RunBlocking = Callable[..., "Deferred[Any]"]  # run_blocking(f, *args) fires with f(*args)
 
@@ -99,6 +108,16 @@ class DirectoryUnavailable(Exception):
     """LDAP did not answer in time or at all; callers serve the cache or FALLBACK."""
 
 
+@dataclass
+class _Outage:
+    """LDAP is down: look-ups answer without it while one probe at a time asks again."""
+
+    since: float
+    user: str  # whom the next probe looks up: the user last asked for, so its answer is of use
+    probes: int = 0  # probes sent so far; the back-off grows with it
+    next_probe: IDelayedCall | None = None  # while the probe waits for its time
+
+
 @implementer(IDirectory)
 class LdapDirectory(_FromFacts):
     log = Logger()
@@ -111,8 +130,10 @@ class LdapDirectory(_FromFacts):
         clock: IReactorTime,
         max_users: int = MAX_CACHED_USERS,
         metrics: Metrics | None = None,
+        probe_backoff: Callable[[int], float] = PROBE_BACKOFF,
     ) -> None:
         self._config, self._pool, self._run_blocking, self._clock = config, pool, run_blocking, clock
+        self._probe_backoff = probe_backoff
         self._metrics = metrics or Metrics()  # cache hits, misses and errors for /metrics
         # entries outlive their freshness by stale_ttl: kept only to serve during outages
         self._found: TTLCache[str, _Cached] = TTLCache(max_users, config.cache_ttl + config.stale_ttl, clock.seconds)
@@ -120,13 +141,16 @@ class LdapDirectory(_FromFacts):
             max_users, config.negative_cache_ttl + config.stale_ttl, clock.seconds
         )
         self._queries: dict[str, Deferred[UserFacts | _Unavailable]] = {}
-        self._down_since: float | None = None
+        self._outage: _Outage | None = None
 
     def facts(self, user: str) -> "Deferred[UserFacts]":
         return Deferred.fromCoroutine(self._facts(user))
 
     def close(self) -> None:
         """Drop the idle connections (the service calls this after the thread pool stopped)."""
+        if self._outage is not None and self._outage.next_probe is not None:
+            self._outage.next_probe.cancel()
+            self._outage.next_probe = None
         self._pool.close()
 
     async def _facts(self, user: str) -> UserFacts:
@@ -136,17 +160,24 @@ class LdapDirectory(_FromFacts):
         if cached is not None and self._clock.seconds() < cached.fresh_until:
             self._metrics.ldap("hit")
             return cached.facts
+        if self._outage is not None:  # no query: the probe finds out when LDAP is back
+            self._outage.user = user
+            self._metrics.ldap("error")
+            return cached.facts if cached is not None else FALLBACK
         self._metrics.ldap("miss")
         try:
-            return await self._query(user).addTimeout(self._config.timeout, self._clock)
+            return await self._asked(user)
         except Exception as e:  # defer.TimeoutError or DirectoryUnavailable: never the caller's problem
-            timed_out = isinstance(e, defer.TimeoutError)
             self._metrics.ldap("error")
-            self._went_down(f"no answer within {self._config.timeout} s" if timed_out else str(e))
+            self._went_down(_why(e, self._config.timeout), user)
             cached = self._cached(user)  # may have expired, or been refreshed, meanwhile
             self.log.debug("LDAP look-up of {user!r} failed; serving {source}", user=user,
                            source="the cached answer" if cached else "the fallback")
             return cached.facts if cached is not None else FALLBACK
+
+    def _asked(self, user: str) -> "Deferred[UserFacts]":
+        """`user`'s facts from LDAP, failing after `timeout`."""
+        return self._query(user).addTimeout(self._config.timeout, self._clock)
 
     def _cached(self, user: str) -> _Cached | None:
         return self._found.get(user) or self._missing.get(user)
@@ -169,7 +200,7 @@ class LdapDirectory(_FromFacts):
             if not result.check(LDAPException, OSError):  # not an outage: our bug; still no grant
                 self.log.failure("LDAP look-up of {user!r} failed", result, user=user)
             reason = self._scrub(result.getErrorMessage()) or result.type.__name__
-            self._went_down(reason)
+            self._went_down(reason, user)
             return _Unavailable(reason)
         self._came_back()
         if result.note:
@@ -183,27 +214,52 @@ class LdapDirectory(_FromFacts):
         self._found[user] = _Cached(result.facts, now + self._config.cache_ttl)
         return result.facts
 
-    def _went_down(self, reason: str) -> None:
-        if self._down_since is not None:
+    def _went_down(self, reason: str, user: str) -> None:
+        if self._outage is not None:
             self.log.debug("LDAP still unavailable: {reason}", reason=reason)
             return
-        self._down_since = self._clock.seconds()
+        self._outage = _Outage(self._clock.seconds(), user)
         self.log.error(
-            "LDAP directory unavailable ({reason}); answering from the cache (up to {stale} s stale), "
-            "else not exempt and the default backend, until it answers again",
+            "LDAP directory unavailable ({reason}); answering at once from the cache (up to {stale} s stale), "
+            "else not exempt and the default backend, while one probe retries with back-off",
             reason=reason, stale=self._config.stale_ttl,
         )
+        self._schedule_probe(self._outage)
+
+    def _schedule_probe(self, outage: _Outage) -> None:
+        delay = self._probe_backoff(outage.probes)
+        outage.probes += 1
+        outage.next_probe = self._clock.callLater(delay, self._probe, outage)
+
+    def _probe(self, outage: _Outage) -> None:
+        """Ask LDAP once; an answer ends the outage (in `_landed`), a failure waits longer."""
+        outage.next_probe = None
+        self.log.debug("LDAP probe {count}: looking up {user!r}", count=outage.probes, user=outage.user)
+        self._asked(outage.user).addErrback(self._probe_failed, outage)
+
+    def _probe_failed(self, failure: Failure, outage: _Outage) -> None:
+        """A timeout or DirectoryUnavailable (`_landed` turns every other error into one)."""
+        self.log.debug("LDAP probe failed: {reason}", reason=_why(failure.value, self._config.timeout))
+        if self._outage is outage:  # not ended meanwhile by a late answer
+            self._schedule_probe(outage)
 
     def _came_back(self) -> None:
-        if self._down_since is not None:
-            self.log.info("LDAP directory answers again after {seconds:.1f} s",
-                          seconds=self._clock.seconds() - self._down_since)
-            self._down_since = None
+        outage, self._outage = self._outage, None
+        if outage is None:
+            return
+        if outage.next_probe is not None:
+            outage.next_probe.cancel()
+        self.log.info("LDAP directory answers again after {seconds:.1f} s ({probes} probes)",
+                      seconds=self._clock.seconds() - outage.since, probes=outage.probes)
 
     def _scrub(self, text: str) -> str:
         """Error texts come from ldap3 and the network: make sure the password is not in one."""
         password = self._config.bind_password
         return text.replace(password, "********") if password else text
+
+
+def _why(error: BaseException, timeout: float) -> str:
+    return f"no answer within {timeout:g} s" if isinstance(error, defer.TimeoutError) else str(error)
 
 
 def _hand_over(result: "UserFacts | _Unavailable", mine: "Deferred[UserFacts]") -> "UserFacts | _Unavailable":

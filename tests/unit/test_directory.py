@@ -4,8 +4,10 @@ MemoryDirectory twin, then the LDAP-only parts: cache, timeouts, outages, loggin
 from dataclasses import replace
 
 import pytest
+from ldap3.core.exceptions import LDAPSocketReceiveError
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface.verify import verifyObject
 
@@ -28,9 +30,33 @@ def direct(f, *args):  # run_blocking for tests: the "thread" runs at once
     return maybeDeferred(f, *args)
 
 
+PROBE_BACKOFF = backoffPolicy(initialDelay=1.0, maxDelay=30.0, factor=2.0, jitter=lambda: 0.0)  # 1, 2, 4 ... 30
+
+
 def ldap_directory(ldap: MockLdap, clock: Clock, run_blocking=direct, **overrides) -> LdapDirectory:
     config = replace(CONFIG, **overrides)
-    return LdapDirectory(config, ConnectionPool(ldap.connect, 2), run_blocking, clock)
+    return LdapDirectory(config, ConnectionPool(ldap.connect, 2), run_blocking, clock, probe_backoff=PROBE_BACKOFF)
+
+
+class HungLdap:
+    """`run_blocking` for a directory that accepts connections and never answers (slapd under
+    SIGSTOP): each query fails when ldap3's receive timeout frees its thread, `thread_timeout`
+    after it started. `started` lists when each query was sent."""
+
+    def __init__(self, clock: Clock, thread_timeout: float = 3.5) -> None:
+        self.clock, self.thread_timeout = clock, thread_timeout
+        self.started: list[float] = []
+        self.answering: MockLdap | None = None  # set to make it answer again
+
+    def __call__(self, f, *args) -> Deferred:
+        self.started.append(self.clock.seconds())
+        if self.answering is not None:
+            return maybeDeferred(f, *args)
+        return deferLater(self.clock, self.thread_timeout, _receive_timed_out)
+
+
+def _receive_timed_out() -> None:
+    raise LDAPSocketReceiveError("socket receive timed out")
 
 
 def memory_directory() -> MemoryDirectory:
@@ -135,29 +161,114 @@ def test_outage_without_a_cached_answer_gives_the_fallback() -> None:
     assert result(directory.facts("carol")) == FALLBACK
 
 
-def test_fresh_answers_resume_when_ldap_is_back() -> None:
-    ldap = MockLdap()
+def test_fresh_answers_resume_once_a_probe_finds_ldap_back() -> None:
+    clock, ldap = Clock(), MockLdap()
     ldap.down = True
-    directory = ldap_directory(ldap, Clock())
+    directory = ldap_directory(ldap, clock)
     assert result(directory.is_exempt("alice")) is False
     ldap.down = False
+    assert result(directory.is_exempt("alice")) is False  # still the outage: no query until the probe
+    clock.advance(PROBE_BACKOFF(0))
     assert result(directory.is_exempt("alice")) is True
 
 
 def test_outage_is_logged_once_and_its_end_once() -> None:
-    ldap = MockLdap()
-    directory = ldap_directory(ldap, Clock())
+    clock, ldap = Clock(), MockLdap()
+    directory = ldap_directory(ldap, clock)
     ldap.down = True
     with capturedLogs() as events:
         for user in ("alice", "bob", "carol", "alice"):
             result(directory.facts(user))
+        clock.advance(100)  # probes fail
         ldap.down = False
+        clock.advance(30)  # the next probe succeeds
         result(directory.facts("alice"))
         ldap.down = True
         result(directory.facts("bob"))
     loud = [formatEvent(e) for e in events if e["log_level"].name in ("error", "critical", "info")]
     assert len([line for line in loud if "unavailable" in line]) == 2  # two outages
     assert len([line for line in loud if "answers again after" in line]) == 1
+
+
+def test_after_the_first_timeout_lookups_answer_at_once_without_a_query() -> None:
+    clock = Clock()
+    hung = HungLdap(clock)
+    directory = ldap_directory(MockLdap(), clock, run_blocking=hung)
+    first = directory.facts("alice")
+    clock.advance(CONFIG.timeout)
+    assert result(first) == FALLBACK
+    answers = [directory.facts(user) for user in ("bob", "carol", "dave") * 20]  # 60 recipients
+    assert all(answer.called for answer in answers)
+    assert {result(answer) for answer in answers} == {FALLBACK}
+    assert hung.started == [0.0]
+
+
+def test_a_cached_answer_serves_at_once_during_the_outage_even_when_stale() -> None:
+    clock, ldap = Clock(), MockLdap()
+    hung = HungLdap(clock)
+    directory = ldap_directory(ldap, clock, run_blocking=hung)
+    hung.answering = ldap
+    assert result(directory.is_exempt("alice")) is True
+    hung.answering = None
+    clock.advance(CONFIG.cache_ttl)  # stale from now on
+    directory.facts("bob")
+    clock.advance(CONFIG.timeout)  # bob's look-up times out: the outage starts
+    stale = directory.is_exempt("alice")
+    assert stale.called and result(stale) is True
+
+
+def test_one_probe_at_a_time_retries_with_growing_back_off() -> None:
+    clock = Clock()
+    hung = HungLdap(clock)
+    directory = ldap_directory(MockLdap(), clock, run_blocking=hung)
+    directory.facts("alice")
+    while (due := min(call.getTime() for call in clock.getDelayedCalls())) < 200:
+        clock.advance(due - clock.seconds())  # from one timer to the next, the relay asking at each
+        directory.facts("bob")
+    # query at 0, times out at 3; each probe times out 3 s after it is sent, then waits 1, 2, 4 ... 30 s
+    expected, sent = [0.0], 3.0
+    for delay in (1, 2, 4, 8, 16, 30, 30, 30, 30, 30):
+        expected.append(sent + delay)
+        sent = expected[-1] + CONFIG.timeout
+    assert [round(t, 1) for t in hung.started] == [t for t in expected if t < 200]
+
+
+def test_the_first_successful_probe_ends_the_outage_and_answers_the_last_user_asked_for() -> None:
+    clock, ldap = Clock(), MockLdap()
+    hung = HungLdap(clock)
+    directory = ldap_directory(ldap, clock, run_blocking=hung)
+    directory.facts("bob")
+    clock.advance(CONFIG.timeout)
+    assert result(directory.is_exempt("alice")) is False  # the fallback, at once
+    hung.answering = ldap
+    with capturedLogs() as events:
+        clock.advance(PROBE_BACKOFF(0))  # the probe looks up alice, and LDAP answers
+    assert any("answers again after" in formatEvent(e) for e in events)
+    queries = len(hung.started)
+    assert result(directory.is_exempt("alice")) is True  # from the cache the probe filled
+    assert len(hung.started) == queries
+    assert result(directory.is_exempt("dave")) is True  # an ordinary query again
+    assert len(hung.started) == queries + 1
+    clock.advance(1000)
+    assert len(hung.started) == queries + 1  # no probe after the outage
+
+
+def test_a_late_answer_from_before_the_outage_ends_it_too() -> None:
+    clock, ldap, pending = Clock(), MockLdap(), []
+
+    def held(f, *args):
+        d: Deferred = Deferred()
+        pending.append((d, f, args))
+        return d
+
+    directory = ldap_directory(ldap, clock, run_blocking=held)
+    directory.facts("alice")
+    clock.advance(CONFIG.timeout)  # the outage starts; alice's query is still out
+    d, f, args = pending[0]
+    d.callback(f(*args))
+    directory.is_exempt("bob")
+    assert len(pending) == 2  # bob is asked for: no outage any more
+
 
 
 def test_slow_ldap_answers_the_fallback_after_timeout() -> None:
