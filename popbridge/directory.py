@@ -249,7 +249,7 @@ class LdapDirectory(_FromFacts):
             return
         if outage.next_probe is not None:
             outage.next_probe.cancel()
-        self.log.info("LDAP directory answers again after {seconds:.1f} s ({probes} probes)",
+        self.log.info("LDAP directory answers again after {seconds:.1f} s and {probes} probe(s)",
                       seconds=self._clock.seconds() - outage.since, probes=outage.probes)
 
     def _scrub(self, text: str) -> str:

@@ -95,6 +95,27 @@ class LdapDaemon:
         assert reply.startswith(b"action=") and reply.endswith(b"\n\n"), reply
         return reply[len(b"action="):-2].decode()
 
+    def policy_per_recipient(self, client: str, recipients: int) -> list[tuple[float, str]]:
+        """Ask as Postfix does for a message with `recipients` recipients: one request per
+        recipient on one connection, each sent when the previous answer came. Each answer's
+        wait in seconds, and its action."""
+        answers = []
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(str(self.exempt_policy))
+            for n in range(recipients):
+                request = (f"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address={client}\n"
+                           f"client_name=unknown\nrecipient=user{n}@outside.example\n\n")
+                started = time.monotonic()
+                s.sendall(request.encode())
+                reply = b""
+                while not reply.endswith(b"\n\n"):
+                    chunk = s.recv(4096)
+                    assert chunk, f"policy listener closed after {reply!r}"
+                    reply += chunk
+                answers.append((time.monotonic() - started, reply[len(b"action="):-2].decode()))
+        return answers
+
     def whoson_login(self, client: str, user: str) -> None:
         reply = _unix_exchange(self.whoson_updates, f"LOGIN {client} {user}\r\n\r\n".encode(), b"\r\n\r\n")
         assert reply.startswith(b"+"), reply
@@ -217,8 +238,8 @@ def test_ldap_outage_answers_the_fallback_within_the_timeout_then_recovers(own_s
     assert time.monotonic() - started < TIMEOUT + 0.5
     assert daemon.policy("127.0.0.40") == daemon.exempt_action  # the cached answer still serves
 
-    own_slapd.resume()
-    wait_until(lambda: daemon.policy("127.0.0.41") == daemon.exempt_action, "fresh answers after SIGCONT", timeout=5)
+    own_slapd.resume()  # the next probe (at most 1 + 2 + 1 + 3 s after the outage began) finds it back
+    wait_until(lambda: daemon.policy("127.0.0.41") == daemon.exempt_action, "fresh answers after SIGCONT", timeout=15)
 
     own_slapd.stop()
     daemon.whoson_login("127.0.0.42", "erin")  # exempt, never looked up
@@ -226,12 +247,35 @@ def test_ldap_outage_answers_the_fallback_within_the_timeout_then_recovers(own_s
     assert daemon.policy("127.0.0.42") == AUTHORISED
     assert time.monotonic() - started < TIMEOUT + 0.5
     own_slapd.start()
-    wait_until(lambda: daemon.policy("127.0.0.42") == daemon.exempt_action, "fresh answers after a restart", timeout=5)
+    wait_until(lambda: daemon.policy("127.0.0.42") == daemon.exempt_action, "fresh answers after a restart", timeout=15)
 
     log = daemon.daemon.output()
     assert log.count("LDAP directory unavailable") == 2  # once per outage
     assert log.count("LDAP directory answers again") == 2
     assert LDAP_BIND_PASSWORD not in log
+
+
+def test_a_hung_directory_costs_one_timeout_then_every_lookup_answers_at_once(own_slapd, start_ldap_daemon) -> None:
+    """Issue 16, defect 4: slapd under SIGSTOP accepts connections and never answers. Postfix
+    asks once per recipient; only the first look-up may wait the `timeout`, the others answer
+    at once (the fallback: authorised, not exempt) while one probe retries; the first probe
+    after SIGCONT ends the outage."""
+    daemon = start_ldap_daemon(own_slapd)
+    daemon.whoson_login("127.0.0.45", "dave")  # exempt, never looked up (a POP3 login would route it)
+    daemon.whoson_login("127.0.0.46", "erin")
+    own_slapd.pause()
+    first, *others = daemon.policy_per_recipient("127.0.0.45", 20)
+    assert first[1] == AUTHORISED and first[0] < TIMEOUT + 0.5
+    assert [action for _, action in others] == [AUTHORISED] * 19
+    assert max(wait for wait, _ in others) < 0.25, others  # not a timeout each: at once
+    started = time.monotonic()
+    assert {action for _, action in daemon.policy_per_recipient("127.0.0.46", 20)} == {AUTHORISED}  # another user
+    assert time.monotonic() - started < 1.0
+    own_slapd.resume()
+    wait_until(lambda: daemon.policy("127.0.0.46") == daemon.exempt_action, "the probe to end the outage", timeout=15)
+    assert daemon.policy("127.0.0.45") == daemon.exempt_action
+    log = daemon.daemon.output()
+    assert log.count("LDAP directory unavailable") == 1 and log.count("LDAP directory answers again") == 1
 
 
 # ---------------------------------------------------------------- a real content filter
