@@ -172,7 +172,7 @@ def _ledger(reader: Reader, table: Mapping[str, Any]) -> LedgerConfig:
         reader.fail(where, "store", str(e))
     for key in ("redis_password_file", "redis_timeout"):
         if key in table and kind != "redis":
-            reader.fail(where, key, "only for a \"redis://\" or \"rediss://\" store")
+            reader.fail(where, key, "only for a \"redis://\", \"rediss://\" or \"redis+sentinel://\" store")
     password = ""
     if "redis_password_file" in table:
         path = reader.string(where, table, "redis_password_file")

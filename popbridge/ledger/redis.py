@@ -47,6 +47,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -56,6 +57,7 @@ from zope.interface import implementer
 
 from popbridge.addresses import client_key
 from popbridge.ledger import IRestorableLedger, LedgerUnavailable, Login, SessionId
+from popbridge.ledger.spec import SENTINEL_SCHEME, parse_sentinel
 from popbridge.ledger.table import newest_first
 
 RunBlocking = Callable[..., "Deferred[Any]"]
@@ -82,7 +84,15 @@ Write = tuple[str, list[Any]]  # (hash key, WRITE_SCRIPT's ARGV)
 
 def redis_client(url: str, password: str, timeout: float) -> Redis:
     """A client that fails within `timeout` instead of waiting, and retries once at once (a
-    pooled connection that Redis closed while it was away is replaced on that retry)."""
+    pooled connection that Redis closed while it was away is replaced on that retry).
+
+    For ``redis+sentinel://`` it is redis-py's Sentinel client for the master: each new
+    connection asks the sentinels (in turn, each within `timeout`) where the master is now, and
+    a connection to a master that was demoted is dropped. So after a failover the next calls
+    reach the promoted replica, with no restart; until the sentinels have promoted one, calls
+    fail and lookups answer tempfail. `password` is the master's (and replicas'); the
+    sentinels are asked without one.
+    """
     options: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
@@ -91,6 +101,12 @@ def redis_client(url: str, password: str, timeout: float) -> Redis:
     }
     if password:
         options["password"] = password
+    if url.startswith(SENTINEL_SCHEME):
+        where = parse_sentinel(url)
+        sentinels = Sentinel(
+            where.sentinels, sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        )
+        return sentinels.master_for(where.service, db=where.database, **options)
     return Redis.from_url(url, **options)
 
 

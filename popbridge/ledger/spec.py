@@ -1,20 +1,58 @@
-"""The `[ledger] store` string: ``memory``, ``sqlite:PATH`` or ``redis://HOST:PORT/DB`` (``rediss://``).
+"""The `[ledger] store` string: ``memory``, ``sqlite:PATH``, ``redis://HOST:PORT/DB`` (``rediss://``)
+or ``redis+sentinel://HOST:PORT,HOST:PORT/SERVICE/DB``.
 
 Parsed here, without I/O, so `check-config` and `migrate-store` judge a store string exactly as
 the daemon does.
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_SQLITE_PATH = "/var/lib/popbridge/ledger.sqlite3"
 DEFAULT_STORE = f"sqlite:{DEFAULT_SQLITE_PATH}"
+SENTINEL_SCHEME = "redis+sentinel://"
+SENTINEL_PORT = 26379
+_SENTINEL = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\[\]:,/@]+)(?::(?P<port>\d{1,5}))?")
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    """Where a ``redis+sentinel://`` store is: the sentinels to ask, the master's service name
+    (Sentinel's ``sentinel monitor`` name) and the database number."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    database: int
+
+
+def parse_sentinel(url: str) -> SentinelAddress:
+    """``redis+sentinel://HOST[:PORT],HOST[:PORT]/SERVICE[/DB]``; ValueError says what is wrong.
+
+    No password in the URL: it would be shown wherever the store string is; the master's
+    password comes from ``redis_password_file``.
+    """
+    netloc, _, path = url.removeprefix(SENTINEL_SCHEME).partition("/")
+    if "@" in netloc:
+        raise ValueError("no credentials in a redis+sentinel URL: use redis_password_file")
+    sentinels = []
+    for item in netloc.split(","):
+        match = _SENTINEL.fullmatch(item)
+        if match is None or not 0 < int(match["port"] or SENTINEL_PORT) < 65536:
+            raise ValueError(f"{item!r} is not a sentinel HOST:PORT (redis+sentinel://HOST:PORT,HOST:PORT/SERVICE/DB)")
+        sentinels.append((match["host"].strip("[]"), int(match["port"] or SENTINEL_PORT)))
+    service, _, database = path.partition("/")
+    if not service:
+        raise ValueError("a redis+sentinel URL names the master's service: redis+sentinel://HOST:PORT,HOST:PORT/SERVICE/DB")
+    if database and not database.isdigit():
+        raise ValueError(f"the database in a Redis URL is a number (.../SERVICE/0), not {database!r}")
+    return SentinelAddress(tuple(sentinels), service, int(database or 0))
 
 
 @dataclass(frozen=True)
 class StoreSpec:
-    kind: str  # "memory", "sqlite" or "redis"
+    kind: str  # "memory", "sqlite" or "redis" (redis://, rediss:// and redis+sentinel://)
     path: Path | None = None  # sqlite
     url: str = ""  # redis, as written (it may carry a password: never log it)
 
@@ -22,6 +60,8 @@ class StoreSpec:
         """For logs: the URL without any password."""
         if self.kind == "sqlite":
             return f"sqlite:{self.path}"
+        if self.url.startswith(SENTINEL_SCHEME):
+            return self.url  # parse_sentinel refuses credentials in it
         if self.kind == "redis":
             parts = urlsplit(self.url)
             return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
@@ -49,6 +89,10 @@ def parse_store(text: str) -> StoreSpec:
         if database and not database.isdigit():
             raise ValueError(f"the database in a Redis URL is a number (redis://HOST:PORT/0), not {database!r}")
         return StoreSpec("redis", url=text)
+    if text.startswith(SENTINEL_SCHEME):
+        parse_sentinel(text)
+        return StoreSpec("redis", url=text)
     raise ValueError(
-        f'unsupported store {text!r}: use "sqlite:PATH", "memory", "redis://HOST:PORT/DB" or "rediss://..."'
+        f'unsupported store {text!r}: use "sqlite:PATH", "memory", "redis://HOST:PORT/DB", "rediss://..." '
+        'or "redis+sentinel://HOST:PORT,HOST:PORT/SERVICE/DB"'
     )

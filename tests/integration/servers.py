@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
 MAIL_UID = MAIL_GID = 65534  # nobody/nogroup: Maildirs need an existing uid, not a system user
 START_TIMEOUT = 20.0
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
@@ -653,6 +655,7 @@ class Redis(ForegroundServer):
     `stop()`, then `start()` again, restarts it on the same port with the same data."""
 
     host: str = "127.0.0.1"
+    replica_of: "Redis | None" = None  # start as a replica of this master
     name = "redis-server"
 
     def __post_init__(self) -> None:
@@ -671,6 +674,8 @@ class Redis(ForegroundServer):
             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
             "--logfile", str(self.log.path),
         ]
+        if self.replica_of is not None:
+            argv += ["--replicaof", self.replica_of.host, str(self.replica_of.port)]
         # like dovecot, never hand it our pipes
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -688,6 +693,53 @@ class Redis(ForegroundServer):
         except OSError:
             return False
 
+
+@dataclass
+class RedisSentinel(ForegroundServer):
+    """A private redis-sentinel on 127.0.0.1 watching `master` as service `service`, with a
+    quorum of 2 and a master counted down after `down_after` seconds without an answer."""
+
+    master: Redis
+    service: str = "popbridge"
+    down_after: float = 1.0
+    host: str = "127.0.0.1"
+    name = "redis-sentinel"
+
+    def __post_init__(self) -> None:
+        self.directory = short_directory("pb-sentinel-")
+        self.port = free_port(self.host)
+        self.log = LogFile(self.directory / "sentinel.log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "RedisSentinel":
+        config = self.directory / "sentinel.conf"  # sentinel rewrites it: its own copy
+        config.write_text(f"""\
+port {self.port}
+bind {self.host}
+dir {self.directory}
+logfile {self.log.path}
+daemonize no
+sentinel monitor {self.service} {self.master.host} {self.master.port} 2
+sentinel down-after-milliseconds {self.service} {int(self.down_after * 1000)}
+sentinel failover-timeout {self.service} 10000
+sentinel parallel-syncs {self.service} 1
+""")
+        argv = [binary("redis-sentinel"), str(config)]
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: self.master_state() is not None, f"redis-sentinel on {self.host}:{self.port}", alive=self._why_dead)
+        except ServerError as e:
+            self.stop()
+            raise ServerError(f"{e}\n{_tail(self.log.path)}") from None
+        return self
+
+    def master_state(self) -> "dict[str, Any] | None":
+        """``SENTINEL MASTER service`` (redis-py's parse: ip, port, num-slaves, num-other-sentinels
+        ...), or None while this sentinel does not answer."""
+        try:
+            return redis.Redis(self.host, self.port, socket_timeout=1).sentinel_master(self.service)  # type: ignore[no-any-return]
+        except redis.RedisError:
+            return None
 
 
 # ---------------------------------------------------------------- OpenLDAP slapd

@@ -1,6 +1,7 @@
 """The Redis store against a real redis-server: the shared ledger behaviour suite, then what
 only a shared store does (several nodes, leases on open sessions, outages)."""
 
+import poplib
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ from popbridge.ledger.sqlite import SqliteLedger
 from tests.unit.test_ledger_behaviour import *  # noqa: F401,F403  the shared behaviour suite
 from tests.unit.test_ledger_behaviour import TTL, direct_call, result, users
 
-from .servers import Redis, popbridge_command
+from .conftest import require
+from .servers import Popbridge, Redis, RedisSentinel, ServerError, pop3_login, popbridge_command, wait_until
+from .test_ledger_restarts import daemons, policy  # noqa: F401  the daemons fixture and a policy client
 
 
 def node(server: Redis, clock: Clock, ttl: float = TTL, timeout: float = 2.0) -> RedisLedger:
@@ -189,3 +192,90 @@ def test_a_session_whose_login_was_not_stored_holds_no_lease(own_redis, clock):
     clock.advance(TTL)  # had the failed session kept a lease, the refresh would keep alice live
     assert users(store, "192.0.2.7") == []
     store.stop_refreshing()
+
+
+# ---------------------------------------------------------------- Redis Sentinel failover
+
+
+@pytest.fixture
+def sentinel_group() -> Iterator[tuple[Redis, Redis, list[RedisSentinel]]]:
+    """A master, its replica and three sentinels (quorum 2, master down after 1 s), all on
+    loopback, started once the sentinels know each other and the replica."""
+    require("redis-server", "redis-sentinel", root=False)
+    started: list[Redis | RedisSentinel] = []
+    try:
+        master = Redis().start()
+        started.append(master)
+        replica = Redis(replica_of=master).start()
+        started.append(replica)
+        sentinels = [RedisSentinel(master).start() for _ in range(3)]
+        started.extend(sentinels)
+        wait_until(lambda: all(_knows_everyone(s) for s in sentinels), "sentinels to find each other and the replica", timeout=30)
+    except ServerError as e:
+        for server in started:
+            server.cleanup()
+        pytest.fail(f"the sentinel group did not start: {e}", pytrace=False)
+    yield master, replica, sentinels
+    for server in started:
+        server.cleanup()
+
+
+def _knows_everyone(sentinel: RedisSentinel) -> bool:
+    state = sentinel.master_state()
+    return state is not None and state["num-other-sentinels"] == 2 and state["num-slaves"] == 1
+
+
+def test_a_failover_costs_tempfails_never_a_false_yes_then_service_resumes_without_a_restart(
+    dovecot, daemons, sentinel_group
+):
+    """Issue 16, Redis failover: kill the master under a running daemon. Lookups answer tempfail
+    (never OK for an address without a login) until the sentinels promote the replica; then
+    the login made before the kill is there again and new logins are recorded. Prints the
+    timeline (seconds after the kill)."""
+    master, replica, sentinels = sentinel_group
+    store = f"redis+sentinel://{','.join(f'{s.host}:{s.port}' for s in sentinels)}/{sentinels[0].service}/0"
+    daemon = Popbridge(backend_port=dovecot.port, store=store)
+    daemons.append(daemon)
+    daemon.start()
+    pop3_login(daemon.port, "127.0.0.71", "alice", "alice-pw")
+    key = "popbridge:login:127.0.0.71"
+    replica_client = redis_client(replica.url, "", 2.0)
+    wait_until(lambda: replica_client.exists(key), "the login to reach the replica")
+    assert policy(daemon.policy_socket, "127.0.0.71") == "action=OK"
+
+    master.kill()
+    killed = time.monotonic()
+    timeline: dict[str, float] = {}
+    answers: list[tuple[float, str, str]] = []
+    refused_during_outage = False
+    while time.monotonic() - killed < 60:
+        now = time.monotonic() - killed
+        known, unknown = policy(daemon.policy_socket, "127.0.0.71"), policy(daemon.policy_socket, "127.0.0.72")
+        answers.append((now, known, unknown))
+        if known.startswith("action=DEFER_IF_PERMIT"):
+            timeline.setdefault("first tempfail", now)
+            if not refused_during_outage:
+                with pytest.raises(poplib.error_proto):  # the login cannot be recorded: not released
+                    pop3_login(daemon.port, "127.0.0.74", "bob", "bob-pw")
+                refused_during_outage = True
+        elif known == "action=OK" and "first tempfail" in timeline:
+            timeline["answers again"] = now
+            break
+    assert "answers again" in timeline, answers[-5:]
+    assert {unknown for _, _, unknown in answers} <= {"action=DUNNO", "action=DEFER_IF_PERMIT Service temporarily unavailable"}
+    assert {known for _, known, _ in answers} <= {"action=OK", "action=DEFER_IF_PERMIT Service temporarily unavailable"}
+    wait_until(lambda: _logs_in(daemon, "127.0.0.73"), "a new login after the failover", timeout=30)
+    timeline["new login recorded"] = time.monotonic() - killed
+    assert policy(daemon.policy_socket, "127.0.0.73") == "action=OK"
+    assert policy(daemon.policy_socket, "127.0.0.74") == "action=DUNNO"  # refused during the outage: not recorded
+    assert sentinels[0].master_state()["port"] == replica.port  # type: ignore[index]
+    assert daemon.process is not None and daemon.process.poll() is None  # the same daemon, never restarted
+    print("failover timeline (s after SIGKILL of the master):", {k: round(v, 2) for k, v in timeline.items()})
+
+
+def _logs_in(daemon: Popbridge, source: str) -> bool:
+    try:
+        pop3_login(daemon.port, source, "carol", "carol-pw")
+    except poplib.error_proto:
+        return False
+    return True
