@@ -2,6 +2,7 @@
 only a shared store does (several nodes, leases on open sessions, outages)."""
 
 import poplib
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +23,6 @@ from tests.unit.test_ledger_behaviour import TTL, direct_call, result, users
 
 from .conftest import require
 from .servers import Popbridge, Redis, RedisSentinel, ServerError, pop3_login, popbridge_command, wait_until
-from .test_ledger_restarts import daemons, policy  # noqa: F401  the daemons fixture and a policy client
 
 
 def node(server: Redis, clock: Clock, ttl: float = TTL, timeout: float = 2.0) -> RedisLedger:
@@ -220,28 +220,56 @@ def sentinel_group() -> Iterator[tuple[Redis, Redis, list[RedisSentinel]]]:
         server.cleanup()
 
 
+@pytest.fixture
+def daemon_on_sentinels(dovecot, sentinel_group) -> Iterator[Popbridge]:
+    """The daemon in front of Dovecot with its ledger behind the sentinels."""
+    sentinels = sentinel_group[2]
+    store = f"redis+sentinel://{','.join(f'{s.host}:{s.port}' for s in sentinels)}/{sentinels[0].service}/0"
+    daemon = Popbridge(backend_port=dovecot.port, store=store)
+    try:
+        daemon.start()
+    except ServerError as e:
+        daemon.cleanup()
+        pytest.fail(f"popbridge did not start: {e}", pytrace=False)
+    yield daemon
+    daemon.stop()
+    print(f"--- popbridge output:\n{daemon.output()[-4000:]}")
+    daemon.cleanup()
+
+
+def policy(daemon: Popbridge, address: str) -> str:
+    """The policy listener's action for `address` (one request, as Postfix sends it)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.policy_socket))
+        s.sendall(f"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address={address}\n\n".encode())
+        answer = b""
+        while not answer.endswith(b"\n\n"):
+            chunk = s.recv(4096)
+            assert chunk, f"policy socket closed after {answer!r}"
+            answer += chunk
+    return answer.decode().strip()
+
+
 def _knows_everyone(sentinel: RedisSentinel) -> bool:
     state = sentinel.master_state()
     return state is not None and state["num-other-sentinels"] == 2 and state["num-slaves"] == 1
 
 
 def test_a_failover_costs_tempfails_never_a_false_yes_then_service_resumes_without_a_restart(
-    dovecot, daemons, sentinel_group
+    sentinel_group, daemon_on_sentinels
 ):
     """Issue 16, Redis failover: kill the master under a running daemon. Lookups answer tempfail
     (never OK for an address without a login) until the sentinels promote the replica; then
     the login made before the kill is there again and new logins are recorded. Prints the
     timeline (seconds after the kill)."""
     master, replica, sentinels = sentinel_group
-    store = f"redis+sentinel://{','.join(f'{s.host}:{s.port}' for s in sentinels)}/{sentinels[0].service}/0"
-    daemon = Popbridge(backend_port=dovecot.port, store=store)
-    daemons.append(daemon)
-    daemon.start()
+    daemon = daemon_on_sentinels
     pop3_login(daemon.port, "127.0.0.71", "alice", "alice-pw")
     key = "popbridge:login:127.0.0.71"
     replica_client = redis_client(replica.url, "", 2.0)
     wait_until(lambda: replica_client.exists(key), "the login to reach the replica")
-    assert policy(daemon.policy_socket, "127.0.0.71") == "action=OK"
+    assert policy(daemon, "127.0.0.71") == "action=OK"
 
     master.kill()
     killed = time.monotonic()
@@ -250,7 +278,7 @@ def test_a_failover_costs_tempfails_never_a_false_yes_then_service_resumes_witho
     refused_during_outage = False
     while time.monotonic() - killed < 60:
         now = time.monotonic() - killed
-        known, unknown = policy(daemon.policy_socket, "127.0.0.71"), policy(daemon.policy_socket, "127.0.0.72")
+        known, unknown = policy(daemon, "127.0.0.71"), policy(daemon, "127.0.0.72")
         answers.append((now, known, unknown))
         if known.startswith("action=DEFER_IF_PERMIT"):
             timeline.setdefault("first tempfail", now)
@@ -266,8 +294,8 @@ def test_a_failover_costs_tempfails_never_a_false_yes_then_service_resumes_witho
     assert {known for _, known, _ in answers} <= {"action=OK", "action=DEFER_IF_PERMIT Service temporarily unavailable"}
     wait_until(lambda: _logs_in(daemon, "127.0.0.73"), "a new login after the failover", timeout=30)
     timeline["new login recorded"] = time.monotonic() - killed
-    assert policy(daemon.policy_socket, "127.0.0.73") == "action=OK"
-    assert policy(daemon.policy_socket, "127.0.0.74") == "action=DUNNO"  # refused during the outage: not recorded
+    assert policy(daemon, "127.0.0.73") == "action=OK"
+    assert policy(daemon, "127.0.0.74") == "action=DUNNO"  # refused during the outage: not recorded
     assert sentinels[0].master_state()["port"] == replica.port  # type: ignore[index]
     assert daemon.process is not None and daemon.process.poll() is None  # the same daemon, never restarted
     print("failover timeline (s after SIGKILL of the master):", {k: round(v, 2) for k, v in timeline.items()})

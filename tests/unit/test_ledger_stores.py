@@ -19,6 +19,7 @@ def test_each_store_string_builds_its_store_without_touching_anything(tmp_path: 
     assert isinstance(open_store(LedgerConfig(store="memory"), reactor).ledger, MemoryLedger)
     assert isinstance(open_store(LedgerConfig(store=f"sqlite:{path}"), reactor).ledger, SqliteLedger)
     assert isinstance(open_store(LedgerConfig(store="redis://127.0.0.1:1/0"), reactor).ledger, RedisLedger)
+    assert isinstance(open_store(LedgerConfig(store="redis+sentinel://127.0.0.1:1/popbridge/0"), reactor).ledger, RedisLedger)
     assert not path.parent.exists()
 
 
