@@ -109,7 +109,7 @@ class Metrics:
         self._not_stored.inc(logins)
 
     def ldap(self, result: str) -> None:
-        """`result`: hit, miss or error."""
+        """`result`: hit, miss, or error (a failed query, or a look-up answered during an outage)."""
         self._ldap.labels(result).inc()  # LDAP answers are cached: not a hot path
 
     def live(self, logins: int, addresses: int) -> None:
