@@ -52,7 +52,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popbridge.addresses import client_key
@@ -190,19 +189,22 @@ class RedisLedger:
         pairs = self._login(name, now, tls)
         lease_until = now
         if session is not None:
-            self._open[session] = (name, tls)
             lease_until = now + 3 * self.refresh
             pairs += self._lease(self._lease_field(name, session), now)
         writing = self._call("record", self._write_many, [self._write(key, lease_until, pairs=pairs)])
         if session is not None:
-            writing.addErrback(self._not_opened, session)
-        open_sessions = sum(1 for opened, _ in self._open.values() if opened == name)
-        return writing.addCallback(lambda _: Login(key, user, protocol, now, open_sessions, tls))
+            writing.addCallback(self._opened, session, name, tls)
+        # open_sessions: the one this call opened; the others are leases of their own in Redis,
+        # counted by `lookup`, and counting them here would cost a read on every login
+        opened = 0 if session is None else 1
+        return writing.addCallback(lambda _: Login(key, user, protocol, now, opened, tls))
 
-    def _not_opened(self, failure: Failure, session: SessionId) -> Failure:
-        """The login was not stored, so the proxy will not end its session: forget it here."""
-        self._open.pop(session, None)
-        return failure
+    def _opened(self, result: object, session: SessionId, name: Name, tls: bool) -> object:
+        """The session's lease is in Redis: from now on this node renews it. Not before, or a
+        renewal could overtake the write and, finding no lease, drop the session; a login that
+        was not stored holds no session at all."""
+        self._open[session] = (name, tls)
+        return result
 
     def end_session(self, address: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
         if session not in self._open:  # revoked since, or never stored
