@@ -5,12 +5,14 @@ import poplib
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -307,3 +309,32 @@ def _logs_in(daemon: Popbridge, source: str) -> bool:
     except poplib.error_proto:
         return False
     return True
+
+
+def test_a_lease_renewal_that_overtakes_the_login_write_does_not_drop_the_session(redis_server, clock):
+    """The pool runs calls in any order: a renewal sent before the login's write lands finds no
+    lease. The session must still be renewed afterwards."""
+    redis_client(redis_server.url, "", 2.0).flushdb()
+    queued: list[tuple[Deferred[Any], Callable[[], Any]]] = []
+
+    def later(function: Callable[[], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        queued.append((d, function))
+        return d
+
+    store = RedisLedger(redis_client(redis_server.url, "", 2.0), clock, TTL, 64, run_blocking=later, timeout=60)
+    store.start_refreshing()
+    store.record("192.0.2.7", "alice", "imap4", new_session())
+    clock.advance(store.refresh)  # a renewal is due while the write is still queued
+    for d, function in reversed(queued):  # the renewal (if any was sent) runs first
+        d.callback(function())
+    queued.clear()
+    for _ in range(3 * int(TTL / store.refresh)):
+        clock.advance(store.refresh)
+        for d, function in queued:
+            d.callback(function())
+        queued.clear()
+    reader = node(redis_server, clock)
+    assert [(l.user, l.open_sessions) for l in result(reader.lookup("192.0.2.7"))] == [("alice", 1)]
+    store.stop_refreshing()
+    reader.stop_refreshing()
