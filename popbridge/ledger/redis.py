@@ -16,11 +16,11 @@ Why it is built this way:
   (user, protocol), ``["user", "protocol"]`` holding ``{"when", "tls"}``, and one field per
   open session, ``["user", "protocol", "NODE:ID"]`` holding its lease ``{"seen", "until"}``.
   A lookup is one ``HGETALL``; revoke is one ``DEL``, seen by every node at once, sessions
-  included. Several users per address (NAT) are several fields. Every write extends the hash's Redis TTL to cover its longest-lived field
-  (never shortens it), so Redis itself drops an address once all its logins are over;
-  readers also filter fields by time, so a field that outlived its `ttl` inside a live hash
-  is never a yes. There is no local cache: every lookup asks Redis, so a revocation is
-  visible on every node immediately.
+  included. Several users per address (NAT) are several fields. Every write extends the
+  hash's Redis TTL to cover its longest-lived field (never shortens it), so Redis itself
+  drops an address once all its logins are over; readers also filter fields by time, so a
+  field that outlived its `ttl` inside a live hash is never a yes. There is no local cache:
+  every lookup asks Redis, so a revocation is visible on every node immediately.
 - **Open sessions across nodes, each on its own.** A node cannot know another node's
   connections, and a node that crashes cannot say its sessions ended. So the node that holds
   a session keeps a lease on it: every `refresh` seconds it rewrites the session's field to
@@ -240,14 +240,18 @@ class RedisLedger:
         return succeed(0)
 
     def restore(self, logins: Iterable[Login]) -> "Deferred[int]":
-        entries = [self._write(l.client, l.when, pairs=self._login((l.client, l.user, l.protocol), l.when, l.tls)) for l in logins]
+        entries = [
+            self._write(l.client, l.when, pairs=self._login((l.client, l.user, l.protocol), l.when, l.tls)) for l in logins
+        ]
         if not entries:
             return succeed(0)
         return self._call("restore", self._write_many, entries, timeout=LIST_TIMEOUT).addCallback(len)
 
     # -- Redis calls (these run in the thread pool) ---------------------------------------
 
-    def _write(self, key: str, live_until: float, must_exist: str = "", delete: str = "", pairs: list[str] | None = None) -> Write:
+    def _write(
+        self, key: str, live_until: float, must_exist: str = "", delete: str = "", pairs: list[str] | None = None
+    ) -> Write:
         """One WRITE_SCRIPT call on `key`'s hash, which must then live until `live_until` + `ttl`."""
         lives_ms = max(1, int((live_until + self.ttl - self._clock.seconds()) * 1000) + 1000)
         return self._prefix + key, [must_exist, lives_ms, delete, *(pairs or [])]
