@@ -11,7 +11,9 @@ Why it looks like this:
 - The directory never fails its caller. When LDAP is down, or slower than `timeout`, the last
   answer serves if it is at most `stale_ttl` past its freshness, else FALLBACK: not exempt,
   the default backend. So a failure never grants anything that LDAP did not recently grant,
-  and a look-up answers within `timeout` (plus the reactor's own latency). The outage is
+  and a look-up answers within `timeout` (plus the reactor's own latency). FALLBACK says
+  `answered=False`, so a caller that must not guess (sender ownership) can tell "LDAP could not
+  say" from a user without an entry (NOT_FOUND). The outage is
   logged once when it starts and once when LDAP answers again.
 """
 
@@ -36,9 +38,10 @@ from popbridge.config import LdapConfig
 from popbridge.ldap_search import ConnectionPool, Found, UserFacts, ldap_connector, search_user
 from popbridge.metrics import Metrics
 
-__all__ = ["FALLBACK", "IDirectory", "LdapDirectory", "MemoryDirectory", "UserFacts", "ldap_directory"]
+__all__ = ["FALLBACK", "NOT_FOUND", "IDirectory", "LdapDirectory", "MemoryDirectory", "UserFacts", "ldap_directory"]
 
-FALLBACK = UserFacts()  # what an unknown user, or a directory that cannot answer, gets
+FALLBACK = UserFacts(answered=False)  # what a directory that cannot answer gives
+NOT_FOUND = UserFacts()  # what a user without an entry gets: the same facts, but an answer
 LDAP_THREADS = 4  # worker threads, and so at most this many LDAP connections
 MAX_CACHED_USERS = 100_000
 
@@ -79,7 +82,7 @@ class MemoryDirectory(_FromFacts):
         self.users = dict(users or {})
 
     def facts(self, user: str) -> "Deferred[UserFacts]":
-        return succeed(self.users.get(user, FALLBACK) if user else FALLBACK)
+        return succeed(self.users.get(user, NOT_FOUND) if user else FALLBACK)
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,10 @@ class LdapDirectory(_FromFacts):
         clock: IReactorTime,
         max_users: int = MAX_CACHED_USERS,
         metrics: Metrics | None = None,
+        address_attributes: tuple[str, ...] = (),
     ) -> None:
         self._config, self._pool, self._run_blocking, self._clock = config, pool, run_blocking, clock
+        self._search = partial(search_user, address_attributes=address_attributes)  # [senders] ldap_attributes
         self._metrics = metrics or Metrics()  # cache hits, misses and errors for /metrics
         # entries outlive their freshness by stale_ttl: kept only to serve during outages
         self._found: TTLCache[str, _Cached] = TTLCache(max_users, config.cache_ttl + config.stale_ttl, clock.seconds)
@@ -155,7 +160,7 @@ class LdapDirectory(_FromFacts):
         """A Deferred of its own for this caller, fed by the one query running for `user`."""
         shared = self._queries.get(user)
         if shared is None:
-            shared = self._run_blocking(self._pool.run, partial(search_user, self._config, user))
+            shared = self._run_blocking(self._pool.run, partial(self._search, self._config, user))
             self._queries[user] = shared  # before _landed, which may run at once (tests)
             shared.addBoth(self._landed, user)
         mine: Deferred[UserFacts] = Deferred()
@@ -177,8 +182,8 @@ class LdapDirectory(_FromFacts):
         now = self._clock.seconds()
         if result.facts is None:
             self._found.pop(user, None)
-            self._missing[user] = _Cached(FALLBACK, now + self._config.negative_cache_ttl)
-            return FALLBACK
+            self._missing[user] = _Cached(NOT_FOUND, now + self._config.negative_cache_ttl)
+            return NOT_FOUND
         self._missing.pop(user, None)
         self._found[user] = _Cached(result.facts, now + self._config.cache_ttl)
         return result.facts
@@ -232,9 +237,14 @@ class ThreadPoolService(Service):
         self._on_stop()
 
 
-def ldap_directory(config: LdapConfig, reactor: Any, metrics: Metrics | None = None) -> tuple[LdapDirectory, Service]:
+def ldap_directory(
+    config: LdapConfig, reactor: Any, metrics: Metrics | None = None, address_attributes: tuple[str, ...] = ()
+) -> tuple[LdapDirectory, Service]:
     """The production directory and the service that owns its threads."""
     threads = ThreadPool(minthreads=0, maxthreads=LDAP_THREADS, name="popbridge-ldap")
     connections = ConnectionPool(ldap_connector(config), LDAP_THREADS)
-    directory = LdapDirectory(config, connections, partial(deferToThreadPool, reactor, threads), reactor, metrics=metrics)
+    directory = LdapDirectory(
+        config, connections, partial(deferToThreadPool, reactor, threads), reactor, metrics=metrics,
+        address_attributes=address_attributes,
+    )
     return directory, ThreadPoolService(threads, directory.close)

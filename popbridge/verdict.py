@@ -9,9 +9,14 @@ exempt user. Behind NAT one ordinary user makes the address ordinary, because th
 tell whose message it is. A login without a user name (GSSAPI, EXTERNAL) is never exempt, and
 a directory failure counts as "not exempt": the address stays AUTHORISED by its logins, but
 the failure never grants the exemption.
+
+Sender binding (`bind`): an authorised address whose request names an envelope sender that no
+user logged in there owns is a MISMATCH. It only narrows: an unknown address stays unknown, the
+null sender (bounces) passes, and a sender the directory cannot judge raises
+SendersUnavailable (a temporary failure), never a yes.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from twisted.internet.defer import gatherResults
@@ -19,12 +24,15 @@ from twisted.logger import Logger
 
 from popbridge.directory import IDirectory
 from popbridge.ledger import ILedger, Login
+from popbridge.sender_map import SenderRules, sender_key
+from popbridge.senders import SenderOwners
 
 
 class Status(Enum):
     AUTHORISED = "authorised"
     EXEMPT = "exempt"  # authorised, and every live login on the address is an exempt user
     UNKNOWN = "unknown"
+    MISMATCH = "mismatch"  # logged in, but no user logged in there owns the envelope sender
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,11 @@ class Verdict:
     def exempt(self) -> bool:
         return self.status is Status.EXEMPT
 
+    @property
+    def users(self) -> tuple[str, ...]:
+        """The names logged in on the address, each once, newest first ("" for GSSAPI left out)."""
+        return tuple(dict.fromkeys(login.user for login in self.logins if login.user))
+
 
 UNKNOWN = Verdict(Status.UNKNOWN)
 
@@ -51,8 +64,11 @@ class Verdicts:
 
     log = Logger()
 
-    def __init__(self, ledger: ILedger, directory: IDirectory | None = None) -> None:
+    def __init__(
+        self, ledger: ILedger, directory: IDirectory | None = None, senders: SenderOwners | None = None
+    ) -> None:
         self._ledger, self._directory = ledger, directory
+        self.senders = senders or SenderOwners(SenderRules())  # no [senders]: nobody owns anything
 
     def instant(self, address: str, exempt: bool = False) -> Verdict | None:
         """The verdict at once when the ledger answers from memory and no directory question
@@ -73,6 +89,25 @@ class Verdicts:
         if exempt and await self._all_exempt(logins):
             status = Status.EXEMPT
         return Verdict(status, logins[0].user, tuple(logins))
+
+    def bind_now(self, verdict: Verdict, sender: str) -> Verdict | None:
+        """`verdict` for mail from `sender` (as the request gives it), when that needs no
+        directory look-up; None when only `bind` can tell."""
+        address = sender_key(sender)
+        if not verdict.authorised or not address:
+            return verdict
+        owned = self.senders.owned_now(address, verdict.users)
+        if owned is None:
+            return None
+        return verdict if owned else replace(verdict, status=Status.MISMATCH)
+
+    async def bind(self, verdict: Verdict, sender: str) -> Verdict:
+        """`verdict` for mail from `sender`; raises SendersUnavailable when it cannot be told."""
+        bound = self.bind_now(verdict, sender)
+        if bound is not None:
+            return bound
+        owned = await self.senders.owned(sender_key(sender), verdict.users)
+        return verdict if owned else replace(verdict, status=Status.MISMATCH)
 
     async def _all_exempt(self, logins: list[Login]) -> bool:
         users = sorted({login.user for login in logins})

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface.verify import verifyObject
 
-from popbridge.directory import FALLBACK, IDirectory, LdapDirectory, MemoryDirectory
+from popbridge.directory import FALLBACK, NOT_FOUND, IDirectory, LdapDirectory, MemoryDirectory
 from popbridge.ldap_search import ConnectionPool, UserFacts
 
 from .ldap_mock import BIND_PASSWORD, CONFIG, MockLdap
@@ -64,8 +64,8 @@ def test_ordinary_user_is_not_exempt(directory) -> None:
     assert result(directory.is_exempt("bob")) is False
 
 
-def test_unknown_user_gets_the_fallback(directory) -> None:
-    assert result(directory.facts("mallory")) == FALLBACK
+def test_unknown_user_gets_the_fallback_facts_as_an_answer(directory) -> None:
+    assert result(directory.facts("mallory")) == NOT_FOUND
     assert result(directory.backend_for("mallory")) is None
 
 
