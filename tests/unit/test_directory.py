@@ -228,3 +228,14 @@ def test_bind_password_never_reaches_the_log() -> None:
 def test_no_exempt_filter_means_nobody_is_exempt() -> None:
     directory = ldap_directory(MockLdap(), Clock(), exempt_filter="")
     assert result(directory.is_exempt("alice")) is False
+
+
+def test_sender_addresses_come_through_the_cache() -> None:
+    clock, ldap = Clock(), MockLdap()
+    ldap.add("erin", {"mail": "erin@example.org"})
+    directory = LdapDirectory(CONFIG, ConnectionPool(ldap.connect, 2), direct, clock, address_attributes=("mail",))
+    assert result(directory.facts("erin")).addresses == {"erin@example.org"}
+    ldap.down = True
+    assert result(directory.facts("erin")).addresses == {"erin@example.org"}
+    with capturedLogs():
+        assert result(directory.facts("mallory")) == FALLBACK and not FALLBACK.answered
