@@ -11,10 +11,10 @@ Why it looks like this:
 - The directory never fails its caller. When LDAP is down, or slower than `timeout`, the last
   answer serves if it is at most `stale_ttl` past its freshness, else FALLBACK: not exempt,
   the default backend. So a failure never grants anything that LDAP did not recently grant,
-  and a look-up answers within `timeout` (plus the reactor's own latency). FALLBACK says
-  `answered=False`, so a caller that must not guess (sender ownership) can tell "LDAP could not
-  say" from a user without an entry (NOT_FOUND). The outage is
-  logged once when it starts and once when LDAP answers again.
+  and a look-up answers within `timeout` (plus the reactor's own latency). The outage is
+  logged once when it starts and once when LDAP answers again. FALLBACK says `answered=False`,
+  so a caller that must not guess (sender ownership) can tell "LDAP could not say" from a user
+  without an entry (NOT_FOUND).
 """
 
 from collections.abc import Callable

@@ -10,9 +10,9 @@ tell whose message it is. A login without a user name (GSSAPI, EXTERNAL) is neve
 a directory failure counts as "not exempt": the address stays AUTHORISED by its logins, but
 the failure never grants the exemption.
 
-Sender binding (`bind`): an authorised address whose request names an envelope sender that no
-user logged in there owns is a MISMATCH. It only narrows: an unknown address stays unknown, the
-null sender (bounces) passes, and a sender the directory cannot judge raises
+Sender binding (`for_sender`): an authorised address whose request names an envelope sender
+that no user logged in there owns is a MISMATCH. It only narrows: an unknown address stays
+unknown, the null sender (bounces) passes, and a sender the directory cannot judge raises
 SendersUnavailable (a temporary failure), never a yes.
 """
 
@@ -90,9 +90,9 @@ class Verdicts:
             status = Status.EXEMPT
         return Verdict(status, logins[0].user, tuple(logins))
 
-    def bind_now(self, verdict: Verdict, sender: str) -> Verdict | None:
+    def for_sender_now(self, verdict: Verdict, sender: str) -> Verdict | None:
         """`verdict` for mail from `sender` (as the request gives it), when that needs no
-        directory look-up; None when only `bind` can tell."""
+        directory look-up; None when only `for_sender` can tell."""
         address = sender_key(sender)
         if not verdict.authorised or not address:
             return verdict
@@ -101,9 +101,9 @@ class Verdicts:
             return None
         return verdict if owned else replace(verdict, status=Status.MISMATCH)
 
-    async def bind(self, verdict: Verdict, sender: str) -> Verdict:
+    async def for_sender(self, verdict: Verdict, sender: str) -> Verdict:
         """`verdict` for mail from `sender`; raises SendersUnavailable when it cannot be told."""
-        bound = self.bind_now(verdict, sender)
+        bound = self.for_sender_now(verdict, sender)
         if bound is not None:
             return bound
         owned = await self.senders.owned(sender_key(sender), verdict.users)

@@ -26,7 +26,7 @@ class PolicyResponder:
     With `exempt_action` set, an address whose every live login is an exempt user gets that
     instead (say ``FILTER smtp:[127.0.0.1]:10025``, so its mail skips the content filter).
     With `sender_binding`, a request whose ``sender`` no user logged in on the address owns
-    gets `sender_mismatch_action` instead of either (`Verdicts.bind`); a request without a
+    gets `sender_mismatch_action` instead of either (`Verdicts.for_sender`); a request without a
     ``sender`` line is answered as without binding.
     A request without ``client_address`` gets the unknown action; a ledger failure, or a sender
     only the unreachable directory could vouch for, gets the tempfail action, never the
@@ -53,7 +53,7 @@ class PolicyResponder:
         except Exception:  # the waiting path below logs it and answers tempfail
             verdict = None
         if verdict is not None and sender is not None:
-            bound = self.verdicts.bind_now(verdict, sender)
+            bound = self.verdicts.for_sender_now(verdict, sender)
             if bound is None:  # the directory has to be asked whose address this is
                 return measured(metrics, "policy", self._answer(client, exempt, sender, verdict), started)
             verdict = bound
@@ -66,7 +66,7 @@ class PolicyResponder:
             if verdict is None:
                 verdict = await self.verdicts.for_address(client, exempt)
             if sender is not None:
-                verdict = await self.verdicts.bind(verdict, sender)
+                verdict = await self.verdicts.for_sender(verdict, sender)
         except SendersUnavailable as e:
             self.log.info("policy {client}: sender {sender} deferred: {reason}", client=client, sender=sender, reason=e)
             return "tempfail", encode_action(self.config.tempfail_action)
