@@ -12,7 +12,7 @@ with its temporary failure: such mail is delayed, never wrongly refused or wrong
 
 from collections.abc import Iterable
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 
 from popbridge.directory import IDirectory
 from popbridge.sender_map import SenderRules, address_forms
@@ -29,22 +29,18 @@ class SenderOwners:
         self.rules = rules
         self._directory = directory  # only with [senders] ldap_attributes
 
-    def owned_now(self, address: str, users: Iterable[str]) -> bool | None:
-        """Whether one of `users` owns `address` (a `sender_key`), when that needs no directory
-        look-up; None when only `owned` can tell."""
-        named = {user for user in users if user}
+    def owned(self, address: str, users: Iterable[str]) -> "bool | Deferred[bool]":
+        """Whether one of `users` owns `address` (a `sender_key`): at once when the map and
+        `domains` decide, else a Deferred that may fail with SendersUnavailable (see above)."""
+        named = sorted({user for user in users if user})
         if self.rules.owned(address, named):
             return True
-        return None if self._directory is not None and named else False
+        if self._directory is None or not named:
+            return False
+        return Deferred.fromCoroutine(self._owned_by_directory(self._directory, address, named))
 
-    async def owned(self, address: str, users: Iterable[str]) -> bool:
-        """Whether one of `users` owns `address`; raises SendersUnavailable (see the module)."""
-        named = sorted({user for user in users if user})
-        now = self.owned_now(address, named)
-        if now is not None:
-            return now
-        assert self._directory is not None  # owned_now answers without one
-        answers = await gatherResults([self._directory.facts(user) for user in named], consumeErrors=True)
+    async def _owned_by_directory(self, directory: IDirectory, address: str, named: list[str]) -> bool:
+        answers = await gatherResults([directory.facts(user) for user in named], consumeErrors=True)
         forms = address_forms(address)
         if any(form in facts.addresses for facts in answers for form in forms):
             return True

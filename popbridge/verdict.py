@@ -19,7 +19,7 @@ SendersUnavailable (a temporary failure), never a yes.
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from popbridge.directory import IDirectory
@@ -90,24 +90,16 @@ class Verdicts:
             status = Status.EXEMPT
         return Verdict(status, logins[0].user, tuple(logins))
 
-    def for_sender_now(self, verdict: Verdict, sender: str) -> Verdict | None:
-        """`verdict` for mail from `sender` (as the request gives it), when that needs no
-        directory look-up; None when only `for_sender` can tell."""
+    def for_sender(self, verdict: Verdict, sender: str) -> "Verdict | Deferred[Verdict]":
+        """`verdict` for mail from `sender` (as the request gives it): at once unless the
+        directory has to be asked; the Deferred may fail with SendersUnavailable."""
         address = sender_key(sender)
         if not verdict.authorised or not address:
             return verdict
-        owned = self.senders.owned_now(address, verdict.users)
-        if owned is None:
-            return None
-        return verdict if owned else replace(verdict, status=Status.MISMATCH)
-
-    async def for_sender(self, verdict: Verdict, sender: str) -> Verdict:
-        """`verdict` for mail from `sender`; raises SendersUnavailable when it cannot be told."""
-        bound = self.for_sender_now(verdict, sender)
-        if bound is not None:
-            return bound
-        owned = await self.senders.owned(sender_key(sender), verdict.users)
-        return verdict if owned else replace(verdict, status=Status.MISMATCH)
+        owned = self.senders.owned(address, verdict.users)
+        if isinstance(owned, bool):
+            return _owned_or_mismatch(owned, verdict)
+        return owned.addCallback(_owned_or_mismatch, verdict)
 
     async def _all_exempt(self, logins: list[Login]) -> bool:
         users = sorted({login.user for login in logins})
@@ -119,3 +111,7 @@ class Verdicts:
             self.log.failure("exempt look-up for {users} failed: answering not exempt", users=users)
             return False
         return all(answers)
+
+
+def _owned_or_mismatch(owned: bool, verdict: Verdict) -> Verdict:
+    return verdict if owned else replace(verdict, status=Status.MISMATCH)

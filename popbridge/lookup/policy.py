@@ -53,20 +53,25 @@ class PolicyResponder:
         except Exception:  # the waiting path below logs it and answers tempfail
             verdict = None
         if verdict is not None and sender is not None:
-            bound = self.verdicts.for_sender_now(verdict, sender)
-            if bound is None:  # the directory has to be asked whose address this is
-                return measured(metrics, "policy", self._answer(client, exempt, sender, verdict), started)
+            bound = self.verdicts.for_sender(verdict, sender)
+            if isinstance(bound, Deferred):  # the directory has to say whose address this is
+                return measured(metrics, "policy", self._answer(client, exempt, sender, bound), started)
             verdict = bound
         if verdict is not None:
             return answered(metrics, "policy", self._decide(client, verdict, sender), started)
         return measured(metrics, "policy", self._answer(client, exempt, sender), started)
 
-    async def _answer(self, client: str, exempt: bool, sender: str | None, verdict: Verdict | None = None) -> Answer:
+    async def _answer(
+        self, client: str, exempt: bool, sender: str | None, bound: "Deferred[Verdict] | None" = None
+    ) -> Answer:
         try:
-            if verdict is None:
+            if bound is not None:
+                verdict = await bound
+            else:
                 verdict = await self.verdicts.for_address(client, exempt)
-            if sender is not None:
-                verdict = await self.verdicts.for_sender(verdict, sender)
+                if sender is not None:
+                    judged = self.verdicts.for_sender(verdict, sender)
+                    verdict = await judged if isinstance(judged, Deferred) else judged
         except SendersUnavailable as e:
             self.log.info("policy {client}: sender {sender} deferred: {reason}", client=client, sender=sender, reason=e)
             return "tempfail", encode_action(self.config.tempfail_action)
