@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from twisted.internet.defer import Deferred, gatherResults
 
-from popbridge.directory import IDirectory
+from popbridge.directory import IDirectory, UserFacts
 from popbridge.sender_map import SenderRules, address_forms
 
 
@@ -37,10 +37,13 @@ class SenderOwners:
             return True
         if self._directory is None or not named:
             return False
-        return Deferred.fromCoroutine(self._owned_by_directory(self._directory, address, named))
+        lookups = [self._directory.facts(user) for user in named]
+        answers = (  # one user (the usual case) without the machinery of gathering
+            lookups[0].addCallback(lambda facts: [facts]) if len(lookups) == 1 else gatherResults(lookups, consumeErrors=True)
+        )
+        return answers.addCallback(self._judge, address, named)
 
-    async def _owned_by_directory(self, directory: IDirectory, address: str, named: list[str]) -> bool:
-        answers = await gatherResults([directory.facts(user) for user in named], consumeErrors=True)
+    def _judge(self, answers: list[UserFacts], address: str, named: list[str]) -> bool:
         forms = address_forms(address)
         if any(form in facts.addresses for facts in answers for form in forms):
             return True
