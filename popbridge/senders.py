@@ -6,7 +6,7 @@ An address is owned by a user when any source says so: the ``[senders]`` map fil
 
 When the directory cannot answer for one of the users (an outage with nothing cached), the map
 and ``domains`` still decide: what they give is owned, and an address the map lists for other
-users is not. Any other address raises `SendersUnavailable`, which the policy lookup answers
+users is not. Any other address fails with `SendersUnavailable`, which the policy lookup answers
 with its temporary failure: such mail is delayed, never wrongly refused or wrongly relayed.
 """
 
