@@ -8,6 +8,7 @@ and carol.second@ldap.example (`mailAlternateAddress`), and dave dave@ldap.examp
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -119,8 +120,15 @@ class BindingDaemon:
     """The daemon with a binding policy listener where README's Postfix asks, plus a client
     for that listener (to time an answer without Postfix in between)."""
 
-    def __init__(self, daemon: Popbridge, socket_path: Path) -> None:
-        self.daemon, self.port, self.socket_path = daemon, daemon.port, socket_path
+    def __init__(self, daemon: Popbridge, socket_path: Path, senders_map: Path) -> None:
+        self.daemon, self.port, self.socket_path, self.senders_map = daemon, daemon.port, socket_path, senders_map
+
+    def reload(self) -> None:
+        """SIGHUP, then wait for its last step, logged whether the file loaded or not."""
+        assert self.daemon.process is not None
+        mark = self.daemon.log.mark()
+        self.daemon.process.send_signal(signal.SIGHUP)
+        self.daemon.log.wait_for(lambda line: "certificates reloaded" in line, since=mark)
 
     def login(self, source: str, user: str) -> None:
         pop3_login(self.port, source, user, PASSWORDS[user])
@@ -176,7 +184,7 @@ bind_password_file = "{directory / 'bind.pw'}"
 base = "{LDAP_BASE}"
 timeout = {TIMEOUT}
 """
-        daemon = BindingDaemon(popbridge_daemon(extra_config=extra), socket_path)
+        daemon = BindingDaemon(popbridge_daemon(extra_config=extra), socket_path, directory / "senders")
         wait_until(socket_path.exists, "the binding policy listener")
         return daemon
 
@@ -296,3 +304,16 @@ def test_ldap_outage_leaves_the_map_deciding_and_defers_what_only_ldap_could_vou
     assert rcpt_code(readme_postfix, "127.0.0.71", "dave@example.org") == 250
     assert rcpt_code(readme_postfix, "127.0.0.70", "carol.second@ldap.example") == 250  # carol's entry is cached
     assert LDAP_BIND_PASSWORD not in daemon.daemon.output()
+
+
+def test_map_file_is_reread_on_sighup_and_a_broken_one_changes_nothing(slapd, start_binding, readme_postfix) -> None:
+    daemon = start_binding(slapd)
+    daemon.login("127.0.0.72", "carol")
+    assert rcpt_code(readme_postfix, "127.0.0.72", "shared@example.org") == 554
+    daemon.senders_map.write_text("shared@example.org  alice, bob, carol\n")
+    daemon.reload()
+    assert rcpt_code(readme_postfix, "127.0.0.72", "shared@example.org") == 250
+    daemon.senders_map.write_text("shared@example.org  alice\ncarol carol\n")
+    daemon.reload()
+    assert "line 2: 'carol' is not address@domain or @domain" in daemon.daemon.output()
+    assert rcpt_code(readme_postfix, "127.0.0.72", "shared@example.org") == 250
