@@ -41,6 +41,10 @@ class DownDirectory(MemoryDirectory):
         return succeed(FALLBACK)
 
 
+class WaitingLedger(MemoryLedger):
+    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
+
+
 def request(client: str, sender: str | None) -> bytes:
     lines = ["request=smtpd_access_policy", "protocol_state=RCPT", f"client_address={client}"]
     lines += [] if sender is None else [f"sender={sender}"]
@@ -48,9 +52,10 @@ def request(client: str, sender: str | None) -> bytes:
 
 
 def ask(config: LookupConfig, client: str, sender: str | None, *logins: tuple[str, str],
-        directory: IDirectory = DIRECTORY, rules: SenderRules = RULES, counters: Counters | None = None) -> str:
+        directory: IDirectory = DIRECTORY, rules: SenderRules = RULES, counters: Counters | None = None,
+        ledger_type: type[MemoryLedger] = MemoryLedger) -> str:
     clock = Clock()
-    ledger = MemoryLedger(clock, ttl=1800)
+    ledger = ledger_type(clock, ttl=1800)
     for address, user in logins:
         ledger.record(address, user, "pop3", session=False)
     verdicts = Verdicts(ledger, directory, SenderOwners(rules, directory))
@@ -143,6 +148,16 @@ def test_ldap_outage_leaves_the_map_and_domains_deciding() -> None:
     assert ask(BINDING, "192.0.2.9", "shared@example.org", carol, directory=down) == MISMATCH  # the map lists it
 
 
+def test_binding_applies_the_same_when_the_store_has_to_wait() -> None:
+    carol = ("192.0.2.9", "carol")
+    assert ask(BINDING, "192.0.2.7", "alice@example.org", ALICE, ledger_type=WaitingLedger) == "OK"
+    assert ask(BINDING, "192.0.2.7", "bob@example.org", ALICE, ledger_type=WaitingLedger) == MISMATCH
+    assert ask(BINDING, "192.0.2.9", "carol@ldap.example", carol, ledger_type=WaitingLedger) == "OK"
+    with capturedLogs():
+        answer = ask(BINDING, "192.0.2.9", "carol@ldap.example", carol, ledger_type=WaitingLedger, directory=DownDirectory())
+    assert answer == BINDING.tempfail_action
+
+
 def test_owners_without_a_directory_never_wait() -> None:
     owners = SenderOwners(RULES)
     assert owners.owned("someone@ldap.example", ["carol"]) is False
@@ -169,11 +184,11 @@ LOGINS = st.lists(st.tuples(CLIENT, USER), max_size=5)
 DIRECTORIES = st.sampled_from([DIRECTORY, DownDirectory()])
 
 
-@given(CLIENT, SENDER, LOGINS, DIRECTORIES)
-def test_binding_never_turns_an_unknown_address_into_an_authorised_one(client, sender, logins, directory) -> None:
+@given(CLIENT, SENDER, LOGINS, DIRECTORIES, st.sampled_from([MemoryLedger, WaitingLedger]))
+def test_binding_never_turns_an_unknown_address_into_an_authorised_one(client, sender, logins, directory, ledger_type) -> None:
     with capturedLogs():
-        bound = ask(BINDING, client, sender, *logins, directory=directory)
-        plain = ask(PLAIN, client, sender, *logins, directory=directory)
+        bound = ask(BINDING, client, sender, *logins, directory=directory, ledger_type=ledger_type)
+        plain = ask(PLAIN, client, sender, *logins, directory=directory, ledger_type=ledger_type)
     assert bound in (plain, MISMATCH, BINDING.tempfail_action)
     if plain != "OK":
         assert bound == plain
