@@ -47,7 +47,8 @@ def parse_senders(reader: Reader, value: Any) -> SendersConfig:
 def _names(reader: Reader, where: str, table: Mapping[str, Any], key: str, form: re.Pattern[str], what: str) -> tuple[str, ...]:
     value = table.get(key, [])
     if not isinstance(value, list) or (not value and key in table) or not all(isinstance(item, str) for item in value):
-        reader.fail(where, key, f'must be a non-empty list of strings, like {["mail"] if key == "ldap_attributes" else ["example.org"]}')
+        example = '["mail"]' if key == "ldap_attributes" else '["example.org"]'
+        reader.fail(where, key, f"must be a non-empty list of strings, like {example}")
     for item in value:
         if not form.fullmatch(item):
             reader.fail(where, key, f"{item!r} is not {what}")

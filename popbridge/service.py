@@ -161,8 +161,8 @@ class Daemon(MultiService):
         """A new map file (or domains) applies at once; the directory's attributes at a restart."""
         if new.rules != old.rules:
             self.senders.rules = new.rules
-            self.log.info("[senders] now {entries} map entries and {domains} domains",
-                          entries=len(new.rules.map.owners), domains=len(new.rules.domains))
+            self.log.info("[senders] now {entries} map entries (from {path}) and {domains} domains",
+                          entries=len(new.rules.map.owners), path=new.map or "no file", domains=len(new.rules.domains))
         if new.ldap_attributes != old.ldap_attributes:
             self.log.warn("[senders] ldap_attributes changed: it takes effect after a restart")
 
