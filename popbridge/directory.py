@@ -12,9 +12,7 @@ Why it looks like this:
   answer serves if it is at most `stale_ttl` past its freshness, else FALLBACK: not exempt,
   the default backend. So a failure never grants anything that LDAP did not recently grant,
   and a look-up answers within `timeout` (plus the reactor's own latency). The outage is
-  logged once when it starts and once when LDAP answers again. FALLBACK says `answered=False`,
-  so a caller that must not guess (sender ownership) can tell "LDAP could not say" from a user
-  without an entry (NOT_FOUND).
+  logged once when it starts and once when LDAP answers again.
 """
 
 from collections.abc import Callable
@@ -40,8 +38,10 @@ from popbridge.metrics import Metrics
 
 __all__ = ["FALLBACK", "NOT_FOUND", "IDirectory", "LdapDirectory", "MemoryDirectory", "UserFacts", "ldap_directory"]
 
-FALLBACK = UserFacts(answered=False)  # what a directory that cannot answer gives
-NOT_FOUND = UserFacts()  # what a user without an entry gets: the same facts, but an answer
+# What a directory that cannot answer gives. `answered=False` lets a caller that must not guess
+# (sender ownership) tell "LDAP could not say" from NOT_FOUND, a user without an entry.
+FALLBACK = UserFacts(answered=False)
+NOT_FOUND = UserFacts()
 LDAP_THREADS = 4  # worker threads, and so at most this many LDAP connections
 MAX_CACHED_USERS = 100_000
 
