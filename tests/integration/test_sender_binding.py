@@ -32,9 +32,10 @@ from .servers import (
     short_directory,
     wait_until,
 )
-from .test_relay_recipes import readme_main_cf
 
 pytestmark = pytest.mark.realserver
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw"}
 MISMATCH_TEXT = "Sender address is not yours"
@@ -60,6 +61,14 @@ PEOPLE = {
     "carol": {"objectClass": "qmailUser", "mail": "carol@ldap.example", "mailAlternateAddress": "carol.second@ldap.example"},
     "dave": {"mail": "dave@ldap.example"},
 }
+
+
+def readme_policy_lines() -> str:
+    """README's Postfix policy lines (Deploying), verbatim: the block after its first line."""
+    first = "```\n# main.cf: popbridge policy\n"
+    text = README.read_text()
+    start = text.index(first) + len(first)
+    return text[start:text.index("```", start)]
 
 
 class MailSlapd(Slapd):
@@ -101,7 +110,7 @@ def readme_postfix() -> Iterator[Postfix]:
     `unix:private/popbridge` under its queue directory, where the binding listener listens."""
     require("postfix", "postmap", "swaks")
     unused = short_directory("pb-unused-")
-    server = Postfix(policy_socket=unused / "policy.sock", main_extra=readme_main_cf("policy"))
+    server = Postfix(policy_socket=unused / "policy.sock", main_extra=readme_policy_lines())
     try:
         server.start()
     except ServerError as e:
