@@ -18,12 +18,13 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 
 from popbridge.config_ldap import LdapConfig, parse_ldap
 from popbridge.config_reader import ConfigError, Reader
+from popbridge.config_senders import SendersConfig, parse_senders
 from popbridge.config_tls import TLS_KEYS, TlsConfig, proxy_tls
 from popbridge.ledger.spec import DEFAULT_STORE, parse_store
 
 __all__ = [  # the dataclasses and errors other modules import from here
     "Config", "ConfigError", "ControlConfig", "DemoConfig", "LdapConfig", "LedgerConfig", "LookupConfig",
-    "MetricsConfig", "ProxyConfig", "TlsConfig", "load_config", "parse_config",
+    "MetricsConfig", "ProxyConfig", "SendersConfig", "TlsConfig", "load_config", "parse_config",
 ]
 
 PROXY_PROTOCOLS = ("pop3", "imap4")
@@ -80,8 +81,12 @@ class LookupConfig:
     listen: str
     authorised_action: str = "OK"
     unknown_action: str = "DUNNO"
-    tempfail_action: str = "DEFER_IF_PERMIT Service temporarily unavailable"
+    # DEFER, not DEFER_IF_PERMIT: the reject_unauth_destination after the policy check would
+    # turn that into "554 Relay access denied" (README: Postfix main.cf)
+    tempfail_action: str = "DEFER 4.3.0 Service temporarily unavailable"
     exempt_action: str = ""  # policy only: the answer for exempt addresses ("" = authorised_action)
+    sender_binding: bool = False  # policy only: the sender must be owned by a user logged in there
+    sender_mismatch_action: str = "REJECT 5.7.1 Sender address is not yours"
     allow_updates: bool = False
     idle_timeout: float = 600.0  # Postfix keeps policy connections for up to 300 s idle
     owner: str | None = None  # unix socket owner and group, set after binding (as root)
@@ -121,6 +126,7 @@ class Config:
     demo: DemoConfig | None = None
     ldap: LdapConfig | None = None
     metrics: MetricsConfig | None = None
+    senders: SendersConfig | None = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -138,7 +144,7 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(document: Mapping[str, Any], source: str) -> Config:
     reader = Reader(source)
-    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo", "ldap", "metrics"))
+    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo", "ldap", "metrics", "senders"))
     config = Config(
         source=source,
         ledger=_ledger(reader, reader.table("[ledger]", document.get("ledger", {}))),
@@ -154,8 +160,10 @@ def parse_config(document: Mapping[str, Any], source: str) -> Config:
         ldap=parse_ldap(reader, document["ldap"]) if "ldap" in document else None,
         metrics=_metrics(reader, document["metrics"]) if "metrics" in document else None,
         demo=_demo(reader, document["demo"]) if "demo" in document else None,
+        senders=parse_senders(reader, document["senders"]) if "senders" in document else None,
     )
     _check_exempt_action(reader, config)
+    _check_senders(reader, config)
     if not (config.proxies or config.lookups):
         raise ConfigError(f"{source}: nothing to do: no [[proxy]] and no [[lookup]]")
     return config
@@ -228,7 +236,7 @@ def _lookup(reader: Reader, where: str, table: Mapping[str, Any]) -> LookupConfi
     protocol = reader.choice(where, table, "protocol", LOOKUP_PROTOCOLS)
     allowed = ["protocol", "listen", "idle_timeout", "owner", "group"]
     allowed += ["allow_updates"] if protocol == "whoson" else ["authorised_action", "unknown_action", "tempfail_action"]
-    allowed += ["exempt_action"] if protocol == "policy" else []
+    allowed += ["exempt_action", "sender_binding", "sender_mismatch_action"] if protocol == "policy" else []
     reader.only_keys(where, table, allowed, note=f"for protocol {protocol!r}")
     defaults = LookupConfig(protocol, "")
     return LookupConfig(
@@ -239,6 +247,8 @@ def _lookup(reader: Reader, where: str, table: Mapping[str, Any]) -> LookupConfi
         tempfail_action=reader.action(where, table, "tempfail_action", defaults.tempfail_action),
         exempt_action=reader.action(where, table, "exempt_action", "-") if "exempt_action" in table else "",
         allow_updates=reader.boolean(where, table, "allow_updates", False),
+        sender_binding=reader.boolean(where, table, "sender_binding", False),
+        sender_mismatch_action=reader.action(where, table, "sender_mismatch_action", defaults.sender_mismatch_action),
         owner=reader.account(where, table, "owner"),
         group=reader.account(where, table, "group"),
         idle_timeout=reader.number(where, table, "idle_timeout", defaults.idle_timeout, minimum=1),
@@ -266,6 +276,15 @@ def _check_exempt_action(reader: Reader, config: Config) -> None:
     for n, lookup in enumerate(config.lookups, 1):
         if lookup.exempt_action and (config.ldap is None or not config.ldap.exempt_filter):
             reader.fail(f"[[lookup]] #{n}", "exempt_action", "needs an [ldap] table with an exempt_filter")
+
+
+def _check_senders(reader: Reader, config: Config) -> None:
+    """Binding without owners would refuse every sender; LDAP attributes need a directory."""
+    for n, lookup in enumerate(config.lookups, 1):
+        if lookup.sender_binding and config.senders is None:
+            reader.fail(f"[[lookup]] #{n}", "sender_binding", "needs a [senders] table (map, ldap_attributes or domains)")
+    if config.senders is not None and config.senders.ldap_attributes and config.ldap is None:
+        reader.fail("[senders]", "ldap_attributes", "needs an [ldap] table")
 
 
 def _demo(reader: Reader, value: Any) -> DemoConfig:

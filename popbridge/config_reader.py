@@ -62,6 +62,8 @@ class Reader:
         value = self.string(where, table, key, default)
         if any(c in value for c in "\r\n\0"):
             self.fail(where, key, "must be one line")
+        if value.isdigit():
+            self.fail(where, key, f"{value!r}: Postfix reads an all-digit action as OK; give a word such as DUNNO, OK or REJECT")
         return value
 
     def ldap_filter(self, where: str, table: Mapping[str, Any], key: str, default: str) -> str:

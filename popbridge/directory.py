@@ -42,9 +42,12 @@ from popbridge.config import LdapConfig
 from popbridge.ldap_search import ConnectionPool, Found, UserFacts, ldap_connector, search_user
 from popbridge.metrics import Metrics
 
-__all__ = ["FALLBACK", "IDirectory", "LdapDirectory", "MemoryDirectory", "UserFacts", "ldap_directory"]
+__all__ = ["FALLBACK", "NOT_FOUND", "IDirectory", "LdapDirectory", "MemoryDirectory", "UserFacts", "ldap_directory"]
 
-FALLBACK = UserFacts()  # what an unknown user, or a directory that cannot answer, gets
+# What a directory that cannot answer gives. `answered=False` lets a caller that must not guess
+# (sender ownership) tell "LDAP could not say" from NOT_FOUND, a user without an entry.
+FALLBACK = UserFacts(answered=False)
+NOT_FOUND = UserFacts()
 LDAP_THREADS = 4  # worker threads, and so at most this many LDAP connections
 MAX_CACHED_USERS = 100_000
 # seconds before probe n of an outage (n = 0, 1, ...): 1, 2, 4 ... at most 30, plus up to 1 s of
@@ -88,7 +91,7 @@ class MemoryDirectory(_FromFacts):
         self.users = dict(users or {})
 
     def facts(self, user: str) -> "Deferred[UserFacts]":
-        return succeed(self.users.get(user, FALLBACK) if user else FALLBACK)
+        return succeed(self.users.get(user, NOT_FOUND) if user else FALLBACK)
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,11 @@ class LdapDirectory(_FromFacts):
         max_users: int = MAX_CACHED_USERS,
         metrics: Metrics | None = None,
         probe_backoff: Callable[[int], float] = PROBE_BACKOFF,
+        address_attributes: tuple[str, ...] = (),
     ) -> None:
         self._config, self._pool, self._run_blocking, self._clock = config, pool, run_blocking, clock
         self._probe_backoff = probe_backoff
+        self._search = partial(search_user, address_attributes=address_attributes)  # [senders] ldap_attributes
         self._metrics = metrics or Metrics()  # cache hits, misses and errors for /metrics
         # entries outlive their freshness by stale_ttl: kept only to serve during outages
         self._found: TTLCache[str, _Cached] = TTLCache(max_users, config.cache_ttl + config.stale_ttl, clock.seconds)
@@ -186,7 +191,7 @@ class LdapDirectory(_FromFacts):
         """A Deferred of its own for this caller, fed by the one query running for `user`."""
         shared = self._queries.get(user)
         if shared is None:
-            shared = self._run_blocking(self._pool.run, partial(search_user, self._config, user))
+            shared = self._run_blocking(self._pool.run, partial(self._search, self._config, user))
             self._queries[user] = shared  # before _landed, which may run at once (tests)
             shared.addBoth(self._landed, user)
         mine: Deferred[UserFacts] = Deferred()
@@ -208,8 +213,8 @@ class LdapDirectory(_FromFacts):
         now = self._clock.seconds()
         if result.facts is None:
             self._found.pop(user, None)
-            self._missing[user] = _Cached(FALLBACK, now + self._config.negative_cache_ttl)
-            return FALLBACK
+            self._missing[user] = _Cached(NOT_FOUND, now + self._config.negative_cache_ttl)
+            return NOT_FOUND
         self._missing.pop(user, None)
         self._found[user] = _Cached(result.facts, now + self._config.cache_ttl)
         return result.facts
@@ -288,9 +293,14 @@ class ThreadPoolService(Service):
         self._on_stop()
 
 
-def ldap_directory(config: LdapConfig, reactor: Any, metrics: Metrics | None = None) -> tuple[LdapDirectory, Service]:
+def ldap_directory(
+    config: LdapConfig, reactor: Any, metrics: Metrics | None = None, address_attributes: tuple[str, ...] = ()
+) -> tuple[LdapDirectory, Service]:
     """The production directory and the service that owns its threads."""
     threads = ThreadPool(minthreads=0, maxthreads=LDAP_THREADS, name="popbridge-ldap")
     connections = ConnectionPool(ldap_connector(config), LDAP_THREADS)
-    directory = LdapDirectory(config, connections, partial(deferToThreadPool, reactor, threads), reactor, metrics=metrics)
+    directory = LdapDirectory(
+        config, connections, partial(deferToThreadPool, reactor, threads), reactor, metrics=metrics,
+        address_attributes=address_attributes,
+    )
     return directory, ThreadPoolService(threads, directory.close)

@@ -13,7 +13,7 @@ import math
 import re
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
 from popbridge.config import LdapConfig
+from popbridge.sender_map import is_address, sender_key
 
 T = TypeVar("T")
 
@@ -40,6 +41,8 @@ class UserFacts:
 
     exempt: bool = False  # the entry matches `exempt_filter`
     backend: str | None = None  # `backend_attribute`: "host" or "host:port"; None = default backend
+    addresses: frozenset[str] = frozenset()  # sender addresses from [senders] ldap_attributes
+    answered: bool = True  # False only for the directory's FALLBACK: LDAP could not say
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,12 @@ def user_filter(template: str, user: str) -> str:
     return template.replace("{user}", escape_filter_chars(user))
 
 
-def search_user(config: LdapConfig, user: str, connection: Connection) -> Found:
+def search_user(config: LdapConfig, user: str, connection: Connection, address_attributes: tuple[str, ...] = ()) -> Found:
     """Find `user`'s entry, then ask whether it also matches `exempt_filter` (a base search
-    on that entry, so the exempt test can only ever be about this one user)."""
-    attributes = [config.backend_attribute] if config.backend_attribute else NO_ATTRIBUTES
+    on that entry, so the exempt test can only ever be about this one user). The values of
+    `address_attributes` are the sender addresses the user owns."""
+    wanted = [config.backend_attribute] if config.backend_attribute else []
+    attributes = [*wanted, *address_attributes] or NO_ATTRIBUTES
     time_limit = _whole_seconds(config.timeout)  # the server gives up too
     connection.search(
         config.base, user_filter(config.user_filter, user), SUBTREE,
@@ -74,13 +79,15 @@ def search_user(config: LdapConfig, user: str, connection: Connection) -> Found:
     if code == SIZE_LIMIT_EXCEEDED or len(entries) > 1:
         return Found(None, "user_filter matches several entries: treated as no such user")
     entry = entries[0]
-    backend, note = _backend(config.backend_attribute, entry.get("raw_attributes") or {})
+    raw = entry.get("raw_attributes") or {}
+    backend, note = _backend(config.backend_attribute, raw)
+    addresses = frozenset(_addresses(address_attributes, raw))
     exempt = False
     if config.exempt_filter:
         connection.search(entry["dn"], config.exempt_filter, BASE, attributes=NO_ATTRIBUTES, time_limit=time_limit)
         code = _result_code(connection, "exempt search")
         exempt = code == SUCCESS and any(r.get("type") == "searchResEntry" for r in connection.response or ())
-    return Found(UserFacts(exempt=exempt, backend=backend), note)
+    return Found(UserFacts(exempt=exempt, backend=backend, addresses=addresses), note)
 
 
 def _whole_seconds(seconds: float) -> int:
@@ -110,6 +117,18 @@ def _backend(attribute: str, raw: Any) -> tuple[str | None, str]:
         return None, f"{attribute} {value!r} is not host or host:port: using the default backend"
     note = f"{attribute} has {len(values)} values: using the first, {value!r}" if len(values) > 1 else ""
     return value, note
+
+
+def _addresses(attributes: tuple[str, ...], raw: Any) -> Iterable[str]:
+    """Every value of `attributes` that is an address, normalised (values that are not are skipped)."""
+    wanted = {name.lower() for name in attributes}
+    for name, values in raw.items():
+        if name.lower() in wanted:
+            for value in values:
+                text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+                key = sender_key(text.strip())
+                if is_address(key):
+                    yield key
 
 
 class ConnectionPool:

@@ -96,7 +96,8 @@ class Metrics:
         self._connect_errors.inc((protocol,))
 
     def lookup_answered(self, protocol: str, answer: str, started: float) -> None:
-        """`answer`: authorised, exempt, unknown, tempfail or refused (bad request, unknown map)."""
+        """`answer`: authorised, exempt, unknown, tempfail, refused (bad request, unknown map) or
+        mismatch (a policy request whose sender no user logged in there owns)."""
         self._lookups.inc((protocol, answer))
         self._lookup_seconds.observe((protocol,), self.now() - started)
 

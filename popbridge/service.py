@@ -2,9 +2,9 @@
 
 A reload applies what can change under running sessions: listeners added, removed or changed
 (a changed one is re-bound with its new settings; connections it already accepted keep the old
-ones until they close), the ledger's ttl, and every certificate. The store and the directory
-are built once: changing them needs a restart, and the log says so. A file that does not
-load leaves the running configuration untouched.
+ones until they close), the ledger's ttl, the [senders] map file and domains, and every
+certificate. The store and the directory are built once: changing them needs a restart, and
+the log says so. A file that does not load leaves the running configuration untouched.
 """
 
 import signal
@@ -15,7 +15,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
 
-from popbridge.config import Config, ConfigError, load_config
+from popbridge.config import Config, ConfigError, SendersConfig, load_config
 from popbridge.demo_backend import demo_backend_factory
 from popbridge.directory import IDirectory, ldap_directory
 from popbridge.ledger import ILedger
@@ -29,6 +29,7 @@ from popbridge.proxy import proxy_factory
 from popbridge.proxy.backend import backend_connector
 from popbridge.proxy.routing import UserRouter
 from popbridge.proxy.trusted_proxy import TrustedProxyHeaderFactory
+from popbridge.senders import SenderOwners
 from popbridge.stats import Counters
 from popbridge.tls_reload import CertificateReloader
 from popbridge.verdict import Verdicts
@@ -51,11 +52,13 @@ class Daemon(MultiService):
         store.service.setServiceParent(self)  # first child: started before and stopped after its users
         self.ledger: ILedger = MeasuredLedger(store.ledger, self.counters.metrics)
         directory: IDirectory | None = None
+        senders = config.senders or SendersConfig()
         if config.ldap is not None:
-            directory, ldap_threads = ldap_directory(config.ldap, reactor, self.counters.metrics)
+            directory, ldap_threads = ldap_directory(config.ldap, reactor, self.counters.metrics, senders.ldap_attributes)
             ldap_threads.setServiceParent(self)
         self._routing_directory = directory if config.ldap is not None and config.ldap.backend_attribute else None
-        self.verdicts = Verdicts(self.ledger, directory)
+        self.senders = SenderOwners(senders.rules, directory if senders.ldap_attributes else None)
+        self.verdicts = Verdicts(self.ledger, directory, self.senders)
         purging = TimerService(PURGE_INTERVAL, _purge, self.ledger)
         purging.clock = reactor
         purging.setServiceParent(self)
@@ -143,6 +146,7 @@ class Daemon(MultiService):
                 self.log.warn("[ledger] {name} changed: it takes effect after a restart", name=name)
         if new.ldap != self.config.ldap:
             self.log.warn("[ldap] changed: it takes effect after a restart")
+        self._apply_senders(self.config.senders or SendersConfig(), new.senders or SendersConfig())
         specs = _listener_specs(new)
         changes = []
         for key, listener in list(self._listeners.items()):
@@ -152,6 +156,15 @@ class Daemon(MultiService):
         self.config = new
         self.certificates.reload()
         return DeferredList(changes).addCallback(lambda _: self._add_new(specs))
+
+    def _apply_senders(self, old: SendersConfig, new: SendersConfig) -> None:
+        """A new map file (or domains) applies at once; the directory's attributes at a restart."""
+        if new.rules != old.rules:
+            self.senders.rules = new.rules
+            self.log.info("[senders] now {entries} map entries (from {path}) and {domains} domains",
+                          entries=len(new.rules.map.owners), path=new.map or "no file", domains=len(new.rules.domains))
+        if new.ldap_attributes != old.ldap_attributes:
+            self.log.warn("[senders] ldap_attributes changed: it takes effect after a restart")
 
     def _add_new(self, specs: dict[ListenerKey, object]) -> None:
         for key, spec in specs.items():

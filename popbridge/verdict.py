@@ -9,22 +9,30 @@ exempt user. Behind NAT one ordinary user makes the address ordinary, because th
 tell whose message it is. A login without a user name (GSSAPI, EXTERNAL) is never exempt, and
 a directory failure counts as "not exempt": the address stays AUTHORISED by its logins, but
 the failure never grants the exemption.
+
+Sender binding (`for_sender`): an authorised address whose request names an envelope sender
+that no user logged in there owns is a MISMATCH. It only narrows: an unknown address stays
+unknown, the null sender (bounces) passes, and a sender the directory cannot judge raises
+SendersUnavailable (a temporary failure), never a yes.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from popbridge.directory import IDirectory
 from popbridge.ledger import ILedger, Login
+from popbridge.sender_map import SenderRules, sender_key
+from popbridge.senders import SenderOwners
 
 
 class Status(Enum):
     AUTHORISED = "authorised"
     EXEMPT = "exempt"  # authorised, and every live login on the address is an exempt user
     UNKNOWN = "unknown"
+    MISMATCH = "mismatch"  # logged in, but no user logged in there owns the envelope sender
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,11 @@ class Verdict:
     def exempt(self) -> bool:
         return self.status is Status.EXEMPT
 
+    @property
+    def users(self) -> tuple[str, ...]:
+        """The names logged in on the address, each once, newest first ("" for GSSAPI left out)."""
+        return tuple(dict.fromkeys(login.user for login in self.logins if login.user))
+
 
 UNKNOWN = Verdict(Status.UNKNOWN)
 
@@ -51,8 +64,11 @@ class Verdicts:
 
     log = Logger()
 
-    def __init__(self, ledger: ILedger, directory: IDirectory | None = None) -> None:
+    def __init__(
+        self, ledger: ILedger, directory: IDirectory | None = None, senders: SenderOwners | None = None
+    ) -> None:
         self._ledger, self._directory = ledger, directory
+        self.senders = senders or SenderOwners(SenderRules())  # no [senders]: nobody owns anything
 
     def instant(self, address: str, exempt: bool = False) -> Verdict | None:
         """The verdict at once when the ledger answers from memory and no directory question
@@ -74,6 +90,17 @@ class Verdicts:
             status = Status.EXEMPT
         return Verdict(status, logins[0].user, tuple(logins))
 
+    def for_sender(self, verdict: Verdict, sender: str) -> "Verdict | Deferred[Verdict]":
+        """`verdict` for mail from `sender` (as the request gives it): at once unless the
+        directory has to be asked; the Deferred may fail with SendersUnavailable."""
+        address = sender_key(sender)
+        if not verdict.authorised or not address:
+            return verdict
+        owned = self.senders.owned(address, verdict.users)
+        if isinstance(owned, bool):
+            return _owned_or_mismatch(owned, verdict)
+        return owned.addCallback(_owned_or_mismatch, verdict)
+
     async def _all_exempt(self, logins: list[Login]) -> bool:
         users = sorted({login.user for login in logins})
         if self._directory is None or "" in users:
@@ -84,3 +111,7 @@ class Verdicts:
             self.log.failure("exempt look-up for {users} failed: answering not exempt", users=users)
             return False
         return all(answers)
+
+
+def _owned_or_mismatch(owned: bool, verdict: Verdict) -> Verdict:
+    return verdict if owned else replace(verdict, status=Status.MISMATCH)

@@ -31,6 +31,11 @@ class PolicyRequest:
     text: str
 
     def get(self, name: str, default: str = "") -> str:
+        value = self.attribute(name)
+        return default if value is None else value
+
+    def attribute(self, name: str) -> str | None:
+        """The value of `name`; None when the request has no such line (not the same as empty)."""
         key, text = name + "=", self.text
         at = text.rfind("\n" + key)
         if at >= 0:
@@ -38,7 +43,7 @@ class PolicyRequest:
         elif text.startswith(key):
             start = len(key)
         else:
-            return default
+            return None
         end = text.find("\n", start)
         return text[start:] if end < 0 else text[start:end]
 

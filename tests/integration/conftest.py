@@ -25,6 +25,7 @@ REQUIRED = {
     "postfix": "postfix",
     "postmap": "postfix",
     "curl": "curl",
+    "swaks": "swaks",
     "redis-server": "redis-server",
     "fetchmail": "fetchmail",
     "slapd": "slapd",

@@ -12,7 +12,7 @@ import pytest
 
 from .servers import BoundPOP3, Dovecot, Popbridge, Redis, ServerError, pop3_login, wait_until
 
-POLICY_TEMPFAIL = "action=DEFER_IF_PERMIT"
+POLICY_TEMPFAIL = "action=DEFER 4.3.0"
 
 
 def policy(socket_path: Path | str, address: str) -> str:

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from .conftest import require
-from .servers import Dovecot, Popbridge, Postfix, ServerError, pop3_login
+from .servers import Dovecot, Popbridge, Postfix, Redis, ServerError, pop3_login
 
 pytestmark = pytest.mark.realserver
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-RELAY_DENIED, ACCEPTED = 554, 250
+RELAY_DENIED, ACCEPTED, DEFERRED = 554, 250, 450
+INBOUND = "inbound.example"  # a relay_domains domain: mail for it is not a relay attempt
 
 
 def readme_main_cf(name: str) -> str:
@@ -69,20 +70,34 @@ def start_popbridge(relay: list[object], dovecot: Dovecot, **options: object) ->
     return daemon.start()
 
 
-def test_readme_policy_lines_let_a_pop3_client_relay_and_an_outage_is_not_a_451(
+def test_readme_policy_lines_let_a_pop3_client_relay_and_defer_what_popbridge_cannot_judge(
     relay: list[object], dovecot: Dovecot, tmp_path: Path
 ) -> None:
     main_cf = readme_main_cf("policy")
-    assert "check_policy_service { unix:private/popbridge, timeout=10s, default_action=DUNNO }" in main_cf
-    postfix = start_postfix(relay, main_cf, tmp_path / "unused.sock")
+    assert "{ default_action = DEFER 4.3.0 POP-before-SMTP check unavailable }" in main_cf
+    postfix = start_postfix(relay, main_cf + f"relay_domains = {INBOUND}\n", tmp_path / "unused.sock")
     # unix:private/popbridge is relative to the queue directory, as inside Debian's chroot
     daemon = start_popbridge(relay, dovecot, policy_socket=postfix.directory / "queue" / "private" / "popbridge")
     assert postfix.rcpt_code("127.0.0.21") == RELAY_DENIED
     pop3_login(daemon.port, "127.0.0.21", "alice", "alice-pw")
     assert postfix.rcpt_code("127.0.0.21") == ACCEPTED
     daemon.stop()
-    assert postfix.rcpt_code("127.0.0.21") == RELAY_DENIED  # default_action=DUNNO, not 451 for all
+    assert postfix.rcpt_code("127.0.0.21") == DEFERRED  # default_action: retried, not refused
+    assert postfix.rcpt_code("127.0.0.22", recipient=f"someone@{INBOUND}") == ACCEPTED  # inbound mail never waits
     assert postfix.rcpt_code("127.0.0.1") == ACCEPTED  # mynetworks still relays
+
+
+def test_readme_policy_lines_defer_a_relay_attempt_when_the_store_is_down(
+    relay: list[object], dovecot: Dovecot, own_redis: Redis, tmp_path: Path
+) -> None:
+    postfix = start_postfix(relay, readme_main_cf("policy"), tmp_path / "unused.sock")
+    socket_path = postfix.directory / "queue" / "private" / "popbridge"
+    daemon = start_popbridge(relay, dovecot, policy_socket=socket_path, store=own_redis.url)
+    pop3_login(daemon.port, "127.0.0.28", "alice", "alice-pw")
+    assert postfix.rcpt_code("127.0.0.28") == ACCEPTED
+    own_redis.stop()
+    assert postfix.rcpt_code("127.0.0.28") == DEFERRED  # tempfail_action: DEFER, not DEFER_IF_PERMIT's 554
+    assert postfix.rcpt_code("127.0.0.29") == DEFERRED
 
 
 def test_readme_socketmap_lines_let_a_pop3_client_relay(relay: list[object], dovecot: Dovecot, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface.verify import verifyObject
 
-from popbridge.directory import FALLBACK, IDirectory, LdapDirectory, MemoryDirectory
+from popbridge.directory import FALLBACK, NOT_FOUND, IDirectory, LdapDirectory, MemoryDirectory
 from popbridge.ldap_search import ConnectionPool, UserFacts
 
 from .ldap_mock import BIND_PASSWORD, CONFIG, MockLdap
@@ -90,8 +90,8 @@ def test_ordinary_user_is_not_exempt(directory) -> None:
     assert result(directory.is_exempt("bob")) is False
 
 
-def test_unknown_user_gets_the_fallback(directory) -> None:
-    assert result(directory.facts("mallory")) == FALLBACK
+def test_unknown_user_gets_the_fallback_facts_as_an_answer(directory) -> None:
+    assert result(directory.facts("mallory")) == NOT_FOUND
     assert result(directory.backend_for("mallory")) is None
 
 
@@ -339,3 +339,14 @@ def test_bind_password_never_reaches_the_log() -> None:
 def test_no_exempt_filter_means_nobody_is_exempt() -> None:
     directory = ldap_directory(MockLdap(), Clock(), exempt_filter="")
     assert result(directory.is_exempt("alice")) is False
+
+
+def test_sender_addresses_come_through_the_cache() -> None:
+    clock, ldap = Clock(), MockLdap()
+    ldap.add("erin", {"mail": "erin@example.org"})
+    directory = LdapDirectory(CONFIG, ConnectionPool(ldap.connect, 2), direct, clock, address_attributes=("mail",))
+    assert result(directory.facts("erin")).addresses == {"erin@example.org"}
+    ldap.down = True
+    assert result(directory.facts("erin")).addresses == {"erin@example.org"}
+    with capturedLogs():
+        assert result(directory.facts("mallory")) == FALLBACK and not FALLBACK.answered

@@ -105,3 +105,13 @@ def test_connector_fails_over_to_the_next_url_and_back(monkeypatch) -> None:
     down.update({"ldap://ldap1.example.org", "ldap://ldap2.example.org"})
     with pytest.raises(LDAPSocketOpenError, match="ldap2"):
         connect()
+
+
+def test_address_attributes_give_the_users_sender_addresses() -> None:
+    ldap = MockLdap()
+    ldap.add("erin", {"mail": "erin@Example.ORG", "mailAlternateAddress": ["erin.b@example.net", "not an address"]})
+    found = ConnectionPool(ldap.connect, 1).run(
+        lambda connection: search_user(CONFIG, "erin", connection, address_attributes=("mail", "mailAlternateAddress"))
+    )
+    assert found.facts is not None
+    assert found.facts.addresses == {"erin@example.org", "erin.b@example.net"}

@@ -110,7 +110,7 @@ def test_ledger_failure_answers_tempfail_never_yes() -> None:
     server, transport = connect(build(ledger, clock)[0])
     with capturedLogs() as events:
         server.dataReceived(REQUEST % b"192.0.2.7")
-    assert transport.value() == b"action=DEFER_IF_PERMIT Service temporarily unavailable\n\n"
+    assert transport.value() == b"action=DEFER 4.3.0 Service temporarily unavailable\n\n"
     assert [e["log_failure"].type for e in events if "log_failure" in e] == [LedgerUnavailable]
     assert not transport.disconnecting
 

@@ -114,3 +114,22 @@ def test_reload_of_a_broken_file_keeps_the_running_config(tmp_path):
         assert daemon.ledger.ttl == 1800 and len(bound(reactor)) == 2
     finally:
         daemon.stopService()
+
+
+def test_reload_rereads_the_senders_map_and_a_broken_one_changes_nothing(tmp_path):
+    senders_map = tmp_path / "senders"
+    senders_map.write_text("shared@example.org alice\n")
+    daemon, reactor, path = started(tmp_path, CONFIG + f'[senders]\nmap = "{senders_map}"\n')
+    try:
+        assert daemon.senders.rules.owned("shared@example.org", ["alice"])
+        senders_map.write_text("shared@example.org bob\n")
+        daemon.reload()
+        assert daemon.senders.rules.owned("shared@example.org", ["bob"])
+        assert not daemon.senders.rules.owned("shared@example.org", ["alice"])
+        senders_map.write_text("shared@example.org carol\nbroken\n")
+        with capturedLogs() as events:
+            daemon.reload()
+        assert any("configuration not reloaded" in formatEvent(e) and "line 2" in formatEvent(e) for e in events)
+        assert daemon.senders.rules.owned("shared@example.org", ["bob"])
+    finally:
+        daemon.stopService()

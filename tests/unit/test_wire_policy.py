@@ -138,3 +138,15 @@ def test_get_answers_like_the_last_attribute_of_that_name(attributes: list[tuple
     [request] = PolicyDecoder().feed(encode_request(attributes))
     for name in [probe, *(name for name, _ in attributes)]:
         assert request.get(name, "<none>") == dict(attributes).get(name, "<none>")
+
+
+@given(requests, names)
+def test_attribute_tells_a_missing_line_from_an_empty_value(attributes: list[tuple[str, str]], probe: str) -> None:
+    [request] = PolicyDecoder().feed(encode_request(attributes))
+    for name in [probe, *(name for name, _ in attributes)]:
+        assert request.attribute(name) == dict(attributes).get(name)
+
+
+def test_empty_sender_is_an_empty_value_not_a_missing_line() -> None:
+    [request] = PolicyDecoder().feed(b"client_address=192.0.2.7\nsender=\n\n")
+    assert request.attribute("sender") == "" and request.attribute("recipient") is None
