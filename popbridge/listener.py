@@ -6,11 +6,12 @@ import pwd
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,7 +24,10 @@ class Listener(Service):
 
     A listener that cannot bind at start stops the daemon: an operator would rather see it
     fail than run without, say, its policy socket and have Postfix answer 451 all day. One
-    added by a reload (`fatal` False) only logs: the running daemon keeps serving.
+    started by a reload (`fatal` False) must never take the running daemon down: it logs an
+    error and tries again with back-off (`retry_delay(attempt)` seconds: 1 s, growing by half
+    each time up to a minute), so a port still held by the process being replaced, or a socket
+    directory the operator is about to fix, comes up by itself. Stopping it ends the retries.
     """
 
     log = Logger()
@@ -38,6 +42,8 @@ class Listener(Service):
         drain: "Callable[[], Deferred[None]] | None" = None,
         owner: str | None = None,
         group: str | None = None,
+        fatal: bool = True,
+        retry_delay: Callable[[int], float] = backoffPolicy(),
     ) -> None:
         """`description` as the operator wrote it; `bind`, when given, is what is really bound;
         `drain` is waited for after the listener stops (sessions finishing at shutdown)."""
@@ -46,31 +52,50 @@ class Listener(Service):
         factory.noisy = False  # this class logs the listener itself, with what it is for
         self._endpoint: IStreamServerEndpoint = serverFromString(fast_sockets(reactor), bind or description)
         self._port: IListeningPort | None = None
-        self.fatal = True
-        self.bound: Deferred[bool] = Deferred()  # fires True once listening, False if it cannot
+        self.fatal, self._retry_delay, self._failures = fatal, retry_delay, 0
+        self._retry: IDelayedCall | None = None
+        self._wanted = False  # between privilegedStartService and stopService
+        self.bound: Deferred[bool] = Deferred()  # fires True once listening, False at the first failure
         self.setName(f"{what} {description}")
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        self._wanted = True
+        self._listen()
+
+    def _listen(self) -> None:
+        self._retry = None
         listening: Deferred[IListeningPort] = self._endpoint.listen(self._factory)
         listening.addCallbacks(self._listening, self._cannot_listen)
 
     def _listening(self, port: IListeningPort) -> None:
+        if not self._wanted:  # stopped while the endpoint was still binding
+            port.stopListening()
+            return
         self._port = port
         if self._owner or self._group:
             _give_socket(port, self._owner, self._group)
         self.log.info("listening for {what} on {endpoint}", what=self.what, endpoint=self.description)
-        self.bound.callback(True)
+        if not self.bound.called:
+            self.bound.callback(True)
 
     def _cannot_listen(self, failure: Failure) -> None:
-        self.log.critical(
-            "cannot listen for {what} on {endpoint}: {error}{stopping}",
-            what=self.what, endpoint=self.description, error=failure.getErrorMessage(),
-            stopping="; stopping" if self.fatal else "",
-        )
         if self.fatal:
+            self.log.critical(
+                "cannot listen for {what} on {endpoint}: {error}; stopping",
+                what=self.what, endpoint=self.description, error=failure.getErrorMessage(),
+            )
             self._reactor.callWhenRunning(_stop, self._reactor)
-        self.bound.callback(False)
+        elif self._wanted:
+            delay = self._retry_delay(self._failures)
+            self._failures += 1
+            self.log.error(
+                "cannot listen for {what} on {endpoint}: {error}; trying again in {delay:.1f} s",
+                what=self.what, endpoint=self.description, error=failure.getErrorMessage(), delay=delay,
+            )
+            self._retry = self._reactor.callLater(delay, self._listen)
+        if not self.bound.called:
+            self.bound.callback(False)
 
     def retire(self) -> "Deferred[None]":
         """Stop listening for a reload: sessions already open carry on undisturbed."""
@@ -79,6 +104,10 @@ class Listener(Service):
 
     def stopService(self) -> "Deferred[None] | None":
         super().stopService()
+        self._wanted = False
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         port, self._port = self._port, None
         stopped = port.stopListening() if port is not None else None
         if self._drain is None:

@@ -1,3 +1,5 @@
+import trustme
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 
@@ -112,5 +114,90 @@ def test_reload_of_a_broken_file_keeps_the_running_config(tmp_path):
             daemon.reload()
         assert any("configuration not reloaded" in formatEvent(e) and "[ledger] ttl" in formatEvent(e) for e in events)
         assert daemon.ledger.ttl == 1800 and len(bound(reactor)) == 2
+    finally:
+        daemon.stopService()
+
+
+class TakenPortReactor(MemoryReactorClock):
+    """A reactor whose TCP `taken` port refuses to bind until the test frees it."""
+
+    def __init__(self, taken):
+        super().__init__()
+        self.taken = taken
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        if port == self.taken:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+PROXY = """
+[[proxy]]
+protocol = "pop3"
+listen = "tcp:port=1110:interface=127.0.0.1"
+backend = "tcp:host=127.0.0.1:port=110"
+"""
+
+
+def test_a_listener_added_by_a_reload_on_a_taken_port_is_retried_while_the_rest_serves(tmp_path):
+    path = tmp_path / "popbridge.toml"
+    path.write_text(CONFIG)
+    reactor = TakenPortReactor(taken=1110)
+    daemon = build_service(load_config(path), reactor)
+    daemon.privilegedStartService()
+    daemon.startService()
+    try:
+        path.write_text(CONFIG + PROXY)
+        with capturedLogs() as events:
+            daemon.reload()
+            reactor.advance(10)
+        failures = [formatEvent(e) for e in events if "cannot listen for pop3 clients" in formatEvent(e)]
+        assert len(failures) > 1 and all("trying again in" in line for line in failures)
+        assert not reactor.hasStopped and reactor.tcpServers == [] and len(bound(reactor)) == 2
+        reactor.taken = None
+        reactor.advance(60)
+        assert [port for port, *_ in reactor.tcpServers] == [1110]
+        reactor.advance(600)
+        assert len(reactor.tcpServers) == 1  # bound once, then no more attempts
+    finally:
+        daemon.stopService()
+
+
+def test_a_listener_removed_while_it_waits_to_bind_stops_trying(tmp_path):
+    path = tmp_path / "popbridge.toml"
+    path.write_text(CONFIG)
+    reactor = TakenPortReactor(taken=1110)
+    daemon = build_service(load_config(path), reactor)
+    daemon.privilegedStartService()
+    daemon.startService()
+    try:
+        path.write_text(CONFIG + PROXY)
+        daemon.reload()
+        path.write_text(CONFIG)
+        daemon.reload()
+        reactor.taken = None
+        reactor.advance(600)
+        assert reactor.tcpServers == []  # a retry still pending would have bound the freed port
+    finally:
+        daemon.stopService()
+
+
+def test_a_changed_proxy_whose_certificate_vanished_keeps_running_with_its_old_settings(tmp_path):
+    certificate = trustme.CA().issue_cert("localhost")
+    certificate.cert_chain_pems[0].write_to_path(str(tmp_path / "served.crt"))
+    certificate.private_key_pem.write_to_path(str(tmp_path / "served.key"))
+    tls = f'tls_certificate = "{tmp_path}/served.crt"\ntls_key = "{tmp_path}/served.key"\n'
+    daemon, reactor, path = started(tmp_path, CONFIG + PROXY + tls)
+    try:
+        path.write_text(CONFIG + PROXY + tls + "require_tls = true\n")
+        new = load_config(path)
+        (tmp_path / "served.crt").unlink()  # between reading the file and building the listener
+        with capturedLogs() as events:
+            daemon.apply(new)
+        key = ("proxy", "tcp:port=1110:interface=127.0.0.1")
+        assert not daemon._specs[key].tls.require and len(reactor.tcpServers) == 1
+        assert any("not changed, it keeps its running settings" in formatEvent(e) and "served.crt" in formatEvent(e)
+                   for e in events)
+        assert len(bound(reactor)) == 2
     finally:
         daemon.stopService()
