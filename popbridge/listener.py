@@ -9,7 +9,7 @@ from typing import Any
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import _parse, serverFromString  # _parse: Twisted's own endpoint tokenizer
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
@@ -17,6 +17,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from popbridge.fast_transports import fast_sockets
+
+LISTEN_BACKLOG = 1024  # connections the kernel queues for accept(); Twisted's default is 50
+_BACKLOG_ENDPOINTS = ("tcp", "tcp6", "ssl", "unix")
 
 
 class Listener(Service):
@@ -50,7 +53,7 @@ class Listener(Service):
         self._reactor, self.what, self.description, self._factory = reactor, what, description, factory
         self._drain, self._owner, self._group = drain, owner, group
         factory.noisy = False  # this class logs the listener itself, with what it is for
-        self._endpoint: IStreamServerEndpoint = serverFromString(fast_sockets(reactor), bind or description)
+        self._endpoint: IStreamServerEndpoint = serverFromString(fast_sockets(reactor), with_backlog(bind or description))
         self._port: IListeningPort | None = None
         self.fatal, self._retry_delay, self._failures = fatal, retry_delay, 0
         self._retry: IDelayedCall | None = None
@@ -113,6 +116,21 @@ class Listener(Service):
         if self._drain is None:
             return stopped
         return maybeDeferred(lambda: stopped).addCallback(lambda _: self._drain())  # type: ignore[misc]
+
+
+def with_backlog(description: str) -> str:
+    """`description` with ``backlog=LISTEN_BACKLOG`` unless it names a backlog of its own.
+
+    With Twisted's default of 50, a burst of connections (every mail client coming back after
+    an outage) overflows the kernel's accept queue, and the clients dropped after their
+    handshake wait a minute for a greeting that never comes: 25 to 80 of 500 concurrent logins
+    hung that way in tests/integration/test_load_held.py, none with 1024. The kernel caps the
+    value at net.core.somaxconn; ``systemd:`` sockets take theirs from the unit (Backlog=).
+    """
+    args, kwargs = _parse(description.removeprefix("haproxy:"))
+    if args[0] not in _BACKLOG_ENDPOINTS or "backlog" in kwargs:
+        return description
+    return f"{description}:backlog={LISTEN_BACKLOG}"
 
 
 def _give_socket(port: IListeningPort, owner: str | None, group: str | None) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .login_burst import BurstClient, check_authorised, dovecot_logins, draw_clients, recorded_users, run_burst
+from .login_burst import Burst, BurstClient, check_authorised, dovecot_logins, draw_clients, recorded_users, run_burst
 from .servers import Dovecot, Popbridge, Redis, ServerError, wait_until
 
 pytestmark = [pytest.mark.realserver, pytest.mark.wallclock]
@@ -43,7 +43,7 @@ def start(daemon: Popbridge) -> Popbridge:
         pytest.fail(f"popbridge did not start: {e}", pytrace=False)
 
 
-def burst_with_a_kill(daemon: Popbridge, seed: int) -> tuple[list[BurstClient], "object", int]:
+def burst_with_a_kill(daemon: Popbridge, seed: int) -> tuple[list[BurstClient], Burst, int]:
     """The seed's clients through `daemon`, SIGKILLed when the drawn k-th client is told."""
     rng = random.Random(seed)
     clients = draw_clients(rng, CLIENTS, network=16, wrong_share=0.1, max_hold=0.5)
@@ -55,12 +55,12 @@ def burst_with_a_kill(daemon: Popbridge, seed: int) -> tuple[list[BurstClient], 
         if told == kill_at:
             process.kill()
 
-    burst = asyncio.run(run_burst(clients, {"pop3": daemon.port, "imap4": daemon.imap_port}, on_told))
+    burst = asyncio.run(run_burst(clients, {"pop3": daemon.port, "imap4": daemon.imap_port}, Burst(), on_told))
     process.wait(timeout=10)
     return clients, burst, kill_at
 
 
-def verified(clients, burst, daemon: Popbridge, dovecot: Dovecot, mark: int, seed: int, store: str, kill_at: int) -> None:
+def verified(clients: list[BurstClient], burst: Burst, daemon: Popbridge, dovecot: Dovecot, mark: int, seed: int, store: str, kill_at: int) -> None:
     held: dict[str, set[str]] = {}
 
     def settled() -> bool:  # Dovecot writes its log through a separate process
@@ -83,30 +83,30 @@ def verified(clients, burst, daemon: Popbridge, dovecot: Dovecot, mark: int, see
 
 
 @pytest.mark.parametrize("seed", SQLITE_SEEDS)
-def test_sqlite_holds_every_told_login_and_nothing_else_after_a_sigkill(seed, dovecot, daemons):
+def test_sqlite_holds_every_told_login_and_nothing_else_after_a_sigkill(seed, burst_dovecot, daemons):
     daemon = Popbridge(
-        backend_port=dovecot.port, imap_backend_port=dovecot.imap_port, forward_client_address=True,
+        backend_port=burst_dovecot.port, imap_backend_port=burst_dovecot.imap_port, forward_client_address=True,
         store="sqlite:ledger.sqlite3",
     )
     daemons.append(start(daemon))
-    mark = dovecot.log.mark()
+    mark = burst_dovecot.log.mark()
     clients, burst, kill_at = burst_with_a_kill(daemon, seed)
     start(daemon)  # the same file
-    verified(clients, burst, daemon, dovecot, mark, seed, "sqlite", kill_at)
+    verified(clients, burst, daemon, burst_dovecot, mark, seed, "sqlite", kill_at)
 
 
 @pytest.mark.parametrize("seed", REDIS_SEEDS)
-def test_redis_holds_every_told_login_and_nothing_else_after_a_node_is_killed(seed, dovecot, own_redis: Redis, daemons):
+def test_redis_holds_every_told_login_and_nothing_else_after_a_node_is_killed(seed, burst_dovecot, own_redis: Redis, daemons):
     killed, survivor = (
         Popbridge(
-            backend_port=dovecot.port, imap_backend_port=dovecot.imap_port, forward_client_address=True,
+            backend_port=burst_dovecot.port, imap_backend_port=burst_dovecot.imap_port, forward_client_address=True,
             store=own_redis.url,
         )
         for _ in range(2)
     )
     daemons.extend([start(killed), start(survivor)])
-    mark = dovecot.log.mark()
+    mark = burst_dovecot.log.mark()
     clients, burst, kill_at = burst_with_a_kill(killed, seed)
-    verified(clients, burst, survivor, dovecot, mark, seed, "redis (surviving node)", kill_at)
+    verified(clients, burst, survivor, burst_dovecot, mark, seed, "redis (surviving node)", kill_at)
     start(killed)
-    verified(clients, burst, killed, dovecot, mark, seed, "redis (killed node, restarted)", kill_at)
+    verified(clients, burst, killed, burst_dovecot, mark, seed, "redis (killed node, restarted)", kill_at)

@@ -4,6 +4,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 
 from popbridge.config import load_config, parse_config
+from popbridge.listener import LISTEN_BACKLOG
 from popbridge.service import build_service
 
 DOCUMENT = {
@@ -201,3 +202,12 @@ def test_a_changed_proxy_whose_certificate_vanished_keeps_running_with_its_old_s
         assert len(bound(reactor)) == 2
     finally:
         daemon.stopService()
+
+
+def test_listeners_queue_a_burst_of_connections_unless_the_endpoint_names_a_backlog():
+    document = dict(DOCUMENT, proxy=[*DOCUMENT["proxy"], dict(DOCUMENT["proxy"][0], listen="tcp:port=1111:backlog=7")])
+    reactor = MemoryReactorClock()
+    service = build_service(parse_config(document, "t.toml"), reactor)
+    service.privilegedStartService()
+    assert [(port, backlog) for port, _, backlog, _ in reactor.tcpServers] == [(1110, LISTEN_BACKLOG), (1111, 7)]
+    assert {backlog for _, _, backlog, _, _ in reactor.unixServers} == {LISTEN_BACKLOG}
