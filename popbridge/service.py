@@ -91,7 +91,7 @@ class Daemon(MultiService):
                 else None
             )
             factory = proxy_factory(
-                spec, backend, self.ledger, self.counters, reactor, self.certificates.add(spec.tls), router
+                spec, backend, self.ledger, self.counters, reactor, self.certificates.add(key, spec.tls), router
             )
             drain = lambda sessions=factory.sessions, grace=spec.shutdown_grace: sessions.drain(grace, reactor)  # noqa: E731
             if spec.proxy_header:
@@ -158,6 +158,8 @@ class Daemon(MultiService):
             if key not in specs or key in built:
                 del self._listeners[key], self._specs[key]
                 retiring.append(listener.retire())
+            if key not in specs:
+                self.certificates.discard(key)
         self.config = new
         self.certificates.reload()
         return DeferredList(retiring).addCallback(lambda _: self._start_built(specs, built))

@@ -211,3 +211,22 @@ def test_listeners_queue_a_burst_of_connections_unless_the_endpoint_names_a_back
     service.privilegedStartService()
     assert [(port, backlog) for port, _, backlog, _ in reactor.tcpServers] == [(1110, LISTEN_BACKLOG), (1111, 7)]
     assert {backlog for _, _, backlog, _, _ in reactor.unixServers} == {LISTEN_BACKLOG}
+
+
+def test_a_removed_proxys_certificate_is_not_read_again(tmp_path):
+    certificate = trustme.CA().issue_cert("localhost")
+    certificate.cert_chain_pems[0].write_to_path(str(tmp_path / "served.crt"))
+    certificate.private_key_pem.write_to_path(str(tmp_path / "served.key"))
+    tls = f'tls_certificate = "{tmp_path}/served.crt"\ntls_key = "{tmp_path}/served.key"\n'
+    daemon, reactor, path = started(tmp_path, CONFIG + PROXY + tls)
+    try:
+        path.write_text(CONFIG)
+        daemon.reload()
+        (tmp_path / "served.crt").unlink()
+        assert daemon.certificates.reload() == 0
+        with capturedLogs() as events:
+            daemon.reload()
+        assert not any("certificate not reloaded" in formatEvent(e) for e in events)
+        assert any("0 of 0 certificates reloaded" in formatEvent(e) for e in events)
+    finally:
+        daemon.stopService()
