@@ -8,11 +8,11 @@ from typing import Any
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import _parse, serverFromString  # _parse: Twisted's own endpoint tokenizer
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -31,6 +31,11 @@ class Listener(Service):
     error and tries again with back-off (`retry_delay(attempt)` seconds: 1 s, growing by half
     each time up to a minute), so a port still held by the process being replaced, or a socket
     directory the operator is about to fix, comes up by itself. Stopping it ends the retries.
+
+    A reload that changes a listener's settings but not its endpoint hands them over with
+    `adopt`: the socket stays open (no rebinding, so a daemon that dropped root keeps ports
+    below 1024 and sockets in root's directories), new connections get the new settings, and
+    connections already accepted keep theirs until they close.
     """
 
     log = Logger()
@@ -50,9 +55,10 @@ class Listener(Service):
     ) -> None:
         """`description` as the operator wrote it; `bind`, when given, is what is really bound;
         `drain` is waited for after the listener stops (sessions finishing at shutdown)."""
-        self._reactor, self.what, self.description, self._factory = reactor, what, description, factory
-        self._drain, self._owner, self._group = drain, owner, group
-        factory.noisy = False  # this class logs the listener itself, with what it is for
+        self._reactor, self.what, self.description = reactor, what, description
+        self._switch = _SettingsSwitch(factory)
+        self._drains = [drain] if drain is not None else []
+        self._owner, self._group = owner, group
         self._endpoint: IStreamServerEndpoint = serverFromString(fast_sockets(reactor), with_backlog(bind or description))
         self._port: IListeningPort | None = None
         self.fatal, self._retry_delay, self._failures = fatal, retry_delay, 0
@@ -68,7 +74,7 @@ class Listener(Service):
 
     def _listen(self) -> None:
         self._retry = None
-        listening: Deferred[IListeningPort] = self._endpoint.listen(self._factory)
+        listening: Deferred[IListeningPort] = self._endpoint.listen(self._switch)
         listening.addCallbacks(self._listening, self._cannot_listen)
 
     def _listening(self, port: IListeningPort) -> None:
@@ -100,9 +106,23 @@ class Listener(Service):
         if not self.bound.called:
             self.bound.callback(False)
 
+    def adopt(self, other: "Listener") -> None:
+        """Serve new connections with the settings `other` was built with (never started itself);
+        sessions already open keep theirs, and are still waited for at shutdown."""
+        self._switch.serve(other._switch.current)
+        self._drains += other._drains
+        if (other._owner, other._group) != (self._owner, self._group):
+            self._owner, self._group = other._owner, other._group
+            if self._port is not None and (self._owner or self._group):
+                try:
+                    _give_socket(self._port, self._owner, self._group)
+                except (OSError, KeyError) as e:
+                    self.log.error("owner/group of {endpoint} not changed: {error}", endpoint=self.description, error=e)
+        self.log.info("new settings for {what} on {endpoint}", what=self.what, endpoint=self.description)
+
     def retire(self) -> "Deferred[None]":
         """Stop listening for a reload: sessions already open carry on undisturbed."""
-        self._drain = None
+        self._drains = []
         return maybeDeferred(self.disownServiceParent)
 
     def stopService(self) -> "Deferred[None] | None":
@@ -113,9 +133,39 @@ class Listener(Service):
             self._retry = None
         port, self._port = self._port, None
         stopped = port.stopListening() if port is not None else None
-        if self._drain is None:
+        if not self._drains:
             return stopped
-        return maybeDeferred(lambda: stopped).addCallback(lambda _: self._drain())  # type: ignore[misc]
+        drains = self._drains
+        return maybeDeferred(lambda: stopped).addCallback(  # type: ignore[misc]
+            lambda _: gatherResults([maybeDeferred(drain) for drain in drains]).addCallback(lambda _: None)
+        )
+
+
+class _SettingsSwitch(Factory):
+    """What a port listens with: each new connection goes to the factory of the current
+    settings, so that a reload can change them without closing the socket."""
+
+    noisy = False  # the Listener logs the listener itself, with what it is for
+
+    def __init__(self, factory: Factory) -> None:
+        factory.noisy = False
+        self.current = factory
+
+    def serve(self, factory: Factory) -> None:
+        factory.noisy = False
+        old, self.current = self.current, factory
+        if self.numPorts:  # listening: the port started the old factory; hand that over too
+            factory.doStart()
+            old.doStop()
+
+    def startFactory(self) -> None:
+        self.current.doStart()
+
+    def stopFactory(self) -> None:
+        self.current.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        return self.current.buildProtocol(addr)
 
 
 def with_backlog(description: str) -> str:

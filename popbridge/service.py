@@ -1,16 +1,17 @@
 """Everything the config file describes, built into one Twisted service tree, and re-read on SIGHUP.
 
 A reload applies what can change under running sessions: listeners added, removed or changed
-(a changed one is re-bound with its new settings; connections it already accepted keep the old
-ones until they close), the ledger's ttl, and every certificate. The store and the directory
+(a changed one keeps its socket and gives new connections its new settings; connections it
+already accepted keep the old ones until they close), the ledger's ttl, and every certificate. The store and the directory
 are built once: changing them needs a restart, and the log says so. A file that does not
 load leaves the running configuration untouched.
 
-A reload never takes the service down. A listener it starts that cannot bind (a port still
+A reload never takes the service down. A listener it adds that cannot bind (a port still
 taken, a socket directory it may not write) is logged and retried with back-off while
-everything else serves (see `Listener`). A changed listener that cannot be built (its
-certificate or key vanished after the file was read) keeps running with its old settings,
-and a new one that cannot be built is left out; both are logged, and the next reload tries again.
+everything else serves (see `Listener`); a changed one is never re-bound, so it cannot fail
+that way. A changed listener that cannot be built (its certificate or key vanished after the
+file was read) keeps running with its old settings, and a new one that cannot be built is
+left out; both are logged, and the next reload tries again.
 """
 
 import signal
@@ -155,11 +156,13 @@ class Daemon(MultiService):
         built = self._build_changed(specs)
         retiring = []
         for key, listener in list(self._listeners.items()):
-            if key not in specs or key in built:
-                del self._listeners[key], self._specs[key]
-                retiring.append(listener.retire())
             if key not in specs:
+                del self._listeners[key], self._specs[key]
                 self.certificates.discard(key)
+                retiring.append(listener.retire())
+            elif key in built:
+                listener.adopt(built.pop(key))
+                self._specs[key] = specs[key]
         self.config = new
         self.certificates.reload()
         return DeferredList(retiring).addCallback(lambda _: self._start_built(specs, built))

@@ -32,12 +32,13 @@ from .tls_support import TlsCertificates, plain_proxy
 pytestmark = pytest.mark.realserver
 
 
-def reload_with(daemon: Popbridge, extra_config: str, logged: str) -> str:
-    """Rewrite the daemon's file with `extra_config`, SIGHUP it, and return the first log line
-    containing `logged` written after the signal."""
+def reload_with(daemon: Popbridge, extra_config: str, logged: str, policy_extra: str = "") -> str:
+    """Rewrite the daemon's file with `extra_config` (and `policy_extra` in its policy [[lookup]]),
+    SIGHUP it, and return the first log line containing `logged` written after the signal."""
     assert daemon.process is not None
     daemon.extra_config = extra_config
-    daemon.config_path.write_text(daemon.config_text())
+    policy_table = f'protocol = "policy"\nlisten = "unix:address={daemon.policy_socket}:mode=666"\n'
+    daemon.config_path.write_text(daemon.config_text().replace(policy_table, policy_table + policy_extra))
     mark = daemon.log.mark()
     daemon.process.send_signal(signal.SIGHUP)
     return daemon.log.wait_for(lambda line: logged in line, since=mark)
@@ -98,6 +99,17 @@ def test_a_reload_adding_a_lookup_in_an_unwritable_directory_keeps_serving_and_b
         assert_serving(daemon, daemon.port, "127.0.163.12", "bob")
     finally:
         shutil.rmtree(locked, ignore_errors=True)
+
+
+def test_a_reload_changing_a_lookup_keeps_its_socket_after_privileges_were_dropped(
+    popbridge_daemon: StartPopbridge,
+) -> None:
+    daemon = popbridge_daemon(run_as=("nobody", "nogroup"))  # its sockets sit in root's directories
+    assert policy(daemon.policy_socket, "127.0.163.31") == "action=DUNNO"
+    reload_with(daemon, "", "new settings for policy lookups", policy_extra='unknown_action = "REJECT"\n')
+    assert policy(daemon.policy_socket, "127.0.163.31") == "action=REJECT"
+    assert_serving(daemon, daemon.port, "127.0.163.32", "alice")
+    assert "cannot listen" not in daemon.output()
 
 
 def test_a_reload_after_the_certificate_vanished_keeps_serving_with_the_certificate_in_use(

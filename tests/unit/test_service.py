@@ -1,6 +1,6 @@
 import trustme
 from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 
 from popbridge.config import load_config, parse_config
@@ -95,14 +95,24 @@ def test_reload_adds_and_removes_listeners_and_changes_the_ttl(tmp_path):
         daemon.stopService()
 
 
-def test_reload_rebinds_a_listener_whose_settings_changed(tmp_path):
+def policy_answer(reactor, path, client="192.0.2.9"):
+    """What a new connection to the listening unix socket `path` answers for `client`."""
+    [factory] = [factory for address, factory, *_ in reactor.unixServers if address == path]
+    transport, protocol = StringTransport(), factory.buildProtocol(None)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(f"request=smtpd_access_policy\nclient_address={client}\n\n".encode())
+    return transport.value()
+
+
+def test_reload_gives_a_changed_listener_its_new_settings_on_the_same_socket(tmp_path):
     daemon, reactor, path = started(tmp_path)
     try:
+        assert policy_answer(reactor, "/tmp/pb-policy") == b"action=DUNNO\n\n"
         path.write_text(CONFIG.replace('listen = "unix:address=/tmp/pb-policy:mode=666"',
                                        'listen = "unix:address=/tmp/pb-policy:mode=666"\nunknown_action = "REJECT"'))
         daemon.reload()
-        assert bound(reactor).count("/tmp/pb-policy") == 2
-        assert daemon._specs[("lookup", "unix:address=/tmp/pb-policy:mode=666")].unknown_action == "REJECT"
+        assert bound(reactor) == ["/tmp/pb-policy", "/tmp/pb-whoson"]  # not bound again
+        assert policy_answer(reactor, "/tmp/pb-policy") == b"action=REJECT\n\n"
     finally:
         daemon.stopService()
 
