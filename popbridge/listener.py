@@ -167,6 +167,9 @@ class _SettingsSwitch(Factory):
     def buildProtocol(self, addr: IAddress) -> Protocol | None:
         return self.current.buildProtocol(addr)
 
+    def logPrefix(self) -> str:
+        return str(self.current.logPrefix())
+
 
 def with_backlog(description: str) -> str:
     """`description` with ``backlog=LISTEN_BACKLOG`` unless it names a backlog of its own.

@@ -2,9 +2,9 @@
 
 A reload applies what can change under running sessions: listeners added, removed or changed
 (a changed one keeps its socket and gives new connections its new settings; connections it
-already accepted keep the old ones until they close), the ledger's ttl, and every certificate. The store and the directory
-are built once: changing them needs a restart, and the log says so. A file that does not
-load leaves the running configuration untouched.
+already accepted keep the old ones until they close), the ledger's ttl, and every
+certificate. The store and the directory are built once: changing them needs a restart, and
+the log says so. A file that does not load leaves the running configuration untouched.
 
 A reload never takes the service down. A listener it adds that cannot bind (a port still
 taken, a socket directory it may not write) is logged and retried with back-off while
