@@ -18,6 +18,7 @@ import pytest
 
 from .login_burst import Burst, BurstClient, check_authorised, dovecot_logins, draw_clients, recorded_users, run_burst
 from .servers import Dovecot, Popbridge, Redis, ServerError, wait_until
+from .test_ledger_restarts import started
 
 pytestmark = [pytest.mark.realserver, pytest.mark.wallclock]
 
@@ -28,19 +29,12 @@ REDIS_SEEDS = [2, 13]  # after 39, 107
 
 @pytest.fixture
 def daemons() -> Iterator[list[Popbridge]]:
-    started: list[Popbridge] = []
-    yield started
-    for daemon in started:
+    running: list[Popbridge] = []
+    yield running
+    for daemon in running:
         daemon.stop()
         print(f"--- popbridge output ({daemon.config_path}):\n{daemon.output()[-3000:]}")
         daemon.cleanup()
-
-
-def start(daemon: Popbridge) -> Popbridge:
-    try:
-        return daemon.start()
-    except ServerError as e:
-        pytest.fail(f"popbridge did not start: {e}", pytrace=False)
 
 
 def burst_with_a_kill(daemon: Popbridge, seed: int) -> tuple[list[BurstClient], Burst, int]:
@@ -60,7 +54,10 @@ def burst_with_a_kill(daemon: Popbridge, seed: int) -> tuple[list[BurstClient], 
     return clients, burst, kill_at
 
 
-def verified(clients: list[BurstClient], burst: Burst, daemon: Popbridge, dovecot: Dovecot, mark: int, seed: int, store: str, kill_at: int) -> None:
+def verified(
+    clients: list[BurstClient], burst: Burst, daemon: Popbridge, dovecot: Dovecot, mark: int, seed: int, store: str, kill_at: int
+) -> None:
+    """Assert what `daemon` holds after the kill, and print the seed's figures."""
     held: dict[str, set[str]] = {}
 
     def settled() -> bool:  # Dovecot writes its log through a separate process
@@ -88,10 +85,10 @@ def test_sqlite_holds_every_told_login_and_nothing_else_after_a_sigkill(seed, bu
         backend_port=burst_dovecot.port, imap_backend_port=burst_dovecot.imap_port, forward_client_address=True,
         store="sqlite:ledger.sqlite3",
     )
-    daemons.append(start(daemon))
+    daemons.append(started(daemon))
     mark = burst_dovecot.log.mark()
     clients, burst, kill_at = burst_with_a_kill(daemon, seed)
-    start(daemon)  # the same file
+    started(daemon)  # the same file
     verified(clients, burst, daemon, burst_dovecot, mark, seed, "sqlite", kill_at)
 
 
@@ -104,9 +101,9 @@ def test_redis_holds_every_told_login_and_nothing_else_after_a_node_is_killed(se
         )
         for _ in range(2)
     )
-    daemons.extend([start(killed), start(survivor)])
+    daemons.extend([started(killed), started(survivor)])
     mark = burst_dovecot.log.mark()
     clients, burst, kill_at = burst_with_a_kill(killed, seed)
     verified(clients, burst, survivor, burst_dovecot, mark, seed, "redis (surviving node)", kill_at)
-    start(killed)
+    started(killed)
     verified(clients, burst, killed, burst_dovecot, mark, seed, "redis (killed node, restarted)", kill_at)

@@ -100,7 +100,7 @@ async def logins_under_lookups(
     return burst, elapsed
 
 
-def test_500_concurrent_logins_are_all_recorded_while_relays_ask_without_error(burst_dovecot: Dovecot, enough_files, tmp_path):
+def test_500_concurrent_logins_are_all_recorded_while_relays_ask_without_error(burst_dovecot: Dovecot, enough_files: None) -> None:
     daemon = Popbridge(
         backend_port=burst_dovecot.port, imap_backend_port=burst_dovecot.imap_port, forward_client_address=True,
         store="sqlite:ledger.sqlite3",
