@@ -82,8 +82,7 @@ class Listener(Service):
             port.stopListening()
             return
         self._port = port
-        if self._owner or self._group:
-            _give_socket(port, self._owner, self._group)
+        self._give_socket()
         self.log.info("listening for {what} on {endpoint}", what=self.what, endpoint=self.description)
         if not self.bound.called:
             self.bound.callback(True)
@@ -113,12 +112,22 @@ class Listener(Service):
         self._drains += other._drains
         if (other._owner, other._group) != (self._owner, self._group):
             self._owner, self._group = other._owner, other._group
-            if self._port is not None and (self._owner or self._group):
-                try:
-                    _give_socket(self._port, self._owner, self._group)
-                except (OSError, KeyError) as e:
-                    self.log.error("owner/group of {endpoint} not changed: {error}", endpoint=self.description, error=e)
+            self._give_socket()
         self.log.info("new settings for {what} on {endpoint}", what=self.what, endpoint=self.description)
+
+    def _give_socket(self) -> None:
+        """chown a unix socket to the account its clients (Postfix, admins) use. After twistd
+        dropped root (a listener added or changed by a reload) this may be refused: the socket
+        then keeps the daemon's own account, and the log says so."""
+        if self._port is None or not (self._owner or self._group):
+            return
+        try:
+            uid = pwd.getpwnam(self._owner).pw_uid if self._owner else -1
+            gid = grp.getgrnam(self._group).gr_gid if self._group else -1
+            os.chown(self._port.getHost().name, uid, gid)  # type: ignore[attr-defined]
+        except (OSError, KeyError) as e:
+            self.log.error("cannot give {endpoint} to {owner}:{group}: {error}",
+                           endpoint=self.description, owner=self._owner or "", group=self._group or "", error=e)
 
     def retire(self) -> "Deferred[None]":
         """Stop listening for a reload: sessions already open carry on undisturbed."""
@@ -184,13 +193,6 @@ def with_backlog(description: str) -> str:
     if args[0] not in _BACKLOG_ENDPOINTS or "backlog" in kwargs:
         return description
     return f"{description}:backlog={LISTEN_BACKLOG}"
-
-
-def _give_socket(port: IListeningPort, owner: str | None, group: str | None) -> None:
-    """chown a unix socket bound as root to the account its clients (Postfix, admins) use."""
-    uid = pwd.getpwnam(owner).pw_uid if owner else -1
-    gid = grp.getgrnam(group).gr_gid if group else -1
-    os.chown(port.getHost().name, uid, gid)  # type: ignore[attr-defined]
 
 
 def _stop(reactor: Any) -> None:

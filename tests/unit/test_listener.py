@@ -1,6 +1,7 @@
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 
 from popbridge.listener import Listener
 
@@ -18,3 +19,14 @@ def test_a_listener_given_new_settings_still_waits_for_the_old_sessions_at_shutd
     assert stopped == []
     old_sessions.callback(None)
     assert stopped == [None]
+
+
+def test_a_socket_that_cannot_be_given_to_its_owner_still_serves_and_says_why():
+    reactor = MemoryReactorClock()
+    listener = Listener(reactor, "policy lookups", "unix:address=/tmp/pb-policy", Factory(), owner="no-such-user-pb")
+    with capturedLogs() as events:
+        listener.privilegedStartService()
+    lines = [formatEvent(e) for e in events]
+    assert any("cannot give unix:address=/tmp/pb-policy to no-such-user-pb" in line for line in lines), lines
+    assert any(line.startswith("listening for policy lookups") for line in lines)
+    assert listener.bound.result is True
