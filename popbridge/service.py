@@ -1,10 +1,17 @@
 """Everything the config file describes, built into one Twisted service tree, and re-read on SIGHUP.
 
 A reload applies what can change under running sessions: listeners added, removed or changed
-(a changed one is re-bound with its new settings; connections it already accepted keep the old
-ones until they close), the ledger's ttl, the [senders] map file and domains, and every
-certificate. The store and the directory are built once: changing them needs a restart, and
+(a changed one keeps its socket and gives new connections its new settings; connections it
+already accepted keep the old ones until they close), the ledger's ttl, the [senders]
+map file and domains, and every certificate. The store and the directory are built once: changing them needs a restart, and
 the log says so. A file that does not load leaves the running configuration untouched.
+
+A reload never takes the service down. A listener it adds that cannot bind (a port still
+taken, a socket directory it may not write) is logged and retried with back-off while
+everything else serves (see `Listener`); a changed one is never re-bound, so it cannot fail
+that way. A changed listener that cannot be built (its certificate or key vanished after the
+file was read) keeps running with its old settings, and a new one that cannot be built is
+left out; both are logged, and the next reload tries again.
 """
 
 import signal
@@ -31,6 +38,7 @@ from popbridge.proxy.routing import UserRouter
 from popbridge.proxy.trusted_proxy import TrustedProxyHeaderFactory
 from popbridge.senders import SenderOwners
 from popbridge.stats import Counters
+from popbridge.tls import TlsFileError
 from popbridge.tls_reload import CertificateReloader
 from popbridge.verdict import Verdicts
 
@@ -66,12 +74,17 @@ class Daemon(MultiService):
         self._specs: dict[ListenerKey, object] = {}
         self._listeners: dict[ListenerKey, Listener] = {}
         for key, spec in _listener_specs(config).items():
-            self._add_listener(key, spec)
+            self._start_listener(key, spec, self._build_listener(key, spec, fatal=True))
         self._previous_sighup: Any = None
 
     # -- listeners ----------------------------------------------------------------------
 
-    def _add_listener(self, key: ListenerKey, spec: Any) -> Listener:
+    def _start_listener(self, key: ListenerKey, spec: object, listener: Listener) -> None:
+        listener.setServiceParent(self)
+        self._specs[key], self._listeners[key] = spec, listener
+
+    def _build_listener(self, key: ListenerKey, spec: Any, fatal: bool) -> Listener:
+        """The listener for one table, not yet started; raises TlsFileError if its files are unusable."""
         kind, _ = key
         reactor = self._reactor
         if kind == "proxy":
@@ -82,25 +95,21 @@ class Daemon(MultiService):
                 else None
             )
             factory = proxy_factory(
-                spec, backend, self.ledger, self.counters, reactor, self.certificates.add(spec.tls), router
+                spec, backend, self.ledger, self.counters, reactor, self.certificates.add(key, spec.tls), router
             )
             drain = lambda sessions=factory.sessions, grace=spec.shutdown_grace: sessions.drain(grace, reactor)  # noqa: E731
             if spec.proxy_header:
                 factory = TrustedProxyHeaderFactory(factory, spec.trusted_proxies, reactor)
-            listener = Listener(reactor, f"{spec.protocol} clients", spec.listen, factory, spec.listen_endpoint, drain)
-        elif kind == "lookup":
+            return Listener(reactor, f"{spec.protocol} clients", spec.listen, factory, spec.listen_endpoint, drain, fatal=fatal)
+        if kind == "lookup":
             factory = lookup_factory(spec, self.verdicts, self.ledger, self.counters, reactor)
-            listener = Listener(reactor, f"{spec.protocol} lookups", spec.listen, factory, owner=spec.owner, group=spec.group)
-        elif kind == "control":
+            return Listener(reactor, f"{spec.protocol} lookups", spec.listen, factory, owner=spec.owner, group=spec.group, fatal=fatal)
+        if kind == "control":
             factory = control_factory(self.ledger, self.counters, reactor)
-            listener = Listener(reactor, "control requests", spec.listen, factory, owner=spec.owner, group=spec.group)
-        elif kind == "metrics":
-            listener = Listener(reactor, "metrics scrapes", spec.listen, metrics_site(self.counters.metrics, self.ledger))
-        else:
-            listener = Listener(reactor, "demo POP3 backend", spec.listen, demo_backend_factory(spec))
-        listener.setServiceParent(self)
-        self._specs[key], self._listeners[key] = spec, listener
-        return listener
+            return Listener(reactor, "control requests", spec.listen, factory, owner=spec.owner, group=spec.group, fatal=fatal)
+        if kind == "metrics":
+            return Listener(reactor, "metrics scrapes", spec.listen, metrics_site(self.counters.metrics, self.ledger), fatal=fatal)
+        return Listener(reactor, "demo POP3 backend", spec.listen, demo_backend_factory(spec), fatal=fatal)
 
     # -- SIGHUP -------------------------------------------------------------------------
 
@@ -148,14 +157,19 @@ class Daemon(MultiService):
             self.log.warn("[ldap] changed: it takes effect after a restart")
         self._apply_senders(self.config.senders or SendersConfig(), new.senders or SendersConfig())
         specs = _listener_specs(new)
-        changes = []
+        built = self._build_changed(specs)
+        retiring = []
         for key, listener in list(self._listeners.items()):
-            if specs.get(key) != self._specs[key]:
+            if key not in specs:
                 del self._listeners[key], self._specs[key]
-                changes.append(listener.retire())
+                self.certificates.discard(key)
+                retiring.append(listener.retire())
+            elif key in built:
+                listener.adopt(built.pop(key))
+                self._specs[key] = specs[key]
         self.config = new
         self.certificates.reload()
-        return DeferredList(changes).addCallback(lambda _: self._add_new(specs))
+        return DeferredList(retiring).addCallback(lambda _: self._start_built(specs, built))
 
     def _apply_senders(self, old: SendersConfig, new: SendersConfig) -> None:
         """A new map file (or domains) applies at once; the directory's attributes at a restart."""
@@ -166,10 +180,27 @@ class Daemon(MultiService):
         if new.ldap_attributes != old.ldap_attributes:
             self.log.warn("[senders] ldap_attributes changed: it takes effect after a restart")
 
-    def _add_new(self, specs: dict[ListenerKey, object]) -> None:
+    def _build_changed(self, specs: dict[ListenerKey, object]) -> dict[ListenerKey, Listener]:
+        """Listeners for the tables that are new or changed; one that cannot be built is logged
+        and skipped, so the running listener for that table (if any) stays."""
+        built = {}
         for key, spec in specs.items():
-            if key not in self._listeners:
-                self._add_listener(key, spec).fatal = False
+            if self._specs.get(key) == spec:
+                continue
+            try:
+                built[key] = self._build_listener(key, spec, fatal=False)
+            except TlsFileError as e:
+                kind, listen = key
+                self.log.error(
+                    "[[{kind}]] {listen} not {done}: {error}",
+                    kind=kind, listen=listen, error=e,
+                    done="changed, it keeps its running settings" if key in self._listeners else "started",
+                )
+        return built
+
+    def _start_built(self, specs: dict[ListenerKey, object], built: dict[ListenerKey, Listener]) -> None:
+        for key, listener in built.items():
+            self._start_listener(key, specs[key], listener)
 
 
 def _listener_specs(config: Config) -> dict[ListenerKey, object]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from .login_burst import BurstDovecot
 from .servers import Dovecot, Popbridge, Postfix, Redis, ServerError, StartPopbridge, find_binary, short_directory
 from .tls_support import TlsCertificates, TlsDovecot
 
@@ -80,6 +81,16 @@ def dovecot() -> Iterator[Dovecot]:
     server = _started(Dovecot(users=USERS, trusted_networks=("127.0.0.1/32",), master_users=MASTER_USERS))
     assert isinstance(server, Dovecot)
     server.deliver("alice", b"From: a@example.org\r\nSubject: hello\r\n\r\nhello alice\r\n")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def burst_dovecot() -> Iterator[Dovecot]:
+    """A Dovecot like `dovecot`, sized for hundreds of concurrent logins (tests marked wallclock)."""
+    require("dovecot", "doveadm")
+    server = _started(BurstDovecot(users=USERS, trusted_networks=("127.0.0.1/32",)))
+    assert isinstance(server, Dovecot)
     yield server
     server.cleanup()
 

@@ -1018,6 +1018,7 @@ class Popbridge:
     store: str = "memory"  # [ledger] store; a sqlite: path relative to the directory is kept there
     log_level: str = "info"  # popbridge run --log-level
     plain_twistd: bool = False  # start `twistd -n popbridge` (Twisted's default reactor) instead
+    run_as: tuple[str, str] | None = None  # (user, group): bind as root, then drop to them (--user/--group)
 
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-daemon-")
@@ -1078,7 +1079,8 @@ forward_client_address = {forward}
         if self.plain_twistd:
             twistd = str(Path(popbridge_command()[0]).parent / "twistd")
             return [twistd, "-n", "--pidfile=", "popbridge", "--config", str(self.config_path)]
-        return [*popbridge_command(), "run", "--config", str(self.config_path), "--log-level", self.log_level]
+        privileges = ["--user", self.run_as[0], "--group", self.run_as[1]] if self.run_as else []
+        return [*popbridge_command(), "run", "--config", str(self.config_path), "--log-level", self.log_level, *privileges]
 
     def start(self) -> "Popbridge":
         self.config_path.write_text(self.config_text())

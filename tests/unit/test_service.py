@@ -1,7 +1,10 @@
-from twisted.internet.testing import MemoryReactorClock
+import trustme
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 
 from popbridge.config import load_config, parse_config
+from popbridge.listener import LISTEN_BACKLOG
 from popbridge.service import build_service
 
 DOCUMENT = {
@@ -92,14 +95,24 @@ def test_reload_adds_and_removes_listeners_and_changes_the_ttl(tmp_path):
         daemon.stopService()
 
 
-def test_reload_rebinds_a_listener_whose_settings_changed(tmp_path):
+def policy_answer(reactor, path, client="192.0.2.9"):
+    """What a new connection to the listening unix socket `path` answers for `client`."""
+    [factory] = [factory for address, factory, *_ in reactor.unixServers if address == path]
+    transport, protocol = StringTransport(), factory.buildProtocol(None)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(f"request=smtpd_access_policy\nclient_address={client}\n\n".encode())
+    return transport.value()
+
+
+def test_reload_gives_a_changed_listener_its_new_settings_on_the_same_socket(tmp_path):
     daemon, reactor, path = started(tmp_path)
     try:
+        assert policy_answer(reactor, "/tmp/pb-policy") == b"action=DUNNO\n\n"
         path.write_text(CONFIG.replace('listen = "unix:address=/tmp/pb-policy:mode=666"',
                                        'listen = "unix:address=/tmp/pb-policy:mode=666"\nunknown_action = "REJECT"'))
         daemon.reload()
-        assert bound(reactor).count("/tmp/pb-policy") == 2
-        assert daemon._specs[("lookup", "unix:address=/tmp/pb-policy:mode=666")].unknown_action == "REJECT"
+        assert bound(reactor) == ["/tmp/pb-policy", "/tmp/pb-whoson"]  # not bound again
+        assert policy_answer(reactor, "/tmp/pb-policy") == b"action=REJECT\n\n"
     finally:
         daemon.stopService()
 
@@ -131,5 +144,118 @@ def test_reload_rereads_the_senders_map_and_a_broken_one_changes_nothing(tmp_pat
             daemon.reload()
         assert any("configuration not reloaded" in formatEvent(e) and "line 2" in formatEvent(e) for e in events)
         assert daemon.senders.rules.owned("shared@example.org", ["bob"])
+    finally:
+        daemon.stopService()
+
+
+class TakenPortReactor(MemoryReactorClock):
+    """A reactor whose TCP `taken` port refuses to bind until the test frees it."""
+
+    def __init__(self, taken):
+        super().__init__()
+        self.taken = taken
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        if port == self.taken:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+PROXY = """
+[[proxy]]
+protocol = "pop3"
+listen = "tcp:port=1110:interface=127.0.0.1"
+backend = "tcp:host=127.0.0.1:port=110"
+"""
+
+
+def test_a_listener_added_by_a_reload_on_a_taken_port_is_retried_while_the_rest_serves(tmp_path):
+    path = tmp_path / "popbridge.toml"
+    path.write_text(CONFIG)
+    reactor = TakenPortReactor(taken=1110)
+    daemon = build_service(load_config(path), reactor)
+    daemon.privilegedStartService()
+    daemon.startService()
+    try:
+        path.write_text(CONFIG + PROXY)
+        with capturedLogs() as events:
+            daemon.reload()
+            reactor.advance(10)
+        failures = [formatEvent(e) for e in events if "cannot listen for pop3 clients" in formatEvent(e)]
+        assert len(failures) > 1 and all("trying again in" in line for line in failures)
+        assert not reactor.hasStopped and reactor.tcpServers == [] and len(bound(reactor)) == 2
+        reactor.taken = None
+        reactor.advance(60)
+        assert [port for port, *_ in reactor.tcpServers] == [1110]
+        reactor.advance(600)
+        assert len(reactor.tcpServers) == 1  # bound once, then no more attempts
+    finally:
+        daemon.stopService()
+
+
+def test_a_listener_removed_while_it_waits_to_bind_stops_trying(tmp_path):
+    path = tmp_path / "popbridge.toml"
+    path.write_text(CONFIG)
+    reactor = TakenPortReactor(taken=1110)
+    daemon = build_service(load_config(path), reactor)
+    daemon.privilegedStartService()
+    daemon.startService()
+    try:
+        path.write_text(CONFIG + PROXY)
+        daemon.reload()
+        path.write_text(CONFIG)
+        daemon.reload()
+        reactor.taken = None
+        reactor.advance(600)
+        assert reactor.tcpServers == []  # a retry still pending would have bound the freed port
+    finally:
+        daemon.stopService()
+
+
+def test_a_changed_proxy_whose_certificate_vanished_keeps_running_with_its_old_settings(tmp_path):
+    certificate = trustme.CA().issue_cert("localhost")
+    certificate.cert_chain_pems[0].write_to_path(str(tmp_path / "served.crt"))
+    certificate.private_key_pem.write_to_path(str(tmp_path / "served.key"))
+    tls = f'tls_certificate = "{tmp_path}/served.crt"\ntls_key = "{tmp_path}/served.key"\n'
+    daemon, reactor, path = started(tmp_path, CONFIG + PROXY + tls)
+    try:
+        path.write_text(CONFIG + PROXY + tls + "require_tls = true\n")
+        new = load_config(path)
+        (tmp_path / "served.crt").unlink()  # between reading the file and building the listener
+        with capturedLogs() as events:
+            daemon.apply(new)
+        key = ("proxy", "tcp:port=1110:interface=127.0.0.1")
+        assert not daemon._specs[key].tls.require and len(reactor.tcpServers) == 1
+        assert any("not changed, it keeps its running settings" in formatEvent(e) and "served.crt" in formatEvent(e)
+                   for e in events)
+        assert len(bound(reactor)) == 2
+    finally:
+        daemon.stopService()
+
+
+def test_listeners_queue_a_burst_of_connections_unless_the_endpoint_names_a_backlog():
+    document = dict(DOCUMENT, proxy=[*DOCUMENT["proxy"], dict(DOCUMENT["proxy"][0], listen="tcp:port=1111:backlog=7")])
+    reactor = MemoryReactorClock()
+    service = build_service(parse_config(document, "t.toml"), reactor)
+    service.privilegedStartService()
+    assert [(port, backlog) for port, _, backlog, _ in reactor.tcpServers] == [(1110, LISTEN_BACKLOG), (1111, 7)]
+    assert {backlog for _, _, backlog, _, _ in reactor.unixServers} == {LISTEN_BACKLOG}
+
+
+def test_a_removed_proxys_certificate_is_not_read_again(tmp_path):
+    certificate = trustme.CA().issue_cert("localhost")
+    certificate.cert_chain_pems[0].write_to_path(str(tmp_path / "served.crt"))
+    certificate.private_key_pem.write_to_path(str(tmp_path / "served.key"))
+    tls = f'tls_certificate = "{tmp_path}/served.crt"\ntls_key = "{tmp_path}/served.key"\n'
+    daemon, reactor, path = started(tmp_path, CONFIG + PROXY + tls)
+    try:
+        path.write_text(CONFIG)
+        daemon.reload()
+        (tmp_path / "served.crt").unlink()
+        assert daemon.certificates.reload() == 0
+        with capturedLogs() as events:
+            daemon.reload()
+        assert not any("certificate not reloaded" in formatEvent(e) for e in events)
+        assert any("0 of 0 certificates reloaded" in formatEvent(e) for e in events)
     finally:
         daemon.stopService()
