@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from popbridge.config import Config, ConfigError, load_config
 from popbridge.demo_backend import demo_backend_factory
 from popbridge.directory import IDirectory, ldap_directory
+from popbridge.feed import feed_site
 from popbridge.ledger import ILedger
 from popbridge.ledger.measured import MeasuredLedger
 from popbridge.ledger.stores import open_store
@@ -91,6 +92,8 @@ class Daemon(MultiService):
         elif kind == "control":
             factory = control_factory(self.ledger, self.counters, reactor)
             listener = Listener(reactor, "control requests", spec.listen, factory, owner=spec.owner, group=spec.group)
+        elif kind == "feed":
+            listener = Listener(reactor, "Dovecot auth-policy requests", spec.listen, feed_site(spec, self.ledger, self.counters, reactor))
         elif kind == "metrics":
             listener = Listener(reactor, "metrics scrapes", spec.listen, metrics_site(self.counters.metrics, self.ledger))
         else:
@@ -162,6 +165,7 @@ class Daemon(MultiService):
 def _listener_specs(config: Config) -> dict[ListenerKey, object]:
     specs: dict[ListenerKey, object] = {("proxy", p.listen): p for p in config.proxies}
     specs.update({("lookup", lookup.listen): lookup for lookup in config.lookups})
+    specs.update({("feed", feed.listen): feed for feed in config.feeds})
     if config.control is not None:
         specs[("control", config.control.listen)] = config.control
     if config.demo is not None:
