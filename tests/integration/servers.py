@@ -207,6 +207,7 @@ class Dovecot:
     trusted_networks: Iterable[str] = ("127.0.0.1/32",)
     host: str = "127.0.0.1"
     master_users: Mapping[str, str] = field(default_factory=dict)  # may log in as anyone (SASL authzid)
+    extra_config: str = ""  # dovecot.conf lines appended (auth_policy_* settings, say)
 
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-dovecot-")
@@ -299,7 +300,7 @@ service lmtp {{
     mode = 0600
   }}
 }}
-"""
+{self.extra_config}"""
 
     def start(self) -> "Dovecot":
         dovecot = binary("dovecot")

@@ -1,0 +1,259 @@
+"""Logins learned from real Dovecot's auth-policy requests, with no proxy in the mail path.
+
+One popbridge daemon (SQLite store, no [[proxy]]: only [[feed]] and [[lookup]] tables) takes
+three feeds, each from a private Dovecot of its own (dovecot.conf lines in `policy_settings`):
+
+- `report`: Dovecot's default checks plus reports, recorded on reports (the README setup);
+- `after_auth`: ``auth_policy_check_before_auth = no``, recorded on the after-auth ``allow``;
+- `trap`: Dovecot's defaults (before-auth check on) under ``record_on = "after_auth"``, where a
+  wrong password also sends an ``allow``: the guard must trip and record nothing.
+
+Clients (curl, imaplib) log in to Dovecot directly from 127.0.0.x; the real Postfix fixture
+asks the daemon's policy socket, and `postmap -q` its socketmap.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .conftest import USERS, _started, require
+from .imap_clients import BoundIMAP4, curl_imap, imap_login
+from .servers import Dovecot, Popbridge, Postfix, ServerError, curl_pop3, free_port, tcp_listening, wait_until
+
+pytestmark = pytest.mark.realserver
+
+RELAY_DENIED = 554
+ACCEPTED = 250
+API_KEY = "feed-test-key"
+IGNORED = "127.0.0.86"
+
+
+def policy_settings(feed_port: int, *checks: str) -> str:
+    """The dovecot.conf lines of these tests (the README's, on a test port)."""
+    return "\n".join(
+        [
+            f"auth_policy_server_url = http://127.0.0.1:{feed_port}/",
+            f"auth_policy_server_api_header = X-API-Key: {API_KEY}",
+            "auth_policy_hash_nonce = popbridge-test-nonce",
+            "auth_policy_report_after_auth = yes",
+            *checks,
+            "",
+        ]
+    )
+
+
+FEEDS = {
+    "report": ("report", ["auth_policy_check_before_auth = no", "auth_policy_check_after_auth = no"]),
+    "after_auth": ("after_auth", ["auth_policy_check_before_auth = no", "auth_policy_check_after_auth = yes"]),
+    "trap": ("after_auth", ["auth_policy_check_before_auth = yes", "auth_policy_check_after_auth = yes"]),
+}
+
+
+@dataclass
+class FeedDaemon(Popbridge):
+    """The daemon with one [[feed]] per entry of FEEDS and lookups, and no [[proxy]]."""
+
+    feed_ports: dict[str, int] = field(default_factory=dict)
+
+    def config_text(self) -> str:
+        feeds = "".join(
+            f"""
+[[feed]]
+protocol = "dovecot"
+listen = "tcp:port={self.feed_ports[name]}:interface=127.0.0.1"
+api_key = "{API_KEY}"
+ignore_addresses = ["{IGNORED}"]
+record_on = "{record_on}"
+"""
+            for name, (record_on, _) in FEEDS.items()
+        )
+        return f"""\
+[ledger]
+ttl = {self.ttl}
+store = "{self.store}"
+{feeds}
+[[lookup]]
+protocol = "policy"
+listen = "unix:address={self.policy_socket}:mode=666"
+
+[[lookup]]
+protocol = "socketmap"
+listen = "unix:address={self.socketmap_socket}:mode=666"
+
+[[lookup]]
+protocol = "whoson"
+listen = "unix:address={self.whoson_socket}:mode=666"
+
+[control]
+listen = "unix:address={self.control_socket}:mode=600"
+"""
+
+    def _listening(self) -> bool:
+        sockets = (self.policy_socket, self.socketmap_socket, self.whoson_socket, self.control_socket)
+        return all(tcp_listening("127.0.0.1", port) for port in self.feed_ports.values()) and all(
+            path.exists() for path in sockets
+        )
+
+    def feed_count(self, command: str, outcome: str) -> float:
+        result = self.cli("stats", "--json")
+        assert result.returncode == 0, result.stderr
+        name = f'popbridge_feed_requests_total{{command="{command}",outcome="{outcome}"}}'
+        return float(dict(json.loads(result.stdout)["metrics"]).get(name, 0.0))
+
+    def wait_for_count(self, command: str, outcome: str, above: float) -> None:
+        wait_until(lambda: self.feed_count(command, outcome) > above, f"a {command} counted as {outcome}")
+
+    def users(self, address: str) -> list[object]:
+        return [login["user"] for login in self.logins(address)]
+
+    def post(self, feed: str, command: str, body: dict[str, object], key: str | None = API_KEY) -> int:
+        """POST `body` as Dovecot would; the HTTP status."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.feed_ports[feed]}/?command={command}", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **({"X-API-Key": key} if key else {})},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as e:
+            return e.code
+
+
+@dataclass
+class Site:
+    daemon: FeedDaemon
+    dovecots: dict[str, Dovecot]
+    postfix: Postfix
+
+
+@pytest.fixture(scope="module")
+def site(postfix: Postfix, policy_socket: Path) -> Iterator[Site]:
+    require("dovecot", "doveadm", "curl")
+    ports = {name: free_port() for name in FEEDS}
+    daemon = FeedDaemon(backend_port=0, policy_socket=policy_socket, store="sqlite:ledger.db", feed_ports=ports)
+    dovecots: dict[str, Dovecot] = {}
+    try:
+        daemon.start()
+        for name, (_, checks) in FEEDS.items():
+            server = _started(Dovecot(users=USERS, extra_config=policy_settings(ports[name], *checks)))
+            assert isinstance(server, Dovecot)
+            dovecots[name] = server
+        yield Site(daemon, dovecots, postfix)
+    except ServerError as e:
+        pytest.fail(f"the feed site did not start: {e}", pytrace=False)
+    finally:
+        for server in dovecots.values():
+            server.cleanup()
+        print(f"--- popbridge output:\n{daemon.output()}")
+        daemon.cleanup()
+
+
+def whoson_query(path: Path, address: str) -> bytes:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(f"QUERY {address}\r\n\r\n".encode())
+        answer = b""
+        while not answer.endswith(b"\r\n\r\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_direct_dovecot_logins_let_their_addresses_relay_and_no_other(site: Site) -> None:
+    daemon, dovecot = site.daemon, site.dovecots["report"]
+    assert site.postfix.rcpt_code("127.0.0.81") == RELAY_DENIED
+    assert curl_pop3(dovecot.port, "127.0.0.81", "alice", "alice-pw").returncode == 0
+    imap_login(dovecot.imap_port, "127.0.0.82", "bob", "bob-pw")
+    wait_until(lambda: daemon.users("127.0.0.81") == ["alice"] and daemon.users("127.0.0.82") == ["bob"], "reports")
+    assert site.postfix.rcpt_code("127.0.0.81") == ACCEPTED
+    assert site.postfix.rcpt_code("127.0.0.82") == ACCEPTED
+    assert site.postfix.rcpt_code("127.0.0.83") == RELAY_DENIED
+    assert site.postfix.postmap_query("127.0.0.82", daemon.socketmap_table("user")) == "bob"
+    assert site.postfix.postmap_query("127.0.0.83", daemon.socketmap_table("access")) is None
+    assert whoson_query(daemon.whoson_socket, "127.0.0.81").startswith(b"+alice")
+    listing = daemon.cli("list")
+    assert listing.returncode == 0, listing.stderr
+    assert any(line.split()[:3] == ["127.0.0.82", "bob", "imap"] for line in listing.stdout.splitlines())
+
+
+def test_wrong_password_records_nothing(site: Site) -> None:
+    daemon, dovecot = site.daemon, site.dovecots["report"]
+    failed = daemon.feed_count("report", "failed")
+    with pytest.raises(imaplib.IMAP4.error):
+        imap_login(dovecot.imap_port, "127.0.0.84", "alice", "not-her-password")
+    assert curl_imap(dovecot.imap_port, "127.0.0.85", "alice", "alice-pw").returncode == 0  # the control
+    daemon.wait_for_count("report", "failed", failed)
+    wait_until(lambda: daemon.users("127.0.0.85") == ["alice"], "the control's report")
+    assert daemon.users("127.0.0.84") == []
+    assert site.postfix.rcpt_code("127.0.0.84") == RELAY_DENIED
+
+
+def test_report_from_an_ignored_address_records_nothing(site: Site) -> None:
+    daemon, dovecot = site.daemon, site.dovecots["report"]
+    ignored = daemon.feed_count("report", "ignored")
+    imap_login(dovecot.imap_port, IGNORED, "alice", "alice-pw")
+    imap_login(dovecot.imap_port, "127.0.0.87", "alice", "alice-pw")
+    daemon.wait_for_count("report", "ignored", ignored)
+    wait_until(lambda: daemon.users("127.0.0.87") == ["alice"], "the control's report")
+    assert daemon.users(IGNORED) == []
+
+
+def test_submission_style_report_records_nothing(site: Site) -> None:
+    daemon = site.daemon
+    report = {"login": "alice", "pwhash": "0a3f", "remote": "127.0.0.88", "success": True, "policy_reject": False, "tls": False}
+    assert daemon.post("report", "report", {**report, "protocol": "submission"}) == 200
+    assert daemon.post("report", "report", {**report, "protocol": "smtp"}) == 200
+    assert daemon.users("127.0.0.88") == []
+    assert daemon.post("report", "report", {**report, "protocol": "imap", "remote": "127.0.0.89"}) == 200
+    assert daemon.users("127.0.0.89") == ["alice"]
+
+
+def test_report_without_the_key_records_nothing(site: Site) -> None:
+    daemon = site.daemon
+    report = {"login": "bob", "protocol": "pop3", "success": True, "policy_reject": False, "tls": False}
+    assert daemon.post("report", "report", {**report, "remote": "127.0.0.90"}, key=None) == 401
+    assert daemon.post("report", "report", {**report, "remote": "127.0.0.90"}, key="not-the-key") == 401
+    assert daemon.users("127.0.0.90") == []
+    assert daemon.post("report", "report", {**report, "remote": "127.0.0.91"}) == 200
+    assert daemon.users("127.0.0.91") == ["bob"]
+
+
+def test_after_auth_records_before_dovecot_answers_the_client(site: Site) -> None:
+    daemon, dovecot = site.daemon, site.dovecots["after_auth"]
+    daemon.post("after_auth", "report", {"login": "x", "remote": "", "protocol": "imap", "success": False,
+                                         "policy_reject": False})  # arms the guard, as any earlier login would
+    imap = BoundIMAP4("127.0.0.1", dovecot.imap_port, "127.0.0.92")
+    try:
+        imap.login("bob", "bob-pw")
+        # no waiting: Dovecot sent the tagged OK only after popbridge answered the after-auth allow
+        assert site.postfix.postmap_query("127.0.0.92", daemon.socketmap_table("user")) == "bob"
+    finally:
+        imap.logout()
+    assert site.postfix.rcpt_code("127.0.0.92") == ACCEPTED
+    with pytest.raises(imaplib.IMAP4.error):
+        imap_login(dovecot.imap_port, "127.0.0.93", "bob", "wrong")
+    assert daemon.users("127.0.0.93") == []
+
+
+def test_allow_before_the_password_check_trips_the_after_auth_guard(site: Site) -> None:
+    daemon, dovecot = site.daemon, site.dovecots["trap"]
+    imap_login(dovecot.imap_port, "127.0.0.94", "alice", "alice-pw")  # arms the guard; recorded
+    wait_until(lambda: daemon.users("127.0.0.94") == ["alice"], "the first report")
+    with pytest.raises(imaplib.IMAP4.error):
+        imap_login(dovecot.imap_port, "127.0.0.95", "alice", "not-her-password")
+    daemon.wait_for_count("report", "allow_before_password", 0)
+    wait_until(lambda: daemon.users("127.0.0.95") == [], "the revocation")
+    assert site.postfix.rcpt_code("127.0.0.95") == RELAY_DENIED
+    assert "auth_policy_check_before_auth" in daemon.output()
