@@ -57,6 +57,13 @@ class DovecotPolicyResource(Resource):
         self._guard = AfterAuthGuard() if settings.record_on == "after_auth" else None
         self._warned: dict[str, float] = {}
 
+    def render(self, request: Request) -> bytes | int:
+        if request.method != b"POST":  # answered here: Twisted's own 405 page is deprecated
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"POST")
+            return b"POST only\n"
+        return self.render_POST(request)
+
     def render_POST(self, request: Request) -> bytes | int:
         command = (request.args or {}).get(b"command", [b""])[0].decode("latin-1")
         if not self._authorised(request):

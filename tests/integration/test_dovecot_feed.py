@@ -1,7 +1,8 @@
 """Logins learned from real Dovecot's auth-policy requests, with no proxy in the mail path.
 
 One popbridge daemon (SQLite store, no [[proxy]]: only [[feed]] and [[lookup]] tables) takes
-three feeds, each from a private Dovecot of its own (dovecot.conf lines in `policy_settings`):
+three feeds, each from a private Dovecot of its own (dovecot.conf lines from
+`FeedPopbridge.dovecot_settings` plus the checks in FEEDS):
 
 - `report`: Dovecot's default checks plus reports, recorded on reports (the README setup);
 - `after_auth`: ``auth_policy_check_before_auth = no``, recorded on the after-auth ``allow``;
@@ -20,37 +21,22 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from .conftest import USERS, _started, require
 from .imap_clients import BoundIMAP4, curl_imap, imap_login
-from .servers import Dovecot, Popbridge, Postfix, ServerError, curl_pop3, free_port, tcp_listening, wait_until
+from .servers import Dovecot, FeedPopbridge, Postfix, ServerError, curl_pop3, wait_until
 
 pytestmark = pytest.mark.realserver
 
 RELAY_DENIED = 554
 ACCEPTED = 250
-API_KEY = "feed-test-key"
 IGNORED = "127.0.0.86"
 
-
-def policy_settings(feed_port: int, *checks: str) -> str:
-    """The dovecot.conf lines of these tests (the README's, on a test port)."""
-    return "\n".join(
-        [
-            f"auth_policy_server_url = http://127.0.0.1:{feed_port}/",
-            f"auth_policy_server_api_header = X-API-Key: {API_KEY}",
-            "auth_policy_hash_nonce = popbridge-test-nonce",
-            "auth_policy_report_after_auth = yes",
-            *checks,
-            "",
-        ]
-    )
-
-
+# feed name -> (record_on, the dovecot.conf auth_policy_check_* lines of its Dovecot)
 FEEDS = {
     "report": ("report", ["auth_policy_check_before_auth = no", "auth_policy_check_after_auth = no"]),
     "after_auth": ("after_auth", ["auth_policy_check_before_auth = no", "auth_policy_check_after_auth = yes"]),
@@ -58,56 +44,8 @@ FEEDS = {
 }
 
 
-@dataclass
-class FeedDaemon(Popbridge):
-    """The daemon with one [[feed]] per entry of FEEDS and lookups, and no [[proxy]]."""
-
-    feed_ports: dict[str, int] = field(default_factory=dict)
-
-    def config_text(self) -> str:
-        feeds = "".join(
-            f"""
-[[feed]]
-protocol = "dovecot"
-listen = "tcp:port={self.feed_ports[name]}:interface=127.0.0.1"
-api_key = "{API_KEY}"
-ignore_addresses = ["{IGNORED}"]
-record_on = "{record_on}"
-"""
-            for name, (record_on, _) in FEEDS.items()
-        )
-        return f"""\
-[ledger]
-ttl = {self.ttl}
-store = "{self.store}"
-{feeds}
-[[lookup]]
-protocol = "policy"
-listen = "unix:address={self.policy_socket}:mode=666"
-
-[[lookup]]
-protocol = "socketmap"
-listen = "unix:address={self.socketmap_socket}:mode=666"
-
-[[lookup]]
-protocol = "whoson"
-listen = "unix:address={self.whoson_socket}:mode=666"
-
-[control]
-listen = "unix:address={self.control_socket}:mode=600"
-"""
-
-    def _listening(self) -> bool:
-        sockets = (self.policy_socket, self.socketmap_socket, self.whoson_socket, self.control_socket)
-        return all(tcp_listening("127.0.0.1", port) for port in self.feed_ports.values()) and all(
-            path.exists() for path in sockets
-        )
-
-    def feed_count(self, command: str, outcome: str) -> float:
-        result = self.cli("stats", "--json")
-        assert result.returncode == 0, result.stderr
-        name = f'popbridge_feed_requests_total{{command="{command}",outcome="{outcome}"}}'
-        return float(dict(json.loads(result.stdout)["metrics"]).get(name, 0.0))
+class FeedDaemon(FeedPopbridge):
+    """The daemon with one [[feed]] per entry of FEEDS, and what these tests ask of it."""
 
     def wait_for_count(self, command: str, outcome: str, above: float) -> None:
         wait_until(lambda: self.feed_count(command, outcome) > above, f"a {command} counted as {outcome}")
@@ -115,8 +53,9 @@ listen = "unix:address={self.control_socket}:mode=600"
     def users(self, address: str) -> list[object]:
         return [login["user"] for login in self.logins(address)]
 
-    def post(self, feed: str, command: str, body: dict[str, object], key: str | None = API_KEY) -> int:
-        """POST `body` as Dovecot would; the HTTP status."""
+    def post(self, feed: str, command: str, body: dict[str, object], key: str | None = None) -> int:
+        """POST `body` as Dovecot would (with the right key unless `key` says otherwise); the HTTP status."""
+        key = self.api_key if key is None else key
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.feed_ports[feed]}/?command={command}", data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json", **({"X-API-Key": key} if key else {})},
@@ -138,13 +77,13 @@ class Site:
 @pytest.fixture(scope="module")
 def site(postfix: Postfix, policy_socket: Path) -> Iterator[Site]:
     require("dovecot", "doveadm", "curl")
-    ports = {name: free_port() for name in FEEDS}
-    daemon = FeedDaemon(backend_port=0, policy_socket=policy_socket, store="sqlite:ledger.db", feed_ports=ports)
+    feeds = {name: f'ignore_addresses = ["{IGNORED}"]\nrecord_on = "{record_on}"' for name, (record_on, _) in FEEDS.items()}
+    daemon = FeedDaemon(backend_port=0, policy_socket=policy_socket, store="sqlite:ledger.db", feeds=feeds)
     dovecots: dict[str, Dovecot] = {}
     try:
         daemon.start()
         for name, (_, checks) in FEEDS.items():
-            server = _started(Dovecot(users=USERS, extra_config=policy_settings(ports[name], *checks)))
+            server = _started(Dovecot(users=USERS, extra_config=daemon.dovecot_settings(name, *checks)))
             assert isinstance(server, Dovecot)
             dovecots[name] = server
         yield Site(daemon, dovecots, postfix)
@@ -223,7 +162,7 @@ def test_submission_style_report_records_nothing(site: Site) -> None:
 def test_report_without_the_key_records_nothing(site: Site) -> None:
     daemon = site.daemon
     report = {"login": "bob", "protocol": "pop3", "success": True, "policy_reject": False, "tls": False}
-    assert daemon.post("report", "report", {**report, "remote": "127.0.0.90"}, key=None) == 401
+    assert daemon.post("report", "report", {**report, "remote": "127.0.0.90"}, key="") == 401
     assert daemon.post("report", "report", {**report, "remote": "127.0.0.90"}, key="not-the-key") == 401
     assert daemon.users("127.0.0.90") == []
     assert daemon.post("report", "report", {**report, "remote": "127.0.0.91"}) == 200
