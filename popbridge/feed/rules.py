@@ -21,6 +21,7 @@ auth-request-handler.c at Dovecot 2.3.19.1, and by test (tests/integration/test_
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from popbridge.addresses import client_key
 from popbridge.wire.dovecot_policy import PolicyRequest
@@ -59,10 +60,12 @@ class FeedRules:
 
     def ignored(self, remote: str) -> bool:
         key = client_key(remote)  # v4-mapped IPv6 folded, as the ledger will store it
-        if key is None:
-            return False
-        address = ipaddress.ip_address(key)
-        return any(address in network for network in self.ignore)
+        return key is not None and any(_address(key) in network for network in self.ignore)
+
+
+@lru_cache(maxsize=65_536)  # reports come from the same clients over and over
+def _address(key: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(key)
 
 
 LoginKey = tuple[str, str, str]  # (client key, login, protocol)
