@@ -100,7 +100,16 @@ class FeedBench:
         steps = self.steps[protocol]
         return lambda i: steps[i % USERS]
 
-    def warm_up(self) -> None:
+    def warm_up(self, dovecots: list[BenchDovecot]) -> None:
+        """Every user logs in once per protocol to each Dovecot (a first login writes the
+        Maildir's indexes and costs several times a later one), then each target briefly."""
+        for dovecot in dovecots:
+            self.say(f"first logins on {dovecot.instance_name}")
+            for protocol, port in (("pop3", dovecot.port), ("imap", dovecot.imap_port)):
+                for first in range(0, USERS, 50):
+                    result = load.LoadResult()
+                    steps = self.steps[protocol]
+                    self.run(asyncio.gather(*(load.one_session("127.0.0.1", port, steps[i], i, result) for i in range(first, first + 50))))
         for target in self.targets:
             self.say(f"warming up {target.name}")
             for protocol, port in (("pop3", target.pop3_port), ("imap", target.imap_port)):
@@ -262,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             skipped.append(f"nginx: {reason}")
         bench = FeedBench(args, targets, feed, feed_cpu)
-        bench.warm_up()
+        bench.warm_up([direct, fed])
         bench.logins("pop3")
         bench.logins("imap")
         bench.lookups_while_reporting()
