@@ -26,7 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import USERS, _started, require
+from popbridge.ledger.redis import redis_client
+
+from .conftest import MASTER_USERS, USERS, _started, require
 from .imap_clients import BoundIMAP4, curl_imap, imap_login
 from .servers import Dovecot, FeedPopbridge, Postfix, ServerError, curl_pop3, wait_until
 
@@ -35,6 +37,7 @@ pytestmark = pytest.mark.realserver
 RELAY_DENIED = 554
 ACCEPTED = 250
 IGNORED = "127.0.0.86"
+MASTER = "admin"  # a Dovecot master user: may log in as anyone
 
 # feed name -> (record_on, the dovecot.conf auth_policy_check_* lines of its Dovecot)
 FEEDS = {
@@ -83,7 +86,9 @@ def site(postfix: Postfix, policy_socket: Path) -> Iterator[Site]:
     try:
         daemon.start()
         for name, (_, checks) in FEEDS.items():
-            server = _started(Dovecot(users=USERS, extra_config=daemon.dovecot_settings(name, *checks)))
+            server = _started(
+                Dovecot(users=USERS, master_users=MASTER_USERS, extra_config=daemon.dovecot_settings(name, *checks))
+            )
             assert isinstance(server, Dovecot)
             dovecots[name] = server
         yield Site(daemon, dovecots, postfix)
@@ -196,3 +201,30 @@ def test_allow_before_the_password_check_trips_the_after_auth_guard(site: Site) 
     wait_until(lambda: daemon.users("127.0.0.95") == [], "the revocation")
     assert site.postfix.rcpt_code("127.0.0.95") == RELAY_DENIED
     assert "auth_policy_check_before_auth" in daemon.output()
+
+
+def test_a_master_user_login_records_the_user_it_logged_in_as(site: Site) -> None:
+    daemon, dovecot = site.daemon, site.dovecots["report"]
+    imap = BoundIMAP4("127.0.0.1", dovecot.imap_port, "127.0.0.96")
+    try:
+        imap.authenticate("PLAIN", lambda _: f"bob\0{MASTER}\0{MASTER_USERS[MASTER]}".encode())
+    finally:
+        imap.logout()
+    wait_until(lambda: daemon.users("127.0.0.96") == ["bob"], "the master login's report")
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_the_feed_records_into_every_store(store: str, postfix: Postfix, request: pytest.FixtureRequest) -> None:
+    if store == "redis":
+        redis = request.getfixturevalue("redis_server")
+        redis_client(redis.url, "", 2.0).flushdb()
+        store = redis.url
+    daemon = FeedDaemon(backend_port=0, store=store)
+    try:
+        daemon.start()
+        report = {"login": "alice", "remote": "127.0.0.97", "protocol": "pop3", "success": True, "policy_reject": False}
+        assert daemon.post("dovecot", "report", report) == 200
+        assert postfix.postmap_query("127.0.0.97", daemon.socketmap_table("user")) == "alice"
+        assert whoson_query(daemon.whoson_socket, "127.0.0.97").startswith(b"+alice")
+    finally:
+        daemon.cleanup()
