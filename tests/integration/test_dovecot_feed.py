@@ -178,6 +178,7 @@ def test_after_auth_records_before_dovecot_answers_the_client(site: Site) -> Non
     daemon, dovecot = site.daemon, site.dovecots["after_auth"]
     daemon.post("after_auth", "report", {"login": "x", "remote": "", "protocol": "imap", "success": False,
                                          "policy_reject": False})  # arms the guard, as any earlier login would
+    recorded_on_allow = daemon.feed_count("allow", "recorded")
     imap = BoundIMAP4("127.0.0.1", dovecot.imap_port, "127.0.0.92")
     try:
         imap.login("bob", "bob-pw")
@@ -185,6 +186,7 @@ def test_after_auth_records_before_dovecot_answers_the_client(site: Site) -> Non
         assert site.postfix.postmap_query("127.0.0.92", daemon.socketmap_table("user")) == "bob"
     finally:
         imap.logout()
+    assert daemon.feed_count("allow", "recorded") == recorded_on_allow + 1
     assert site.postfix.rcpt_code("127.0.0.92") == ACCEPTED
     with pytest.raises(imaplib.IMAP4.error):
         imap_login(dovecot.imap_port, "127.0.0.93", "bob", "wrong")
