@@ -10,7 +10,8 @@ three feeds, each from a private Dovecot of its own (dovecot.conf lines from
   wrong password also sends an ``allow``: the guard must trip and record nothing.
 
 Clients (curl, imaplib) log in to Dovecot directly from 127.0.0.x; the real Postfix fixture
-asks the daemon's policy socket, and `postmap -q` its socketmap.
+asks the daemon's policy socket, and `postmap -q` its socketmap. The last tests start daemons
+of their own: other stores, and a daemon that proxies one Dovecot and takes another's feed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from popbridge.ledger.redis import redis_client
 
 from .conftest import MASTER_USERS, USERS, _started, require
 from .imap_clients import BoundIMAP4, curl_imap, imap_login
-from .servers import Dovecot, FeedPopbridge, Postfix, ServerError, curl_pop3, wait_until
+from .servers import Dovecot, FeedPopbridge, Popbridge, Postfix, ServerError, curl_pop3, free_port, pop3_login, wait_until
 
 pytestmark = pytest.mark.realserver
 
@@ -229,4 +230,25 @@ def test_the_feed_records_into_every_store(store: str, postfix: Postfix, request
         assert postfix.postmap_query("127.0.0.97", daemon.socketmap_table("user")) == "alice"
         assert whoson_query(daemon.whoson_socket, "127.0.0.97").startswith(b"+alice")
     finally:
+        daemon.cleanup()
+
+
+def test_one_daemon_proxies_one_server_and_takes_the_feed_of_another(dovecot: Dovecot) -> None:
+    port = free_port()
+    feed = f'\n[[feed]]\nprotocol = "dovecot"\nlisten = "tcp:port={port}:interface=127.0.0.1"\nallow_unauthenticated = true\n'
+    daemon = Popbridge(backend_port=dovecot.port, extra_config=feed)
+    other = Dovecot(
+        users=USERS,
+        extra_config=f"auth_policy_server_url = http://127.0.0.1:{port}/\nauth_policy_hash_nonce = popbridge-test-nonce\n"
+        "auth_policy_check_before_auth = no\nauth_policy_check_after_auth = no\n",
+    )
+    try:
+        daemon.start()
+        _started(other)
+        pop3_login(daemon.port, "127.0.0.98", "alice", "alice-pw")  # through the proxy
+        imap_login(other.imap_port, "127.0.0.99", "bob", "bob-pw")  # straight to the other Dovecot
+        wait_until(lambda: [login["user"] for login in daemon.logins("127.0.0.99")] == ["bob"], "the report")
+        assert [(login["user"], login["protocol"]) for login in daemon.logins("127.0.0.98")] == [("alice", "pop3")]
+    finally:
+        other.cleanup()
         daemon.cleanup()
