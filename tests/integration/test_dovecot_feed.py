@@ -173,6 +173,7 @@ def test_report_without_the_key_records_nothing(site: Site) -> None:
     assert daemon.users("127.0.0.90") == []
     assert daemon.post("report", "report", {**report, "remote": "127.0.0.91"}) == 200
     assert daemon.users("127.0.0.91") == ["bob"]
+    assert daemon.api_key not in daemon.output() and "pwhash" not in daemon.output()
 
 
 def test_after_auth_records_before_dovecot_answers_the_client(site: Site) -> None:
