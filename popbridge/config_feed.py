@@ -41,6 +41,8 @@ def parse_feed(reader: Reader, where: str, table: Mapping[str, Any]) -> FeedConf
     key = _api_key(reader, where, table)
     if not key and not unauthenticated:
         reader.fail(where, "api_key", "missing: give api_key or api_key_file (or allow_unauthenticated = true)")
+    if key and unauthenticated:
+        reader.fail(where, "allow_unauthenticated", "a feed with a key checks it: remove one or the other")
     header = reader.string(where, table, "api_header", FeedConfig.api_header)
     if not all(c.isalnum() or c in "-_" for c in header):
         reader.fail(where, "api_header", f"{header!r} is not an HTTP header name")

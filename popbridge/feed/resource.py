@@ -75,11 +75,9 @@ class DovecotPolicyResource(Resource):
             decoded = decode_policy_request(command, request.content.getvalue())
         except PolicyRequestError as e:
             return self._refuse(request, 413 if e.reason == "too_large" else 400, command, e)
-        outcome = self._rules.outcome(decoded)
         if decoded.command == "report" and self._guard is not None and self._guard.reported(decoded, self._clock.seconds()):
             self._tripped(decoded)
-        elif decoded.command == "allow" and (self._guard is None or not self._guard.records_on_allow):
-            outcome = "answered"
+        outcome = self._rules.outcome(decoded, records_on_allow=self._guard is not None and self._guard.records_on_allow)
         self._metrics.feed_request(decoded.command, outcome)
         if outcome != RECORD:
             request.setHeader(b"content-type", b"application/json")

@@ -40,12 +40,14 @@ class FeedRules:
     def of(cls, protocols: tuple[str, ...], ignore_addresses: tuple[str, ...]) -> "FeedRules":
         return cls(frozenset(protocols), tuple(ipaddress.ip_network(net) for net in ignore_addresses))
 
-    def outcome(self, request: PolicyRequest) -> str:
+    def outcome(self, request: PolicyRequest, records_on_allow: bool = False) -> str:
         """`RECORD`, or why this request records nothing (its metrics label).
 
-        An ``allow`` is judged on its fields alone: whether it proves a password is the
-        caller's concern (`AfterAuthGuard`).
+        An ``allow`` is only ``answered`` unless `records_on_allow` (``record_on =
+        "after_auth"`` and the `AfterAuthGuard` agrees); then it is judged on its fields alone.
         """
+        if request.command == "allow" and not records_on_allow:
+            return "answered"
         if request.command == "report" and request.policy_reject:
             return "policy_reject"
         if request.command == "report" and not request.success:

@@ -57,6 +57,12 @@ def test_a_feed_needs_a_key_unless_unauthenticated_is_allowed(tmp_path) -> None:
     assert "[[feed]] #1 api_key: missing" in error(tmp_path, LOOKUP + FEED)
 
 
+def test_a_key_and_allow_unauthenticated_are_not_both_given(tmp_path) -> None:
+    assert "[[feed]] #1 allow_unauthenticated:" in error(
+        tmp_path, LOOKUP + FEED + f'api_key = "{SECRET}"\nallow_unauthenticated = true\n'
+    )
+
+
 def test_the_key_and_its_file_are_not_both_given(tmp_path) -> None:
     assert "api_key_file: give api_key or api_key_file" in error(
         tmp_path, LOOKUP + FEED + f'api_key = "{SECRET}"\napi_key_file = "/x"\n'
