@@ -82,8 +82,10 @@ class DovecotPolicyResource(Resource):
         if outcome != RECORD:
             request.setHeader(b"content-type", b"application/json")
             return ALLOW_ANSWER
+        gone: list[bool] = []  # Dovecot gave up waiting (its 2 s timeout): nobody to answer
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
         recorded: Deferred[Any] = self._ledger.record(decoded.remote, decoded.login, decoded.protocol, False, tls=decoded.tls)
-        recorded.addCallbacks(self._recorded, self._not_recorded, callbackArgs=(request, decoded), errbackArgs=(request, decoded))
+        recorded.addCallbacks(self._recorded, self._not_recorded, (request, decoded, gone), None, (request, decoded, gone))
         return NOT_DONE_YET
 
     def _authorised(self, request: Request) -> bool:
@@ -91,21 +93,21 @@ class DovecotPolicyResource(Resource):
             return True
         return hmac.compare_digest(request.getHeader(self._header) or b"", self._key)
 
-    def _recorded(self, _: object, request: Request, decoded: PolicyRequest) -> None:
+    def _recorded(self, _: object, request: Request, decoded: PolicyRequest, gone: list[bool]) -> None:
         if self._guard is not None and decoded.command == "allow":
             self._guard.recorded_on_allow(decoded, self._clock.seconds())
         self.log.info(
             "login learned from Dovecot {command}: user {user!r} from {client} via {protocol}",
             command=decoded.command, user=decoded.login, client=decoded.remote, protocol=decoded.protocol,
         )
-        _answer(request, 200, ALLOW_ANSWER)
+        _answer(request, gone, 200, ALLOW_ANSWER)
 
-    def _not_recorded(self, failure: Any, request: Request, decoded: PolicyRequest) -> None:
+    def _not_recorded(self, failure: Any, request: Request, decoded: PolicyRequest, gone: list[bool]) -> None:
         self._metrics.feed_request(decoded.command, "store_error")
         if self._due("store_error"):
             self.log.failure("could not record a login from {client} learned from Dovecot", failure, client=decoded.remote)
         # an allow is still "continue": the store must never block a login; a report's answer is only logged
-        _answer(request, 200 if decoded.command == "allow" else 503, ALLOW_ANSWER)
+        _answer(request, gone, 200 if decoded.command == "allow" else 503, ALLOW_ANSWER)
 
     def _tripped(self, decoded: PolicyRequest) -> None:
         self.log.error(
@@ -137,8 +139,8 @@ class DovecotPolicyResource(Resource):
         return True
 
 
-def _answer(request: Request, code: int, body: bytes) -> None:
-    if request._disconnected or request.finished:  # Dovecot gave up (its 2 s timeout): nobody to answer
+def _answer(request: Request, gone: list[bool], code: int, body: bytes) -> None:
+    if gone:
         return
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")

@@ -8,9 +8,11 @@ import json
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 
 from popbridge.config import FeedConfig, parse_config
 from popbridge.feed import feed_site
@@ -44,6 +46,7 @@ class Feed:
         protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
         protocol.makeConnection(self.transport)
+        self.channel = protocol
         head = {"Host": "127.0.0.1", "Content-Type": "application/json"}
         head |= {"X-API-Key": f" {KEY}"} if headers is None else headers  # Dovecot keeps the space after the colon
         head |= {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(len(body))}
@@ -316,3 +319,14 @@ def test_a_daemon_with_only_a_feed_and_a_lookup_listens_for_both() -> None:
         service.privilegedStartService()
     assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [(8998, "127.0.0.1")]
     assert any("listening for Dovecot auth-policy requests" in formatEvent(event) for event in events)
+
+
+def test_a_request_dovecot_gave_up_on_is_recorded_and_not_answered() -> None:
+    ledger = SpyLedger()
+    feed = Feed(ledger=ledger)
+    feed.send("report", json.dumps(REPORT).encode())
+    feed.channel.connectionLost(Failure(ConnectionDone()))
+    ledger.writes[0].callback(None)
+    errors: list[Failure] = []
+    ledger.writes[0].addErrback(errors.append)
+    assert feed.transport.value() == b"" and errors == []
