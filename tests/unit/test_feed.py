@@ -15,12 +15,15 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from popbridge.config import FeedConfig, parse_config
+from popbridge.directory import MemoryDirectory
 from popbridge.feed import feed_site
+from popbridge.ldap_search import UserFacts
 from popbridge.ledger import LedgerUnavailable, Login
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.metrics import Metrics
 from popbridge.service import build_service
 from popbridge.stats import Counters
+from popbridge.verdict import Status, Verdict, Verdicts
 from popbridge.wire.dovecot_policy import ALLOW_ANSWER, MAX_BODY
 
 KEY = "feed-key-not-for-logs"
@@ -330,3 +333,12 @@ def test_a_request_dovecot_gave_up_on_is_recorded_and_not_answered() -> None:
     errors: list[Failure] = []
     ledger.writes[0].addErrback(errors.append)
     assert feed.transport.value() == b"" and errors == []
+
+
+def test_a_fed_login_of_an_exempt_user_makes_its_address_exempt() -> None:
+    feed = Feed()
+    feed.post("report", REPORT)
+    directory = MemoryDirectory({"alice": UserFacts(exempt=True)})
+    answer: list[Verdict] = []
+    Deferred.fromCoroutine(Verdicts(feed.ledger, directory).for_address("192.0.2.7", exempt=True)).addCallback(answer.append)
+    assert answer[0].status is Status.EXEMPT and answer[0].user == "alice"
