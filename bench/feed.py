@@ -10,8 +10,10 @@ Run as root from the repository (it starts private Dovecots as the fixtures do):
 Two tuned Dovecots with the same users: "direct" has no auth policy; "dovecot+feed" reports
 every authentication to a feed-only popbridge (README "Dovecot without a proxy":
 ``auth_policy_report_after_auth = yes``, both checks off, ``record_on = "report"``).
-popbridge's proxy and nginx (when installed) sit in front of "direct". Each round the targets
-take turns in a rotating order; the table shows medians. Rows:
+popbridge's proxy and nginx (when installed) sit in front of "direct"; with nginx installed,
+"dovecot+null" is a third Dovecot whose policy server is nginx answering "continue" and nothing
+else: what Dovecot's own side of the auth policy costs, the floor under any feed. Each round
+the targets take turns in a rotating order; the table shows medians. Rows:
 
 - POP3 / IMAP logins/s with 50 clients (source addresses 127.0.0.2-254), ratio to direct;
 - CPU s per 1000 POP3 logins of the whole mail path: Dovecot's process tree plus the proxy
@@ -29,7 +31,9 @@ import asyncio
 import multiprocessing
 import os
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -43,9 +47,66 @@ if str(ROOT) not in sys.path:
 from bench import load
 from bench.mail import USERS, Machine, Metered, PhaseCost, paced_probe, percentile, policy_requests, user
 from bench.peers import BenchDovecot, Nginx, tree_cpu
-from tests.integration.servers import FeedPopbridge, Popbridge, ServerError
+from tests.integration.servers import (
+    FeedPopbridge,
+    Popbridge,
+    ServerError,
+    find_binary,
+    free_port,
+    short_directory,
+    stop_process,
+    tcp_connectable,
+    wait_until,
+)
 
 FEED_CHECKS = ("auth_policy_check_before_auth = no", "auth_policy_check_after_auth = no")
+
+
+class NullPolicy:
+    """nginx answering every auth-policy request with the "continue" JSON and doing nothing else:
+    what Dovecot's own side of the auth policy costs, the floor under any policy server."""
+
+    def __init__(self) -> None:
+        self.directory = short_directory("pb-bench-null-")
+        self.port = free_port()
+        config = self.directory / "nginx.conf"
+        config.write_text(
+            f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {self.directory}/nginx.pid;
+error_log {self.directory}/error.log warn;
+events {{
+    worker_connections 4000;
+}}
+http {{
+    access_log off;
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{
+            default_type application/json;
+            return 200 '{{"status":0,"msg":""}}';
+        }}
+    }}
+}}
+"""
+        )
+        nginx = find_binary("nginx")
+        assert nginx is not None
+        self.process = subprocess.Popen(
+            [nginx, "-p", str(self.directory), "-c", str(config), "-e", str(self.directory / "error.log")],
+            stdin=subprocess.DEVNULL,
+        )
+        wait_until(lambda: tcp_connectable("127.0.0.1", self.port), "nginx null policy server")
+
+    def dovecot_settings(self) -> str:
+        lines = [f"auth_policy_server_url = http://127.0.0.1:{self.port}/", "auth_policy_hash_nonce = bench"]
+        return "\n".join([*lines, "auth_policy_report_after_auth = yes", *FEED_CHECKS, ""])
+
+    def stop(self) -> None:
+        stop_process(self.process, 15)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @dataclass
@@ -254,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy.start()
         started.append(proxy.cleanup)
         assert proxy.imap_port is not None
+        dovecots = [direct, fed]
         direct_cpu, proxy_cpu = dovecot_cpu(direct), process_cpu(proxy)
         feed_cpu, fed_cpu = process_cpu(feed), dovecot_cpu(fed)
         targets = [
@@ -263,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
         ]
         reason = Nginx.missing()
         if reason is None:
+            null = NullPolicy()
+            started.append(null.stop)
+            nulled = BenchDovecot(users=users, extra_config=null.dovecot_settings())
+            nulled.start()
+            started.append(nulled.cleanup)
+            dovecots.append(nulled)
+            nulled_cpu, null_pid = dovecot_cpu(nulled), null.process.pid
+            targets.insert(2, Target("dovecot+null", nulled.port, nulled.imap_port, lambda: nulled_cpu() + tree_cpu(null_pid)))
             nginx = Nginx(direct.port, direct.imap_port)
             started.append(nginx.stop)
             targets.append(
@@ -271,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             skipped.append(f"nginx: {reason}")
         bench = FeedBench(args, targets, feed, feed_cpu)
-        bench.warm_up([direct, fed])
+        bench.warm_up(dovecots)
         bench.logins("pop3")
         bench.logins("imap")
         bench.lookups_while_reporting()
