@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
+from popbridge.config_feed import FeedConfig, parse_feed
 from popbridge.config_ldap import LdapConfig, parse_ldap
 from popbridge.config_reader import ConfigError, Reader
 from popbridge.config_senders import SendersConfig, parse_senders
@@ -23,7 +24,7 @@ from popbridge.config_tls import TLS_KEYS, TlsConfig, proxy_tls
 from popbridge.ledger.spec import DEFAULT_STORE, parse_store
 
 __all__ = [  # the dataclasses and errors other modules import from here
-    "Config", "ConfigError", "ControlConfig", "DemoConfig", "LdapConfig", "LedgerConfig", "LookupConfig",
+    "Config", "ConfigError", "ControlConfig", "DemoConfig", "FeedConfig", "LdapConfig", "LedgerConfig", "LookupConfig",
     "MetricsConfig", "ProxyConfig", "SendersConfig", "TlsConfig", "load_config", "parse_config",
 ]
 
@@ -127,6 +128,7 @@ class Config:
     ldap: LdapConfig | None = None
     metrics: MetricsConfig | None = None
     senders: SendersConfig | None = None
+    feeds: tuple[FeedConfig, ...] = ()
 
 
 def load_config(path: str | Path) -> Config:
@@ -144,7 +146,7 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(document: Mapping[str, Any], source: str) -> Config:
     reader = Reader(source)
-    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo", "ldap", "metrics", "senders"))
+    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo", "ldap", "metrics", "senders", "feed"))
     config = Config(
         source=source,
         ledger=_ledger(reader, reader.table("[ledger]", document.get("ledger", {}))),
@@ -161,6 +163,10 @@ def parse_config(document: Mapping[str, Any], source: str) -> Config:
         metrics=_metrics(reader, document["metrics"]) if "metrics" in document else None,
         demo=_demo(reader, document["demo"]) if "demo" in document else None,
         senders=parse_senders(reader, document["senders"]) if "senders" in document else None,
+        feeds=tuple(
+            parse_feed(reader, f"[[feed]] #{n}", table)
+            for n, table in enumerate(reader.array("[[feed]]", document.get("feed", [])), 1)
+        ),
     )
     _check_exempt_action(reader, config)
     _check_senders(reader, config)

@@ -65,6 +65,10 @@ class Metrics:
             "popbridge_store_seconds", "Time a ledger store call took", ("operation",), FAST_BUCKETS
         )
         r.register(self._store_errors)
+        self._feed = TallyCounter(
+            "popbridge_feed_requests", "Dovecot auth-policy requests, by command and what became of them", ("command", "outcome")
+        )
+        r.register(self._feed)
         r.register(self._store_seconds)
         self._not_stored = Counter(
             "popbridge_ledger_not_stored", "Logins kept in memory only after a failed durable write", registry=r
@@ -100,6 +104,10 @@ class Metrics:
         mismatch (a policy request whose sender no user logged in there owns)."""
         self._lookups.inc((protocol, answer))
         self._lookup_seconds.observe((protocol,), self.now() - started)
+
+    def feed_request(self, command: str, outcome: str) -> None:
+        """`outcome`: recorded, or why not (see popbridge.feed.rules and the README)."""
+        self._feed.inc((command, outcome))
 
     def store_call(self, operation: str, started: float, failed: bool) -> None:
         self._store_seconds.observe((operation,), self.now() - started)

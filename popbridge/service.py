@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from popbridge.config import Config, ConfigError, SendersConfig, load_config
 from popbridge.demo_backend import demo_backend_factory
 from popbridge.directory import IDirectory, ldap_directory
+from popbridge.feed import feed_site
 from popbridge.ledger import ILedger
 from popbridge.ledger.measured import MeasuredLedger
 from popbridge.ledger.stores import open_store
@@ -107,6 +108,9 @@ class Daemon(MultiService):
         if kind == "control":
             factory = control_factory(self.ledger, self.counters, reactor)
             return Listener(reactor, "control requests", spec.listen, factory, owner=spec.owner, group=spec.group, fatal=fatal)
+        if kind == "feed":
+            return Listener(reactor, "Dovecot auth-policy requests", spec.listen,
+                            feed_site(spec, self.ledger, self.counters, reactor), fatal=fatal)
         if kind == "metrics":
             return Listener(reactor, "metrics scrapes", spec.listen, metrics_site(self.counters.metrics, self.ledger), fatal=fatal)
         return Listener(reactor, "demo POP3 backend", spec.listen, demo_backend_factory(spec), fatal=fatal)
@@ -206,6 +210,7 @@ class Daemon(MultiService):
 def _listener_specs(config: Config) -> dict[ListenerKey, object]:
     specs: dict[ListenerKey, object] = {("proxy", p.listen): p for p in config.proxies}
     specs.update({("lookup", lookup.listen): lookup for lookup in config.lookups})
+    specs.update({("feed", feed.listen): feed for feed in config.feeds})
     if config.control is not None:
         specs[("control", config.control.listen)] = config.control
     if config.demo is not None:

@@ -209,6 +209,7 @@ class Dovecot:
     trusted_networks: Iterable[str] = ("127.0.0.1/32",)
     host: str = "127.0.0.1"
     master_users: Mapping[str, str] = field(default_factory=dict)  # may log in as anyone (SASL authzid)
+    extra_config: str = ""  # dovecot.conf lines appended (auth_policy_* settings, say)
 
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-dovecot-")
@@ -301,7 +302,7 @@ service lmtp {{
     mode = 0600
   }}
 }}
-"""
+{self.extra_config}"""
 
     def start(self) -> "Dovecot":
         dovecot = binary("dovecot")
@@ -1152,6 +1153,82 @@ forward_client_address = {forward}
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+@dataclass
+class FeedPopbridge(Popbridge):
+    """The daemon with [[feed]] tables (Dovecot's auth-policy requests) and lookups, and no [[proxy]].
+
+    `feeds` maps a name to TOML lines added to that [[feed]] table (``record_on = ...``, say);
+    each listens on 127.0.0.1 at `feed_ports[name]` and takes `api_key`. `backend_port` is unused.
+    """
+
+    feeds: Mapping[str, str] = field(default_factory=lambda: {"dovecot": ""})
+    api_key: str = "feed-test-key"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.feed_ports = {name: free_port(self.host) for name in self.feeds}
+
+    def config_text(self) -> str:
+        feeds = "".join(
+            f"""
+[[feed]]
+protocol = "dovecot"
+listen = "tcp:port={self.feed_ports[name]}:interface={self.host}"
+api_key = "{self.api_key}"
+{lines}
+"""
+            for name, lines in self.feeds.items()
+        )
+        return f"""\
+[ledger]
+ttl = {self.ttl}
+store = "{self.store}"
+{feeds}
+[[lookup]]
+protocol = "policy"
+listen = "unix:address={self.policy_socket}:mode=666"
+
+[[lookup]]
+protocol = "socketmap"
+listen = "unix:address={self.socketmap_socket}:mode=666"
+
+[[lookup]]
+protocol = "whoson"
+listen = "unix:address={self.whoson_socket}:mode=666"
+
+[control]
+listen = "unix:address={self.control_socket}:mode=600"
+{self.extra_config}"""
+
+    def _listening(self) -> bool:
+        sockets = (self.policy_socket, self.socketmap_socket, self.whoson_socket, self.control_socket)
+        return all(tcp_listening(self.host, port) for port in self.feed_ports.values()) and all(
+            unix_connectable(path) for path in sockets
+        )
+
+    def dovecot_settings(self, name: str, *checks: str) -> str:
+        """dovecot.conf lines that send feed `name` Dovecot's auth-policy requests (README's
+        "Dovecot without a proxy"), then `checks` (``auth_policy_check_* = ...`` lines)."""
+        return "\n".join(
+            [
+                f"auth_policy_server_url = http://{self.host}:{self.feed_ports[name]}/",
+                f"auth_policy_server_api_header = X-API-Key: {self.api_key}",
+                "auth_policy_hash_nonce = popbridge-test-nonce",
+                "auth_policy_report_after_auth = yes",
+                *checks,
+                "",
+            ]
+        )
+
+    def feed_count(self, command: str, outcome: str) -> float:
+        """popbridge_feed_requests_total for (command, outcome), from `popbridge stats --json`."""
+        result = self.cli("stats", "--json")
+        if result.returncode != 0:
+            raise ServerError(f"popbridge stats: exit {result.returncode}: {result.stderr.strip()}")
+        name = f'popbridge_feed_requests_total{{command="{command}",outcome="{outcome}"}}'
+        return float(json.loads(result.stdout)["metrics"].get(name, 0.0))
 
 
 # ---------------------------------------------------------------- clients
