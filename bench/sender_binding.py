@@ -55,7 +55,7 @@ def responder(binding: bool, map_entries: int) -> PolicyResponder:
     clock = Clock()
     ledger = MemoryLedger(clock, ttl=1800)
     for n in range(CLIENTS):
-        ledger.record(f"10.0.{n // 250}.{n % 250 + 1}", f"user{n}", "pop3", session=False)
+        ledger.record(f"10.0.{n // 250}.{n % 250 + 1}", f"user{n}", "pop3")
     owners = {f"alias{n}@example.net": frozenset({f"user{n % CLIENTS}"}) for n in range(map_entries)}
     directory = MemoryDirectory({f"user{n}": UserFacts(addresses=frozenset({f"user{n}@ldap.example"})) for n in range(CLIENTS)})
     senders = SenderOwners(SenderRules(SenderMap(owners), frozenset({"example.org"})), directory)

@@ -144,7 +144,7 @@ def lookups(protocol: str, ledger=None):
 
 def test_lookups_are_counted_by_what_the_answer_meant_and_timed():
     factory, ledger, metrics = lookups("policy")
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     assert ask(factory, b"client_address=192.0.2.7\n\n") == b"action=OK\n\n"
     assert ask(factory, b"client_address=192.0.2.8\n\n") == b"action=DUNNO\n\n"
     samples = dict(metrics.samples())
@@ -162,7 +162,7 @@ class DownLedger(MemoryLedger):
 
 def test_socketmap_and_whoson_answers_are_named_the_same_way():
     factory, ledger, metrics = lookups("socketmap")
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     for query in (b"access 192.0.2.7", b"access unknown", b"nosuchmap 192.0.2.7"):
         ask(factory, b"%d:%s," % (len(query), query))
     whoson, _, whoson_metrics = lookups("whoson", DownLedger(Clock(), ttl=1800))
@@ -179,7 +179,7 @@ def test_store_calls_are_timed_and_failures_counted_without_changing_the_result(
     ledger = MeasuredLedger(DownLedger(Clock(), ttl=1800), metrics)
     failures: list[object] = []
     ledger.lookup("192.0.2.7").addErrback(failures.append)
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     assert failures and failures[0].check(LedgerUnavailable)
     samples = dict(metrics.samples())
     assert samples['popbridge_store_errors_total{operation="lookup"}'] == 1
@@ -204,9 +204,9 @@ def scrape(site) -> DummyRequest:
 def test_a_scrape_reads_the_live_addresses_from_the_ledger():
     clock = Clock()
     ledger = MemoryLedger(clock, ttl=1800)
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
-    ledger.record("192.0.2.7", "bob", "imap4", session=False)
-    ledger.record("192.0.2.8", "carol", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
+    ledger.record("192.0.2.7", "bob", "imap4")
+    ledger.record("192.0.2.8", "carol", "pop3")
     metrics = Metrics()
     request = scrape(metrics_site(metrics, ledger))
     body = b"".join(request.written)
@@ -236,7 +236,7 @@ def test_only_metrics_is_served():
 def test_popbridge_stats_reports_the_numbers_metrics_serves():
     clock = Clock()
     ledger = MemoryLedger(clock, ttl=1800)
-    ledger.record("192.0.2.7", "alice", "pop3", session=False)
+    ledger.record("192.0.2.7", "alice", "pop3")
     counters = Counters(0.0)
     counters.metrics.login("pop3", "USER", "succeeded")
     reply = ask(control_factory(ledger, counters, clock), b'{"command": "stats"}\n')

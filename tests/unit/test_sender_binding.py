@@ -57,7 +57,7 @@ def ask(config: LookupConfig, client: str, sender: str | None, *logins: tuple[st
     clock = Clock()
     ledger = ledger_type(clock, ttl=1800)
     for address, user in logins:
-        ledger.record(address, user, "pop3", session=False)
+        ledger.record(address, user, "pop3")
     verdicts = Verdicts(ledger, directory, SenderOwners(rules, directory))
     factory = lookup_factory(config, verdicts, ledger, counters or Counters(started=0), clock)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))

@@ -21,7 +21,7 @@ def verdict(ledger: MemoryLedger, address: str, directory=DIRECTORY, exempt: boo
 def ledger_with(*logins: tuple[str, str]) -> MemoryLedger:
     ledger = MemoryLedger(Clock(), ttl=1800)
     for address, user in logins:
-        ledger.record(address, user, "pop3", session=False)
+        ledger.record(address, user, "pop3")
     return ledger
 
 
