@@ -8,6 +8,7 @@ Endpoint strings are checked by parsing them with Twisted's own parsers, which h
 effects until `listen()` / `connect()`.
 """
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from popbridge.config_tls import TLS_KEYS, TlsConfig, proxy_tls
 from popbridge.ledger.spec import DEFAULT_STORE, parse_store
 
 __all__ = [  # the dataclasses and errors other modules import from here
-    "Config", "ConfigError", "ControlConfig", "DemoConfig", "LdapConfig", "LedgerConfig", "LookupConfig",
+    "Config", "ConfigError", "ControlConfig", "DaemonConfig", "DemoConfig", "LdapConfig", "LedgerConfig", "LookupConfig",
     "MetricsConfig", "ProxyConfig", "TlsConfig", "load_config", "parse_config",
 ]
 
@@ -112,6 +113,14 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    """``[daemon]``: how the daemon runs. `workers` 0 is one process; N proxy worker processes
+    otherwise (``"auto"``: one per usable CPU, resolved when the file is read)."""
+
+    workers: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     ledger: LedgerConfig = LedgerConfig()
@@ -121,6 +130,7 @@ class Config:
     demo: DemoConfig | None = None
     ldap: LdapConfig | None = None
     metrics: MetricsConfig | None = None
+    daemon: DaemonConfig = DaemonConfig()
 
 
 def load_config(path: str | Path) -> Config:
@@ -138,7 +148,7 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(document: Mapping[str, Any], source: str) -> Config:
     reader = Reader(source)
-    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo", "ldap", "metrics"))
+    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo", "ldap", "metrics", "daemon"))
     config = Config(
         source=source,
         ledger=_ledger(reader, reader.table("[ledger]", document.get("ledger", {}))),
@@ -154,6 +164,7 @@ def parse_config(document: Mapping[str, Any], source: str) -> Config:
         ldap=parse_ldap(reader, document["ldap"]) if "ldap" in document else None,
         metrics=_metrics(reader, document["metrics"]) if "metrics" in document else None,
         demo=_demo(reader, document["demo"]) if "demo" in document else None,
+        daemon=_daemon(reader, document.get("daemon", {})),
     )
     _check_exempt_action(reader, config)
     if not (config.proxies or config.lookups):
@@ -259,6 +270,17 @@ def _metrics(reader: Reader, value: Any) -> MetricsConfig:
     table = reader.table("[metrics]", value)
     reader.only_keys("[metrics]", table, ("listen",))
     return MetricsConfig(listen=reader.endpoint("[metrics]", table, "listen", serverFromString))
+
+
+def _daemon(reader: Reader, value: Any) -> DaemonConfig:
+    table = reader.table("[daemon]", value)
+    reader.only_keys("[daemon]", table, ("workers",))
+    workers = table.get("workers", 0)
+    if workers == "auto":
+        return DaemonConfig(workers=len(os.sched_getaffinity(0)))
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 256:
+        reader.fail("[daemon]", "workers", 'must be "auto" or a whole number from 0 to 256')
+    return DaemonConfig(workers=workers)
 
 
 def _check_exempt_action(reader: Reader, config: Config) -> None:

@@ -38,13 +38,15 @@ class Listener(Service):
         drain: "Callable[[], Deferred[None]] | None" = None,
         owner: str | None = None,
         group: str | None = None,
+        endpoint: IStreamServerEndpoint | None = None,
     ) -> None:
         """`description` as the operator wrote it; `bind`, when given, is what is really bound;
-        `drain` is waited for after the listener stops (sessions finishing at shutdown)."""
+        `drain` is waited for after the listener stops (sessions finishing at shutdown);
+        `endpoint`, when given, is listened on instead (a socket another process bound)."""
         self._reactor, self.what, self.description, self._factory = reactor, what, description, factory
         self._drain, self._owner, self._group = drain, owner, group
         factory.noisy = False  # this class logs the listener itself, with what it is for
-        self._endpoint: IStreamServerEndpoint = serverFromString(fast_sockets(reactor), bind or description)
+        self._endpoint: IStreamServerEndpoint = endpoint or serverFromString(fast_sockets(reactor), bind or description)
         self._port: IListeningPort | None = None
         self.fatal = True
         self.bound: Deferred[bool] = Deferred()  # fires True once listening, False if it cannot

@@ -78,9 +78,14 @@ def _system(event: dict[str, Any]) -> str:
     return f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
 
 
-def debug_observer() -> ILogObserver:
+def enable_debugging() -> None:
+    """Hot paths build their debug lines from now on (a proxy worker told by its main process)."""
     global _debugging
     _debugging = True
+
+
+def debug_observer() -> ILogObserver:
+    enable_debugging()
     return _observer(LogLevel.debug)
 
 

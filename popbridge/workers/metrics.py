@@ -1,0 +1,57 @@
+"""``/metrics`` and ``popbridge stats`` of a split daemon: the main process's numbers and its workers'.
+
+Each worker's last report (Prometheus text, at most a second old) is parsed with
+prometheus-client's own parser. Every sample then appears once as the sum over all processes,
+with the labels it always had, so dashboards built on a single process keep working; and once
+per worker with a ``worker`` label ("1", "2", ...), to see how the load spreads. (So a query
+that sums a family over every series counts the workers twice: sum only series without a
+``worker`` label, or only those with one.)
+"""
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+# Kept by the main process alone: a worker's copies are never set and would only say 0.
+MAIN_ONLY = frozenset({"popbridge_live_addresses", "popbridge_live_logins", "popbridge_ledger_not_stored"})
+
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class FleetRegistry(CollectorRegistry):
+    def __init__(self, own: CollectorRegistry, reports: Callable[[], dict[str, str]]) -> None:
+        """`own`: the main process's registry; `reports`: worker label -> its last metrics text."""
+        super().__init__(auto_describe=False)
+        self._own, self._reports = own, reports
+
+    def collect(self) -> Iterator[Metric]:
+        templates: dict[str, Metric] = {}
+        sums: dict[str, dict[SampleKey, float]] = {}
+        labelled: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+
+        def add(family: Metric, worker: str | None) -> None:
+            templates.setdefault(family.name, family)
+            total = sums.setdefault(family.name, {})
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue  # creation times do not add up
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                total[key] = total.get(key, 0.0) + sample.value
+                if worker is not None:
+                    labelled.setdefault(family.name, []).append((sample.name, {**sample.labels, "worker": worker}, sample.value))
+
+        for family in self._own.collect():
+            add(family, None)
+        for worker, text in sorted(self._reports().items()):
+            for family in text_string_to_metric_families(text):
+                if family.name not in MAIN_ONLY:
+                    add(family, worker)
+        for name, template in templates.items():
+            merged = Metric(name, template.documentation, template.type, template.unit)
+            for (sample_name, labels), value in sums[name].items():
+                merged.add_sample(sample_name, dict(labels), value)
+            for sample_name, worker_labels, value in labelled.get(name, []):
+                merged.add_sample(sample_name, worker_labels, value)
+            yield merged
