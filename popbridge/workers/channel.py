@@ -10,7 +10,8 @@ What travels (everything small: AMP values are at most 64 KiB):
 - worker -> main: `Record` and `EndSession` (the ledger: a worker's login is released to its
   client only once `Record` has answered, and the main process answers only once its store has
   stored it), `Facts` (the directory, for routing users to their backends) and `Log` (its log
-  lines, which the main process writes with ``worker N`` as their system).
+  lines, which the main process writes with ``worker N`` as their system, when the worker
+  cannot write them to the daemon's log itself; see `popbridge.workers.child`).
 - main -> worker: `Start` (its listeners' settings and which inherited descriptor is which) and
   `Report` (its counters, for ``/metrics`` and ``popbridge stats``).
 
@@ -55,9 +56,10 @@ class Record(amp.Command):
 
 
 class EndSession(amp.Command):
+    """A session closed: nothing waits for it, so it is not answered (the main process logs a failure)."""
+
     arguments = [(b"address", amp.Unicode()), (b"user", amp.Unicode()), (b"protocol", amp.Unicode())]
-    response: list[tuple[bytes, amp.Argument]] = []
-    errors = {LedgerUnavailable: b"LEDGER_UNAVAILABLE"}
+    requiresAnswer = False
 
 
 class Facts(amp.Command):
@@ -123,13 +125,14 @@ class MainChannel(amp.AMP):
         return {"stored": True, "client": login.client, "when": login.when, "open_sessions": login.open_sessions}
 
     @EndSession.responder
-    def end_session(self, address: str, user: str, protocol: str) -> "Deferred[dict[str, Any]]":
+    def end_session(self, address: str, user: str, protocol: str) -> dict[str, Any]:
         lease = (address, user, protocol)
         if self.leases[lease] > 0:
             self.leases[lease] -= 1
             if not self.leases[lease]:
                 del self.leases[lease]
-        return self._ledger.end_session(address, user, protocol).addCallback(lambda _: {})
+        self._end(lease)
+        return {}
 
     @Facts.responder
     def facts(self, user: str) -> "Deferred[dict[str, Any]] | dict[str, Any]":

@@ -1,8 +1,9 @@
 """A proxy worker process: ``python -m popbridge.workers.child``, spawned by the main process.
 
 It serves the [[proxy]] listeners on sockets the main process bound and passed (descriptors
-3, 4, ...), records logins through the main process (`RemoteLedger`), and logs through it.
-Its stdin and stdout are the channel, so anything printed goes to stderr instead.
+3, 4, ...) and records logins through the main process (`RemoteLedger`). Its stdin and stdout
+are the channel, so anything printed goes to stderr instead. It logs to stderr when that is the
+daemon's log (lines with ``[worker N]`` as their system), else over the channel.
 
 Signals: SIGTERM drains (stop accepting, give sessions `shutdown_grace`, exit), as the single
 process does. SIGHUP and SIGINT are the main process's to handle (a terminal's Ctrl-C reaches
@@ -19,11 +20,18 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.stdio import StandardIO
-from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, formatEvent, globalLogBeginner
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogBeginner,
+)
 from twisted.python.failure import Failure
 
 from popbridge.fast_transports import fast_sockets
-from popbridge.log import enable_debugging
+from popbridge.log import classic_text, enable_debugging
 from popbridge.proxy.listening import proxy_listener
 from popbridge.stats import Counters
 from popbridge.tls_reload import CertificateReloader
@@ -41,12 +49,17 @@ class Worker:
         self.channel = WorkerChannel(self.start, self.counters, self._main_gone)
         self.services = MultiService()
         self.wanted = LogLevelFilterPredicate(LogLevel.info)
+        self._name = "worker"
+        self._log_file: FileLogObserver | None = None  # the daemon's log, when stderr is it
 
     def start(self, pickled: bytes) -> "Deferred[None]":
         settings: WorkerSettings = pickle.loads(pickled)  # sent by the main process, which spawned us
         if settings.debugging:
             enable_debugging()
             self.wanted.defaultLogLevel = LogLevel.debug
+        self._name = settings.name
+        if settings.log_to_stderr:
+            self._log_file = FileLogObserver(sys.stderr, classic_text)
         reactor = self._reactor
         ledger = RemoteLedger(self.channel)
         directory = RemoteDirectory(self.channel) if settings.routing else None
@@ -71,7 +84,11 @@ class Worker:
             self._reactor.stop()
 
     def observe(self, event: dict[str, Any]) -> None:
-        """A log event, sent to the main process to write."""
+        """A log event, written to the daemon's log, or sent to the main process to write."""
+        if self._log_file is not None:
+            event["log_system"] = self._name
+            self._log_file(event)
+            return
         text = formatEvent(event)
         failure = event.get("log_failure")
         if failure is not None:

@@ -1,8 +1,11 @@
 """The main process's proxy workers: spawned, restarted, replaced on SIGHUP, drained, counted.
 
 - Spawned with `spawnProcess`: the worker is ``python -m popbridge.workers.child``, its stdin and
-  stdout are its channel (`popbridge.workers.channel`), its stderr is logged here, and each
-  [[proxy]] socket is passed as descriptor 3, 4, ... (childFDs). Workers start after twistd has
+  stdout are its channel (`popbridge.workers.channel`), and each [[proxy]] socket is passed as
+  descriptor 3, 4, ... (childFDs). Its stderr is the daemon's log when that is a descriptor
+  (``popbridge run`` logs to stdout: a terminal, a file, the journal), so a worker writes its
+  own lines, each one ``write``, and this process does no work for them; otherwise (plain
+  twistd with ``--logfile``) its lines come over the channel and stray stderr is logged here. Workers start after twistd has
   dropped privileges, so they run as the daemon's user.
 - A worker that ends unexpectedly is restarted after a back-off (1 s, doubling up to 60 s; back
   to 1 s once a worker has run for a minute). Its open-session leases are ended by its channel.
@@ -35,7 +38,7 @@ from zope.interface import implementer
 
 from popbridge.directory import IDirectory
 from popbridge.ledger import ILedger
-from popbridge.log import debugging
+from popbridge.log import debugging, log_descriptor
 from popbridge.stats import Counters
 from popbridge.workers.channel import MainChannel, Start
 from popbridge.workers.settings import WorkerSettings, WorkerSocket
@@ -162,12 +165,13 @@ class Fleet(Service):
     def _spawn(self, slot: int) -> WorkerProcess:
         name = f"worker {slot}"
         sockets = [shared for shared in self._sockets() if shared.fileno() is not None]
-        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        log_fd = log_descriptor()
+        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r" if log_fd is None else log_fd}
         passed = []
         for fd, shared in enumerate(sockets, 3):
             child_fds[fd] = shared.fileno()  # type: ignore[assignment]
             passed.append(WorkerSocket(fd, shared.family(), shared.spec))
-        settings = WorkerSettings(name, tuple(passed), self._directory is not None, debugging())
+        settings = WorkerSettings(name, tuple(passed), self._directory is not None, debugging(), log_fd is not None)
         worker = WorkerProcess(slot, MainChannel(name, self._ledger, self._directory), self._reactor.seconds())
         argv = [sys.executable, "-m", "popbridge.workers.child"]
         self._reactor.spawnProcess(worker, sys.executable, argv, env=os.environ.copy(), childFDs=child_fds)

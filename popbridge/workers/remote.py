@@ -12,7 +12,7 @@ a single process, and the session's own login deadline still applies.
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -33,7 +33,10 @@ class RemoteLedger:
         return asked.addCallback(_login, user, protocol, tls)
 
     def end_session(self, address: str, user: str, protocol: str) -> "Deferred[None]":
-        return self._channel.callRemote(EndSession, address=address, user=user, protocol=protocol).addCallback(lambda _: None)
+        """Sent, not answered: the main process ends the session, or logs why it could not. If
+        the channel is gone, the main process has ended all of this worker's sessions itself."""
+        self._channel.callRemote(EndSession, address=address, user=user, protocol=protocol)
+        return succeed(None)
 
 
 def _login(answer: dict[str, Any], user: str, protocol: str, tls: bool) -> Login | None:

@@ -18,3 +18,4 @@ class WorkerSettings:
     sockets: tuple[WorkerSocket, ...]
     routing: bool  # users are routed by the directory (asked of the main process)
     debugging: bool  # debug log lines are wanted
+    log_to_stderr: bool  # stderr is the daemon's log: write lines there, not over the channel
