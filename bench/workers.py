@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             for workers, daemon in daemons.items():
                 rounds = []
-                for r in range(max(1, args.rounds // 2)):
+                for r in range(args.rounds):
                     say(f"policy probe, workers = {workers}, round {r + 1}")
                     rounds.append(lookups_beside_mail(daemon, args))
                 cells = [

@@ -164,6 +164,7 @@ protocol = "pop3"
 listen = "tcp:port={extra_port}:interface=127.0.0.1"
 backend = "tcp:host=127.0.0.1:port={dovecot.port}"
 """
+    daemon.proxy_extra = "idle_timeout = 45"  # the existing listeners change too: their sockets are kept
     daemon.config_path.write_text(daemon.config_text())
     mark = daemon.log.mark()
     assert daemon.process is not None
