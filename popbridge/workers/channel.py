@@ -242,7 +242,9 @@ class WorkerChannel(OneLoopBoxes):
         return {"events": json.dumps(dict(self._counters.events)), "metrics": metrics}
 
     def send_log(self, level: str, text: str) -> None:
-        if self.transport is not None and not getattr(self.transport, "disconnected", False):
+        """One log line for the main process to write; dropped before the channel is up (AMP
+        itself drops what is sent after it closed)."""
+        if self.transport is not None:
             self.callRemote(Log, level=level, text=text[:MAX_LOG_TEXT])
 
     def connectionLost(self, reason: Failure) -> None:

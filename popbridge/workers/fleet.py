@@ -50,6 +50,7 @@ STEADY = 60.0  # a worker that ran this long restarts after FIRST_DELAY again
 REPORT_INTERVAL = 1.0  # seconds between counter reports
 KILL_AFTER = 10.0  # seconds past the longest shutdown_grace before a draining worker is killed
 MAX_STDERR_LINE = 16_384
+SYSTEMD_ONLY = ("LISTEN_", "NOTIFY_SOCKET")  # environment variables a worker does not inherit
 
 
 @implementer(IAddress)
@@ -130,6 +131,12 @@ class WorkerProcess(ProcessProtocol):
             pass
 
 
+def _worker_environment() -> dict[str, str]:
+    """The daemon's environment, without what systemd meant for the main process alone (its
+    activated sockets and its notify socket): a worker never speaks to systemd."""
+    return {name: value for name, value in os.environ.items() if not name.startswith(SYSTEMD_ONLY)}
+
+
 class Fleet(Service):
     log = Logger()
 
@@ -174,7 +181,7 @@ class Fleet(Service):
         settings = WorkerSettings(name, tuple(passed), self._directory is not None, debugging(), log_fd is not None)
         worker = WorkerProcess(slot, MainChannel(name, self._ledger, self._directory), self._reactor.seconds())
         argv = [sys.executable, "-m", "popbridge.workers.child"]
-        self._reactor.spawnProcess(worker, sys.executable, argv, env=os.environ.copy(), childFDs=child_fds)
+        self._reactor.spawnProcess(worker, sys.executable, argv, env=_worker_environment(), childFDs=child_fds)
         self._current[slot] = worker
         started = worker.channel.callRemote(Start, settings=pickle.dumps(settings))
         started.addCallbacks(self._started, self._not_started, callbackArgs=(worker, len(passed)), errbackArgs=(worker,))
