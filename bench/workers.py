@@ -78,7 +78,7 @@ class PinnedPopbridge(Popbridge):
 class Row:
     name: str
     port: int
-    cpu: Callable[[], float] = lambda: 0.0
+    cpu: Callable[[], float] | None = None  # CPU seconds of the proxy's processes; None: not a proxy
     rates: list[float] = field(default_factory=list)
     cpu_per_1000: list[float] = field(default_factory=list)
     failures: int = 0
@@ -98,14 +98,14 @@ def login_rounds(rows: list[Row], args: argparse.Namespace, say: Callable[[str],
         shift = r % len(rows)
         for row in rows[shift:] + rows[:shift]:
             say(f"POP3 logins, round {r + 1}, {row.name}")
-            before = row.cpu()
+            before = row.cpu() if row.cpu is not None else 0.0
             result = loop.run_until_complete(
                 load.closed_loop_sessions("127.0.0.1", row.port, steps_for, args.clients, args.duration, r * 100_000)
             )
             time.sleep(0.3)
             row.rates.append(result.rate)
             row.failures += result.failures
-            if result.sessions:
+            if result.sessions and row.cpu is not None:
                 row.cpu_per_1000.append((row.cpu() - before) / result.sessions * 1000)
     loop.close()
 
