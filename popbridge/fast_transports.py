@@ -15,9 +15,9 @@ bench/profile.py showed where a policy lookup's time went once popbridge's own w
 Together they took a bare Twisted lookup server from about 25 to 14 µs of CPU per request.
 
 `fast_sockets(reactor)` is how the daemon gets them: a view of a real posix reactor whose
-``listenTCP``, ``listenUNIX``, ``adoptStreamPort`` and ``connectTCP`` build these transports, and which passes
-everything else through, so endpoint strings (``tcp:``, ``unix:``, ``haproxy:``, ``systemd:``,
-``ssl:``) parse as always. Any other reactor (a test's MemoryReactor) is returned unchanged.
+``listenTCP``, ``listenUNIX``, ``adoptStreamPort`` (a proxy worker's sockets) and
+``connectTCP`` build these transports, and which passes everything else through, so endpoint
+strings (``tcp:``, ``unix:``, ``haproxy:``, ``systemd:``, ``ssl:``) parse as always. Any other reactor (a test's MemoryReactor) is returned unchanged.
 """
 
 import socket
