@@ -124,9 +124,17 @@ class WorkerProcess(ProcessProtocol):
             self.ready.callback(False)
         self.ended.callback(None)
 
+    def not_spawned(self, failure: Failure) -> None:
+        """spawnProcess itself failed: this worker ended before it began."""
+        self.reason = failure
+        self.ready.callback(False)
+        self.ended.callback(None)
+
     def signal(self, name: str) -> None:
+        if self.transport is None:
+            return  # never spawned
         try:
-            self.transport.signalProcess(name)  # type: ignore[union-attr]
+            self.transport.signalProcess(name)
         except ProcessExitedAlready:
             pass
 
@@ -181,11 +189,15 @@ class Fleet(Service):
         settings = WorkerSettings(name, tuple(passed), self._directory is not None, debugging(), log_fd is not None)
         worker = WorkerProcess(slot, MainChannel(name, self._ledger, self._directory), self._reactor.seconds())
         argv = [sys.executable, "-m", "popbridge.workers.child"]
-        self._reactor.spawnProcess(worker, sys.executable, argv, env=_worker_environment(), childFDs=child_fds)
         self._current[slot] = worker
+        worker.ended.addCallback(lambda _: self._ended(worker))
+        try:
+            self._reactor.spawnProcess(worker, sys.executable, argv, env=_worker_environment(), childFDs=child_fds)
+        except OSError:  # out of descriptors, processes or memory: retried like a crash
+            worker.not_spawned(Failure())
+            return worker
         started = worker.channel.callRemote(Start, settings=pickle.dumps(settings))
         started.addCallbacks(self._started, self._not_started, callbackArgs=(worker, len(passed)), errbackArgs=(worker,))
-        worker.ended.addCallback(lambda _: self._ended(worker))
         return worker
 
     def _started(self, _: object, worker: WorkerProcess, listeners: int) -> None:

@@ -167,3 +167,23 @@ def test_counters_of_serving_workers_are_gathered_every_second():
     process.protocol.childDataReceived(1, answer.serialize())
     assert workers.reports == {"1": "# metrics\n"}
     assert workers._counters.totals() == {"login_succeeded": 3}
+
+
+def test_a_worker_that_cannot_even_be_spawned_is_tried_again_after_the_back_off():
+    class Exhausted(ProcessReactor):
+        refusals = 1
+
+        def spawnProcess(self, protocol, executable, args, env=None, childFDs=None):
+            if self.refusals:
+                self.refusals -= 1
+                raise OSError(24, "Too many open files")
+            return super().spawnProcess(protocol, executable, args, env, childFDs)
+
+    reactor = Exhausted()
+    workers = Fleet(reactor, 1, MemoryLedger(reactor, ttl=1800), None, lambda: [BoundSocket(7)], Counters(0.0))
+    with capturedLogs() as events:
+        workers.startService()
+        assert reactor.spawned == []
+        reactor.advance(1.0)
+    assert len(reactor.spawned) == 1
+    assert any("Too many open files" in str(e.get("reason")) for e in events)
