@@ -5,8 +5,8 @@
   descriptor 3, 4, ... (childFDs). Its stderr is the daemon's log when that is a descriptor
   (``popbridge run`` logs to stdout: a terminal, a file, the journal), so a worker writes its
   own lines, each one ``write``, and this process does no work for them; otherwise (plain
-  twistd with ``--logfile``) its lines come over the channel and stray stderr is logged here. Workers start after twistd has
-  dropped privileges, so they run as the daemon's user.
+  twistd with ``--logfile``) its lines come over the channel and stray stderr is logged here.
+  Workers start after twistd has dropped privileges, so they run as the daemon's user.
 - A worker that ends unexpectedly is restarted after a back-off (1 s, doubling up to 60 s; back
   to 1 s once a worker has run for a minute). Its open-session leases are ended by its channel.
 - SIGHUP replaces every worker: a new generation starts with the reloaded settings on the kept
@@ -146,6 +146,8 @@ def _worker_environment() -> dict[str, str]:
 
 
 class Fleet(Service):
+    """The `size` workers of the split daemon (module docstring)."""
+
     log = Logger()
 
     def __init__(
