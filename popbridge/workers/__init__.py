@@ -40,6 +40,6 @@ Decisions an operator may want to know:
   connection is refused), then drains the old one as SIGTERM would: its logged-in sessions get
   the listener's ``shutdown_grace`` to finish. A changed ``workers`` count needs a restart.
 - ``/metrics`` and ``popbridge stats`` show each sample summed over all processes and once per
-  worker with a ``worker`` label; worker counters are at most a second old and start from
-  zero again when a worker is restarted.
+  worker with a ``worker`` label; worker counters are at most a second old. The sums keep what
+  ended workers counted (they never go down); a ``worker`` series restarts from zero.
 """

@@ -24,7 +24,7 @@ class SplitDaemon(Daemon):
         super().__init__(config, reactor)
         self.fleet = Fleet(reactor, config.daemon.workers, self.ledger, self._routing_directory, self._bound, self.counters)
         metrics = self.counters.metrics
-        metrics.registry = FleetRegistry(metrics.registry, lambda: self.fleet.reports)
+        metrics.registry = FleetRegistry(metrics.registry, self.fleet.reports)
 
     def _proxy_listener(self, spec: ProxyConfig) -> Listener:
         shared = SharedSocket(self._reactor, spec, self._kept)

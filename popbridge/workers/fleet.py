@@ -16,12 +16,14 @@
   after the longest `shutdown_grace` plus 10 s) before the rest of the daemon stops, so the
   ledger still takes the sessions' ends.
 - Every second each worker reports its counters; ``/metrics`` and ``popbridge stats`` add them
-  up (`popbridge.workers.metrics`). A restarted worker's counters start again from zero.
+  up (`popbridge.workers.metrics`). The counts of a worker that ended stay in the sums; its
+  ``worker`` labelled series start again from zero with its successor.
 """
 
 import os
 import pickle
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,7 @@ from popbridge.ledger import ILedger
 from popbridge.log import debugging, log_descriptor
 from popbridge.stats import Counters
 from popbridge.workers.channel import MainChannel, Start
+from popbridge.workers.metrics import WorkerReports
 from popbridge.workers.settings import WorkerSettings, WorkerSocket
 from popbridge.workers.sockets import SharedSocket
 
@@ -50,7 +53,8 @@ STEADY = 60.0  # a worker that ran this long restarts after FIRST_DELAY again
 REPORT_INTERVAL = 1.0  # seconds between counter reports
 KILL_AFTER = 10.0  # seconds past the longest shutdown_grace before a draining worker is killed
 MAX_STDERR_LINE = 16_384
-SYSTEMD_ONLY = ("LISTEN_", "NOTIFY_SOCKET")  # environment variables a worker does not inherit
+SYSTEMD_ONLY = ("LISTEN_", "NOTIFY_SOCKET")
+ENDED = "ended workers"  # where the event counts of workers that are gone are kept  # environment variables a worker does not inherit
 
 
 @implementer(IAddress)
@@ -166,7 +170,7 @@ class Fleet(Service):
         self._retiring: set[WorkerProcess] = set()
         self._restarts: dict[int, IDelayedCall] = {}
         self._delays: dict[int, float] = {}
-        self.reports: dict[str, str] = {}  # worker label ("1", "2", ...) -> its metrics, Prometheus text
+        self.reports = WorkerReports()  # by worker label ("1", "2", ...)
         self._reporting = LoopingCall(self._ask_for_reports)
         self._reporting.clock = reactor
         self.setName("proxy workers")
@@ -227,8 +231,7 @@ class Fleet(Service):
         if self._current.get(worker.slot) is not worker:
             return
         del self._current[worker.slot]
-        self.reports.pop(str(worker.slot), None)
-        self._counters.elsewhere.pop(name, None)
+        self._keep_counts(worker)
         if not self.running:
             self.log.info("{worker} (pid {pid}) has ended", worker=name, pid=worker.pid)
             return
@@ -253,6 +256,8 @@ class Fleet(Service):
         self._cancel_restarts()
         old, self._current = self._current, {}
         self._retiring.update(old.values())
+        for worker in old.values():
+            self._keep_counts(worker)
         started = []
         for slot in range(1, self._size + 1):
             new = self._spawn(slot)
@@ -295,7 +300,14 @@ class Fleet(Service):
         if self._current.get(worker.slot) is worker:
             events, metrics = report
             self._counters.elsewhere[worker.channel.name] = events
-            self.reports[str(worker.slot)] = metrics
+            self.reports.reported(str(worker.slot), metrics)
+
+    def _keep_counts(self, worker: WorkerProcess) -> None:
+        """A worker is gone or going: what it counted stays in the sums."""
+        self.reports.worker_ended(str(worker.slot))
+        events = self._counters.elsewhere.pop(worker.channel.name, None)
+        if events:
+            self._counters.elsewhere.setdefault(ENDED, Counter()).update(events)
 
     def _no_report(self, failure: Failure, worker: WorkerProcess) -> None:
         if self._current.get(worker.slot) is worker:

@@ -165,8 +165,11 @@ def test_counters_of_serving_workers_are_gathered_every_second():
     assert ask[b"_command"] == b"Report"
     answer = amp.AmpBox(_answer=ask[b"_ask"], events=b'{"login_succeeded": 3}', metrics=b"# metrics\n")
     process.protocol.childDataReceived(1, answer.serialize())
-    assert workers.reports == {"1": "# metrics\n"}
+    assert workers.reports.live == {"1": "# metrics\n"}
     assert workers._counters.totals() == {"login_succeeded": 3}
+    with capturedLogs():
+        process.end(signal=9)
+    assert workers._counters.totals() == {"login_succeeded": 3}  # what it counted stays counted
 
 
 def test_a_worker_that_cannot_even_be_spawned_is_tried_again_after_the_back_off():
