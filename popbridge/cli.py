@@ -140,6 +140,7 @@ def _check_config(path: str) -> None:
         f"{path}: OK: {len(config.proxies)} proxy, {len(config.lookups)} lookup listener(s), "
         f"control {'on ' + config.control.listen if config.control else 'off'}, "
         f"ledger {parse_store(config.ledger.store).describe()} with ttl {config.ledger.ttl:g} s"
+        + (f", {config.daemon.workers} proxy worker process(es)" if config.daemon.workers else "")
     )
 
 

@@ -8,6 +8,7 @@ Endpoint strings are checked by parsing them with Twisted's own parsers, which h
 effects until `listen()` / `connect()`.
 """
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from popbridge.config_tls import TLS_KEYS, TlsConfig, proxy_tls
 from popbridge.ledger.spec import DEFAULT_STORE, parse_store
 
 __all__ = [  # the dataclasses and errors other modules import from here
-    "Config", "ConfigError", "ControlConfig", "DemoConfig", "FeedConfig", "LdapConfig", "LedgerConfig", "LookupConfig",
+    "Config", "ConfigError", "ControlConfig", "DaemonConfig", "DemoConfig", "FeedConfig", "LdapConfig", "LedgerConfig", "LookupConfig",
     "MetricsConfig", "ProxyConfig", "SendersConfig", "TlsConfig", "load_config", "parse_config",
 ]
 
@@ -118,6 +119,14 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    """``[daemon]``: how the daemon runs. `workers` 0 is one process; N proxy worker processes
+    otherwise (``"auto"``: one per usable CPU, resolved when the file is read)."""
+
+    workers: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     ledger: LedgerConfig = LedgerConfig()
@@ -129,6 +138,7 @@ class Config:
     metrics: MetricsConfig | None = None
     senders: SendersConfig | None = None
     feeds: tuple[FeedConfig, ...] = ()
+    daemon: DaemonConfig = DaemonConfig()
 
 
 def load_config(path: str | Path) -> Config:
@@ -146,7 +156,7 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(document: Mapping[str, Any], source: str) -> Config:
     reader = Reader(source)
-    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo", "ldap", "metrics", "senders", "feed"))
+    reader.only_keys("", document, ("ledger", "proxy", "lookup", "control", "demo", "ldap", "metrics", "senders", "feed", "daemon"))
     config = Config(
         source=source,
         ledger=_ledger(reader, reader.table("[ledger]", document.get("ledger", {}))),
@@ -167,6 +177,7 @@ def parse_config(document: Mapping[str, Any], source: str) -> Config:
             parse_feed(reader, f"[[feed]] #{n}", table)
             for n, table in enumerate(reader.array("[[feed]]", document.get("feed", [])), 1)
         ),
+        daemon=_daemon(reader, document.get("daemon", {})),
     )
     _check_exempt_action(reader, config)
     _check_senders(reader, config)
@@ -275,6 +286,17 @@ def _metrics(reader: Reader, value: Any) -> MetricsConfig:
     table = reader.table("[metrics]", value)
     reader.only_keys("[metrics]", table, ("listen",))
     return MetricsConfig(listen=reader.endpoint("[metrics]", table, "listen", serverFromString))
+
+
+def _daemon(reader: Reader, value: Any) -> DaemonConfig:
+    table = reader.table("[daemon]", value)
+    reader.only_keys("[daemon]", table, ("workers",))
+    workers = table.get("workers", 0)
+    if workers == "auto":
+        return DaemonConfig(workers=len(os.sched_getaffinity(0)))
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 256:
+        reader.fail("[daemon]", "workers", 'must be "auto" or a whole number from 0 to 256')
+    return DaemonConfig(workers=workers)
 
 
 def _check_exempt_action(reader: Reader, config: Config) -> None:

@@ -15,11 +15,12 @@ bench/profile.py showed where a policy lookup's time went once popbridge's own w
 Together they took a bare Twisted lookup server from about 25 to 14 µs of CPU per request.
 
 `fast_sockets(reactor)` is how the daemon gets them: a view of a real posix reactor whose
-``listenTCP``, ``listenUNIX`` and ``connectTCP`` build these transports, and which passes
-everything else through, so endpoint strings (``tcp:``, ``unix:``, ``haproxy:``, ``systemd:``,
-``ssl:``) parse as always. Any other reactor (a test's MemoryReactor) is returned unchanged.
+``listenTCP``, ``listenUNIX``, ``adoptStreamPort`` (a proxy worker's sockets) and
+``connectTCP`` build these transports, and which passes everything else through, so endpoint
+strings (``tcp:``, ``unix:``, ``haproxy:``, ``systemd:``, ``ssl:``) parse as always. Any other reactor (a test's MemoryReactor) is returned unchanged.
 """
 
+import socket
 from typing import Any
 
 from twisted.internet import main, tcp, unix
@@ -109,6 +110,15 @@ class FastSockets:
 
     def listenUNIX(self, address: str, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0) -> UNIXPort:
         listening = UNIXPort(address, factory, backlog, mode, self._reactor, wantPID)
+        listening.startListening()
+        return listening
+
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> TCPPort | UNIXPort:
+        """A socket another process bound (a proxy worker's, from the main process)."""
+        if addressFamily == socket.AF_UNIX:
+            listening: TCPPort | UNIXPort = UNIXPort._fromListeningDescriptor(self._reactor, fileDescriptor, factory)
+        else:
+            listening = TCPPort._fromListeningDescriptor(self._reactor, fileDescriptor, addressFamily, factory)
         listening.startListening()
         return listening
 

@@ -52,14 +52,18 @@ class Listener(Service):
         group: str | None = None,
         fatal: bool = True,
         retry_delay: Callable[[int], float] = backoffPolicy(),
+        endpoint: IStreamServerEndpoint | None = None,
     ) -> None:
         """`description` as the operator wrote it; `bind`, when given, is what is really bound;
-        `drain` is waited for after the listener stops (sessions finishing at shutdown)."""
+        `drain` is waited for after the listener stops (sessions finishing at shutdown);
+        `endpoint`, when given, is listened on instead (a socket another process bound)."""
         self._reactor, self.what, self.description = reactor, what, description
         self._switch = _SettingsSwitch(factory)
         self._drains = [drain] if drain is not None else []
         self._owner, self._group = owner, group
-        self._endpoint: IStreamServerEndpoint = serverFromString(fast_sockets(reactor), with_backlog(bind or description))
+        self._endpoint: IStreamServerEndpoint = endpoint or serverFromString(
+            fast_sockets(reactor), with_backlog(bind or description)
+        )
         self._port: IListeningPort | None = None
         self.fatal, self._retry_delay, self._failures = fatal, retry_delay, 0
         self._retry: IDelayedCall | None = None

@@ -29,8 +29,22 @@ def debugging() -> bool:
     return _debugging
 
 
+_descriptor: int | None = None
+
+
 def _observer(level: LogLevel) -> ILogObserver:
+    global _descriptor
+    try:
+        _descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        _descriptor = None
     return FilteringLogObserver(FileLogObserver(sys.stdout, classic_text), [LogLevelFilterPredicate(level)])
+
+
+def log_descriptor() -> int | None:
+    """The file descriptor popbridge's observer writes the log to, if it is one: proxy workers
+    are given it, and write their own lines to it (`popbridge.workers`)."""
+    return _descriptor
 
 
 def classic_text(event: dict[str, Any]) -> str | None:
@@ -78,9 +92,14 @@ def _system(event: dict[str, Any]) -> str:
     return f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
 
 
-def debug_observer() -> ILogObserver:
+def enable_debugging() -> None:
+    """Hot paths build their debug lines from now on (a proxy worker told by its main process)."""
     global _debugging
     _debugging = True
+
+
+def debug_observer() -> ILogObserver:
+    enable_debugging()
     return _observer(LogLevel.debug)
 
 

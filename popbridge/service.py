@@ -22,7 +22,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
 
-from popbridge.config import Config, ConfigError, SendersConfig, load_config
+from popbridge.config import Config, ConfigError, ProxyConfig, SendersConfig, load_config
 from popbridge.demo_backend import demo_backend_factory
 from popbridge.directory import IDirectory, ldap_directory
 from popbridge.feed import feed_site
@@ -33,10 +33,7 @@ from popbridge import sd_notify
 from popbridge.listener import Listener
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.metrics_http import metrics_site
-from popbridge.proxy import proxy_factory
-from popbridge.proxy.backend import backend_connector
-from popbridge.proxy.routing import UserRouter
-from popbridge.proxy.trusted_proxy import TrustedProxyHeaderFactory
+from popbridge.proxy.listening import proxy_listener
 from popbridge.senders import SenderOwners
 from popbridge.stats import Counters
 from popbridge.tls import TlsFileError
@@ -89,19 +86,7 @@ class Daemon(MultiService):
         kind, _ = key
         reactor = self._reactor
         if kind == "proxy":
-            backend = backend_connector(reactor, spec.backend, spec.connect_timeout)
-            router = (
-                UserRouter(self._routing_directory, reactor, spec.protocol, spec.backend, spec.connect_timeout)
-                if self._routing_directory is not None
-                else None
-            )
-            factory = proxy_factory(
-                spec, backend, self.ledger, self.counters, reactor, self.certificates.add(key, spec.tls), router
-            )
-            drain = lambda sessions=factory.sessions, grace=spec.shutdown_grace: sessions.drain(grace, reactor)  # noqa: E731
-            if spec.proxy_header:
-                factory = TrustedProxyHeaderFactory(factory, spec.trusted_proxies, reactor)
-            return Listener(reactor, f"{spec.protocol} clients", spec.listen, factory, spec.listen_endpoint, drain, fatal=fatal)
+            return self._proxy_listener(key, spec, fatal)
         if kind == "lookup":
             factory = lookup_factory(spec, self.verdicts, self.ledger, self.counters, reactor)
             return Listener(reactor, f"{spec.protocol} lookups", spec.listen, factory, owner=spec.owner, group=spec.group, fatal=fatal)
@@ -114,6 +99,11 @@ class Daemon(MultiService):
         if kind == "metrics":
             return Listener(reactor, "metrics scrapes", spec.listen, metrics_site(self.counters.metrics, self.ledger), fatal=fatal)
         return Listener(reactor, "demo POP3 backend", spec.listen, demo_backend_factory(spec), fatal=fatal)
+
+    def _proxy_listener(self, key: ListenerKey, spec: ProxyConfig, fatal: bool) -> Listener:
+        """Sessions served here; a split daemon (popbridge.workers) binds a socket for its workers instead."""
+        certificate = self.certificates.add(key, spec.tls)
+        return proxy_listener(spec, self._reactor, self.ledger, self.counters, certificate, self._routing_directory, fatal=fatal)
 
     # -- SIGHUP -------------------------------------------------------------------------
 
@@ -232,4 +222,8 @@ def _purge(ledger: ILedger) -> "Deferred[int]":
 
 def build_service(config: Config, reactor: Any) -> IService:
     """The service tree for `config`; nothing listens or connects until it is started."""
+    if config.daemon.workers:
+        from popbridge.workers.daemon import SplitDaemon  # it builds on Daemon
+
+        return SplitDaemon(config, reactor)
     return Daemon(config, reactor)

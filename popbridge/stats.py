@@ -18,6 +18,14 @@ class Counters:
     started: float
     events: Counter[str] = field(default_factory=Counter)
     metrics: Metrics = field(default_factory=Metrics, repr=False)
+    elsewhere: dict[str, Counter[str]] = field(default_factory=dict)  # other processes' counts (proxy workers)
 
     def count(self, event: str) -> None:
         self.events[event] += 1
+
+    def totals(self) -> Counter[str]:
+        """This process's counts plus those its proxy workers last reported."""
+        total = Counter(self.events)
+        for counts in self.elsewhere.values():
+            total.update(counts)
+        return total

@@ -59,10 +59,12 @@ class LedgerStoreError(Exception):
     the file or server, and the daemon stops rather than run without its ledger."""
 
 
-class ILedger(Interface):
-    """Live logins per client address. Implementations: MemoryLedger, SqliteLedger, RedisLedger."""
+class ILoginRecorder(Interface):
+    """What a proxy needs of a ledger: record logins and end their sessions.
 
-    ttl = Attribute("seconds a login authorises its address after it was made or its session ended")
+    Every ILedger is one; so is a proxy worker's channel to the main process that owns the
+    ledger (`popbridge.workers.remote.RemoteLedger`).
+    """
 
     def record(
         address: str, user: str, protocol: str, session: "SessionId | None" = None, tls: bool = False
@@ -75,6 +77,12 @@ class ILedger(Interface):
     def end_session(address: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
         """The proxy `session` behind a login closed: once no session of it is open, its `ttl`
         starts now. A session that is not open on the login (revoked since) changes nothing."""
+
+
+class ILedger(ILoginRecorder):
+    """Live logins per client address. Implementations: MemoryLedger, SqliteLedger, RedisLedger."""
+
+    ttl = Attribute("seconds a login authorises its address after it was made or its session ended")
 
     def lookup(address: str) -> "Deferred[list[Login]]":
         """The live logins on `address`, newest first; [] for unknown or non-IP addresses.

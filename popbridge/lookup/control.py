@@ -65,7 +65,7 @@ class ControlResponder:
         logins = await self.ledger.logins()
         self.counters.metrics.live(len(logins), len({login.client for login in logins}))
         return {
-            "events": dict(sorted(self.counters.events.items())),
+            "events": dict(sorted(self.counters.totals().items())),
             "metrics": dict(self.counters.metrics.samples()),  # the numbers /metrics serves
             "live_logins": len(logins),
             "live_addresses": len({login.client for login in logins}),

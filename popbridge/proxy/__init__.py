@@ -8,7 +8,7 @@ from twisted.internet.protocol import Factory
 
 from popbridge.config import ProxyConfig
 from popbridge.config_tls import backend_hostname
-from popbridge.ledger import ILedger
+from popbridge.ledger import ILoginRecorder
 from popbridge.proxy.backend import BackendConnector
 from popbridge.proxy.session import LoginProxy
 from popbridge.proxy.settings import OpenSessions, Router, SessionSettings, SessionTls
@@ -24,7 +24,7 @@ WATCHERS = {"pop3": Pop3LoginWatcher, "imap4": Imap4LoginWatcher}
 def proxy_factory(
     config: ProxyConfig,
     backend: BackendConnector,
-    ledger: ILedger,
+    ledger: ILoginRecorder,
     counters: Counters,
     clock: IReactorTime,
     certificate: ServerCertificate | None = None,

@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from popbridge.ledger import ILedger, SessionId, new_session
+from popbridge.ledger import ILoginRecorder, SessionId, new_session
 from popbridge.proxy.backend import BackendConnector, BackendLeg
 from popbridge.proxy.deadlines import SessionDeadlines
 from popbridge.proxy.splice import splice
@@ -48,7 +48,7 @@ class LoginProxy(Protocol):
         self,
         watcher_for: Callable[[IAddress], LoginWatcher],
         backend: BackendConnector,
-        ledger: ILedger,
+        ledger: ILoginRecorder,
         counters: Counters,
         clock: IReactorTime,
         settings: SessionSettings | None = None,

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from popbridge.config import ConfigError, load_config
@@ -99,3 +101,18 @@ def test_invalid_toml_names_the_file(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_workers_default_to_one_process(tmp_path):
+    assert load(tmp_path, GOOD).daemon.workers == 0
+
+
+def test_workers_auto_is_one_per_usable_cpu(tmp_path):
+    config = load(tmp_path, GOOD + '[daemon]\nworkers = "auto"\n')
+    assert config.daemon.workers == len(os.sched_getaffinity(0))
+
+
+def test_workers_must_be_a_count_or_auto(tmp_path):
+    for bad in ('"many"', "-1", "true", "2.5"):
+        message = error(tmp_path, GOOD + f"[daemon]\nworkers = {bad}\n")
+        assert message.endswith('popbridge.toml: [daemon] workers: must be "auto" or a whole number from 0 to 256')

@@ -2,6 +2,7 @@
 are what systemd itself accepts. Paths that exist only on a production host are moved under
 tmp_path; nothing is bound."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -35,7 +36,9 @@ def harmless(tmp_path: Path, text: str) -> Path:
 def test_the_example_production_config_passes_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = harmless(tmp_path, (CONTRIB / "popbridge.toml").read_text())
     main(["check-config", str(path)])
-    assert "OK: 4 proxy, 3 lookup listener(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OK: 4 proxy, 3 lookup listener(s)" in out
+    assert out.rstrip().endswith(f", {len(os.sched_getaffinity(0))} proxy worker process(es)")  # workers = "auto"
     config = load_config(path)
     assert config.metrics is not None and config.metrics.listen == "tcp:port=9110:interface=127.0.0.1"
 

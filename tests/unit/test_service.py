@@ -5,7 +5,8 @@ from twisted.logger import capturedLogs, formatEvent
 
 from popbridge.config import load_config, parse_config
 from popbridge.listener import LISTEN_BACKLOG
-from popbridge.service import build_service
+from popbridge.service import Daemon, build_service
+from popbridge.workers.daemon import SplitDaemon
 
 DOCUMENT = {
     "ledger": {"store": "memory"},  # the default SQLite file lives under /var/lib
@@ -259,3 +260,27 @@ def test_a_removed_proxys_certificate_is_not_read_again(tmp_path):
         assert any("0 of 0 certificates reloaded" in formatEvent(e) for e in events)
     finally:
         daemon.stopService()
+
+
+def test_with_workers_the_main_process_binds_the_proxy_sockets_but_never_reads_them():
+    not_read: list[int] = []
+
+    class Reactor(MemoryReactorClock):
+        def listenTCP(self, port, factory, backlog=50, interface=""):
+            listening = super().listenTCP(port, factory, backlog, interface)
+            listening.stopReading = lambda: not_read.append(port)
+            return listening
+
+    reactor = Reactor()
+    service = build_service(parse_config({**DOCUMENT, "daemon": {"workers": 2}}, "t.toml"), reactor)
+    assert isinstance(service, SplitDaemon)
+    with capturedLogs():
+        service.privilegedStartService()
+    assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [(1110, "127.0.0.1")]
+    assert not_read == [1110]
+    assert len(reactor.unixServers) == 4  # lookups and control stay in the main process
+
+
+def test_without_workers_the_daemon_is_one_process():
+    service = build_service(parse_config(DOCUMENT, "t.toml"), MemoryReactorClock())
+    assert isinstance(service, Daemon) and not isinstance(service, SplitDaemon)
