@@ -53,8 +53,8 @@ def test_pop3_auth_plain_without_initial_response_is_replayed_with_the_held_resp
 
 def test_pop3_apop_and_cram_md5_are_never_held():
     watcher = Pop3LoginWatcher(route_logins=True)
-    outcome = run_session([("backend", GREETING), ("client", b"APOP carol 0123\r\n")], watcher)
-    assert outcome.to_backend == b"APOP carol 0123\r\n"
+    outcome = run_session([("backend", GREETING), ("client", b"APOP carol 0123456789abcdef0123456789abcdef\r\n")], watcher)
+    assert outcome.to_backend == b"APOP carol 0123456789abcdef0123456789abcdef\r\n"
     watcher = Pop3LoginWatcher(route_logins=True)
     outcome = run_session([("backend", GREETING), ("client", b"AUTH CRAM-MD5\r\n"), ("backend", b"+ PDEyMz4=\r\n"),
                            ("client", base64.b64encode(b"carol 0123") + b"\r\n")], watcher)
