@@ -289,7 +289,7 @@ class Imap4LoginWatcher:
         """
         assert self._command is not None
         literal = literal_at_end(line, self._max_literal)
-        self._grow(line[: line.rfind(b"{")] if literal else line, complete=literal is None)
+        self._grow(line[: line.rfind(b"{")] if literal else line, announced=literal)
         self._hidden_continuation = False
         if literal is None:
             self.state = State.RESPONSE
@@ -307,7 +307,9 @@ class Imap4LoginWatcher:
         offered = self._offered or set()
         return b"LITERAL+" in offered or (b"LITERAL-" in offered and size <= NONSYNC_LIMIT_LITERAL_MINUS)
 
-    def _grow(self, part: bytes, complete: bool = False) -> None:
+    def _grow(self, part: bytes, announced: Literal | None = None) -> None:
+        """Add a part (line text, or a literal's bytes while in CLIENT_LITERAL) to the command;
+        `announced` is the literal a line announces."""
         command = self._command
         assert command is not None
         command.size += len(part)
@@ -316,8 +318,9 @@ class Imap4LoginWatcher:
         if command.verb == b"LOGIN":
             first_line = not command.parts
             command.parts.append(LiteralData(part) if self.state is State.CLIENT_LITERAL else part)
-            try:
-                _checked_login(command.parts, complete)
+            in_literal = self.state is State.CLIENT_LITERAL
+            try:  # a literal announced must fit where the next word goes
+                _checked_login(command.parts + [LiteralData(b"")] * (announced is not None), complete=not in_literal and announced is None)
             except AmbiguousLogin as e:
                 if first_line:
                     raise
