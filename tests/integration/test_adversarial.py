@@ -519,14 +519,16 @@ def test_imap_continuation_outside_a_literal_or_sasl_ends_the_session(bridge: Ca
 
 
 def test_sasl_data_that_looks_like_a_command_stays_sasl_data(bridge: Callable[..., Bridge]) -> None:
-    """Inside AUTH the next client line is SASL data even if it reads `PASS ...`: it goes to the
-    backend as the SASL response, and the backend's -ERR is a failed login."""
+    """Inside AUTH the next client line is SASL data even if it reads `PASS ...`; not being
+    base64, it is not forwarded at all: popbridge cancels the exchange with `*`, and the
+    backend's -ERR is a failed login."""
     b = bridge(pop3=pop3_script(auth_reply=b"-ERR [AUTH] bad response\r\n"))
     with b.second_client():
         with pop3_session(b.port, "127.0.0.32") as s:
             assert exchange(s, b"AUTH PLAIN\r\n") == b"+ \r\n"
-            assert exchange(s, b"PASS alice-pw\r\n") == b"-ERR [AUTH] bad response\r\n"
+            assert exchange(s, b"PASS alice-pw\r\n") == b"-ERR cancelled\r\n"
             assert exchange(s, b"QUIT\r\n") == b"+OK bye\r\n"
+    assert b"PASS" not in b.pop3.received()  # type: ignore[union-attr]
     b.assert_nothing_recorded("127.0.0.32")
 
 

@@ -32,7 +32,7 @@ from tests.unit.login_models import ImapModel
 from .conftest import MASTER_USERS, USERS, require
 from .login_sessions import Step, play_imap, play_pop3
 from .scripted import ScriptedBackend, Wire, connect, pop3_script, read_line
-from .servers import Dovecot, Popbridge, ServerError
+from .servers import Dovecot, Popbridge, ServerError, wait_until
 
 NIGHTLY = os.environ.get("HYPOTHESIS_PROFILE") == "nightly"
 _addresses = itertools.count(1)
@@ -214,9 +214,9 @@ def run_sessions(dovecot: Dovecot, daemon: Popbridge, sessions: list[tuple[str, 
             sock.shutdown(socket.SHUT_WR)
     quoted = re.escape(address)
     # Dovecot's login process logs one line per connection when it ends: wait for all of them
-    dovecot.log.wait_for(lambda text: len(re.findall(ANY_LINE.format(quoted), text)) >= len(sessions), since=mark)
+    wait_until(lambda: len(re.findall(ANY_LINE.format(quoted), dovecot.log.text(mark))) >= len(sessions), "Dovecot's lines")
     logged = re.findall(LOGIN_LINE.format(quoted), dovecot.log.text(mark))
-    return recorded_users(daemon, address), sorted(set(logged))
+    return sorted(set(recorded_users(daemon, address))), sorted(set(logged))  # one ledger entry per protocol
 
 
 @example(sessions=[("imap", [("authenticate", "CRAM-MD5", "alice", "alice-pw", "", True, None,
