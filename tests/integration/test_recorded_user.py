@@ -146,17 +146,20 @@ CREDENTIALS = st.one_of(
     st.tuples(NAMES, st.sampled_from(["alice-pw", "bob-pw", "wrong"])),
 )
 MECHANISMS = st.sampled_from(["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"])
-BOGUS_IR = st.sampled_from([None, None, None, b"=", b"bWFsbG9yeSAwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==", b"!!"])
+BOGUS_IR = st.sampled_from([None] * 6 + [b"=", b"bWFsbG9yeSAwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==", b"!!"])
 
 
 @st.composite
 def sasl_steps(draw: st.DrawFn) -> Step:
+    """(kind, mechanism, user, password, authzid, initial response?, cancel at round, bogus IR)."""
     mechanism = draw(MECHANISMS)
-    user, password = draw(st.one_of(CREDENTIALS, st.just(("admin", "admin-pw"))))
-    authzid = draw(st.sampled_from(["", "", user, "carol"])) if mechanism in ("PLAIN", "SCRAM-SHA-1") else ""
-    cancel_at = draw(st.sampled_from([None, None, None, 0, 1]))
-    return ("auth" if draw(st.booleans()) else "authenticate", mechanism, user, password, authzid,
-            draw(st.booleans()), cancel_at, draw(BOGUS_IR))
+    user, password = draw(CREDENTIALS)
+    authzid = ""
+    if mechanism in ("PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256") and draw(st.booleans()):
+        authzid = draw(st.sampled_from([user, "carol"]))  # as a Dovecot master user, or as oneself
+        user, password = ("admin", "admin-pw") if authzid == "carol" else (user, password)
+    cancel_at = draw(st.sampled_from([None, None, None, None, 0, 1]))
+    return ("sasl", mechanism, user, password, authzid, draw(st.booleans()), cancel_at, draw(BOGUS_IR))
 
 
 @st.composite
@@ -225,6 +228,9 @@ def run_sessions(dovecot: Dovecot, daemon: Popbridge, sessions: list[tuple[str, 
                               b"bWFsbG9yeSAwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==")])])
 @example(sessions=[("imap", [("login", "alice", "alice-pw", "non-sync", "sync")])])
 @example(sessions=[("pop3", [("auth", "PLAIN", "admin", "admin-pw", "carol", True, None, None)])])
+@example(sessions=[("imap", [("authenticate", "SCRAM-SHA-1", "admin", "admin-pw", "carol", False, None, None)])])
+@example(sessions=[("pop3", [("auth", "SCRAM-SHA-256", "bob", "bob-pw", "", True, None, None)]),
+                   ("imap", [("authenticate", "LOGIN", "alice", "alice-pw", "", True, None, None)])])
 @settings(
     max_examples=400 if NIGHTLY else 12,
     deadline=None,
