@@ -2,10 +2,14 @@
 before it is forwarded, so the recorded user is always the one the backend read."""
 
 import base64
+import re
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from popbridge.wire.imap4 import Imap4LoginWatcher, ImapProtocolError
+from popbridge.wire.imap4_syntax import ImapSyntaxError, LiteralData, login_arguments, quoted
 from popbridge.wire.login import LoginFailed, LoginSucceeded
 from tests.unit.sessions import run_session
 
@@ -168,3 +172,39 @@ def test_ok_after_a_cancel_is_a_protocol_error():
 def test_ok_before_the_held_initial_response_was_sent_is_a_protocol_error():
     with pytest.raises(ImapProtocolError):
         imap(COURIER, [("client", b"a AUTHENTICATE PLAIN " + b64(b"\0alice\0pw") + b"\r\n"), ("backend", b"a OK\r\n")])
+
+
+ASTRING_TEXT = st.binary(min_size=1, max_size=12).filter(lambda b: b"\r" not in b and b"\n" not in b and b"\0" not in b)
+
+
+def astring(value: bytes, form: str) -> list:
+    if form == "atom":
+        return [value]
+    if form == "quoted":
+        return [quoted(value)]
+    return [LiteralData(value)]
+
+
+@given(user=ASTRING_TEXT, password=ASTRING_TEXT, forms=st.tuples(*[st.sampled_from(["atom", "quoted", "literal"])] * 2))
+def test_login_arguments_read_back_what_any_well_formed_login_carries(user, password, forms):
+    if "atom" in forms:
+        assume(all(re.fullmatch(rb"[\x21\x23\x24\x26\x27\x2b-\x5b\x5d-\x7a\x7c-\x7e]+", v) for v, f in
+                   zip((user, password), forms) if f == "atom"))
+    parts = [b"a LOGIN ", *astring(user, forms[0]), b" ", *astring(password, forms[1]), b""]
+    joined: list = []
+    for part in parts:  # adjacent text parts arrive as one line segment
+        if joined and isinstance(part, bytes) and isinstance(joined[-1], bytes):
+            joined[-1] += part
+        else:
+            joined.append(part)
+    assert login_arguments(joined, complete=True) == [user, password]
+
+
+@given(parts=st.lists(st.one_of(st.binary(max_size=20), st.builds(LiteralData, st.binary(max_size=5))), max_size=5),
+       complete=st.booleans())
+def test_login_arguments_raise_only_the_syntax_error(parts, complete):
+    try:
+        arguments = login_arguments(parts, complete)
+    except ImapSyntaxError:
+        return
+    assert len(arguments) <= 2
