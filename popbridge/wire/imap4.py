@@ -5,9 +5,22 @@ Like the POP3 watcher, it stands between client and backend until the login succ
 - client commands reach the backend one at a time, each with its literals; the next command is
   read only after the tagged completion of the previous one, so pipelined or tag-reusing
   clients cannot make popbridge and the server disagree about which answer belongs to which
-  command. A sync literal ``{n}`` waits for the backend's own ``+`` (relayed); ``{n+}`` and
-  ``{n-}`` follow at once. If the backend ends a command early (a tagged NO to a literal),
-  whatever the client sends next is read as a new command, as the server reads it;
+  command. A sync literal ``{n}`` waits for the backend's own ``+`` (relayed). A non-sync
+  literal ``{n+}`` follows at once only where the backend advertised LITERAL+ (or LITERAL- and
+  n <= 4096); anywhere else (Courier, or capabilities not seen yet) popbridge sends it as
+  ``{n}``, waits for the backend's ``+`` itself and shows it to no one, since a server without
+  LITERAL+ would read the literal's bytes as commands of its own. If the backend ends a
+  command early (a tagged NO instead of ``+``), whatever the client sends next is read as a
+  new command, as the server reads it; the bytes of a literal the client sent without waiting
+  are dropped. ``{n-}`` and binary literals ``~{n}`` are no syntax here: the session ends;
+- a login is recorded under a name only where the backend cannot have read the bytes any
+  other way. ``LOGIN`` must be exactly ``tag LOGIN astring SP astring``; ``AUTHENTICATE``
+  exactly ``tag AUTHENTICATE mechanism [initial-response]``, with a mechanism the backend
+  listed (when its capabilities are known). An initial response goes on as sent only where
+  the backend advertised SASL-IR; otherwise popbridge answers the backend's first challenge
+  with it. What sasl.py refuses gets a tagged BAD before anything is forwarded, or, once the
+  command is out, a ``*`` that cancels the exchange (a LOGIN found bad after part of it went
+  out ends the session);
 - a login counts only on the tagged ``OK`` whose tag is the LOGIN or AUTHENTICATE command's:
   never on ``PREAUTH``, untagged lines, NO, BAD, or the answer to any other command. A tagged
   answer with any other tag is a protocol error and ends the session;
@@ -24,16 +37,18 @@ from enum import Enum, auto
 
 from popbridge.wire.imap4_syntax import (
     CRLF,
+    NONSYNC_LIMIT_LITERAL_MINUS,
     CommandPart,
+    Literal,
     ImapSyntaxError,
     LiteralData,
-    astrings,
     capabilities_in,
     client_capabilities,
     id_command,
     id_fields,
     is_tag,
     literal_at_end,
+    login_arguments,
     quoted,
     without_capability_code,
     without_forwarding_fields,
@@ -52,7 +67,7 @@ from popbridge.wire.login import (
     ToClient,
 )
 from popbridge.wire.routing import HeldLogin, LoginHold
-from popbridge.wire.sasl import SaslUserReader, clean_name
+from popbridge.wire.sasl import AmbiguousLogin, SaslUserReader, checked_name, valid_mechanism
 
 PROBE_TAG = b"popbridge0"  # our own ID command; client commands only start after it is done
 STARTTLS_TAG = b"popbridge1"  # our own STARTTLS towards the backend
@@ -75,10 +90,14 @@ class State(Enum):
     SASL_CLIENT = auto()  # the next client line is SASL data, never a command
     HOLD = auto()  # a login waits while its backend is chosen (RouteLogin)
     REPLAY_CHALLENGE = auto()  # a new backend's first AUTHENTICATE challenge, answered with the held response
+    DISCARD_LITERAL = auto()  # dropping a literal of a command that was refused or ended early
+    DISCARD_LINE = auto()  # dropping the rest of such a command's line
     AUTHENTICATED = auto()  # a plain pipe
 
 
-CLIENT_TURN = (State.READY, State.CLIENT_LITERAL, State.CLIENT_LINE, State.SASL_CLIENT)
+CLIENT_TURN = (
+    State.READY, State.CLIENT_LITERAL, State.CLIENT_LINE, State.SASL_CLIENT, State.DISCARD_LITERAL, State.DISCARD_LINE,
+)
 
 
 @dataclass
@@ -118,6 +137,8 @@ class Imap4LoginWatcher:
         self._offered: set[bytes] | None = None  # the backend greeting's capabilities, if it listed them
         self._command: _Command | None = None
         self._literal = 0  # bytes of the literal the client is sending or about to send
+        self._hidden_continuation = False  # popbridge made the client's {n+} a {n}: its "+" is ours
+        self._unsent_response = b""  # an initial response kept for the backend's first challenge
         self._holding = LoginHold(route_logins)
 
     def goodbye(self, reason: str) -> bytes:
@@ -189,10 +210,13 @@ class Imap4LoginWatcher:
     # -- client commands ----------------------------------------------------------------
 
     def _client_step(self) -> list[Action] | None:
-        if self.state is State.CLIENT_LITERAL:
+        if self.state in (State.CLIENT_LITERAL, State.DISCARD_LITERAL):
             if len(self._client) < self._literal:
                 return None
             data, self._client = self._client[: self._literal], self._client[self._literal :]
+            if self.state is State.DISCARD_LITERAL:
+                self.state = State.DISCARD_LINE
+                return []
             self._grow(data)
             self.state = State.CLIENT_LINE
             return [ToBackend(data)]
@@ -201,18 +225,30 @@ class Imap4LoginWatcher:
             return None
         line, end = taken
         raw, self._client = self._client[:end], self._client[end:]
+        if self.state is State.DISCARD_LINE:
+            return self._discard_rest(literal_at_end(line, self._max_literal))
         if self.state is State.SASL_CLIENT:
             assert self._command is not None and self._command.sasl is not None
             sasl = self._command.sasl
             first = sasl.responses == 0
-            sasl.client_response(line)
             self.state = State.SASL_SERVER
+            if sasl.client_response(line) is not None:
+                return [ToBackend(b"*" + CRLF)]  # refused: cancel, and the backend answers BAD
             if first and self._holding.routable(sasl):
                 return self._hold_login(HeldLogin(sasl.user, self._command.line, raw))
             return [ToBackend(raw)]
         if self.state is State.CLIENT_LINE:
             return self._command_text(line, raw)
         return self._new_command(line, raw)
+
+    def _discard_rest(self, literal: Literal | None) -> list[Action]:
+        """Drop what the client still sends of a command that is over: a literal it sent
+        without waiting (non-sync), and the line after it. A sync literal it waits to send."""
+        if literal is None or literal.synchronising:
+            self.state = State.READY
+        else:
+            self.state, self._literal = State.DISCARD_LITERAL, literal.size
+        return []
 
     def _new_command(self, line: bytes, raw: bytes) -> list[Action]:
         tag, _, rest = line.partition(b" ")
@@ -233,7 +269,12 @@ class Imap4LoginWatcher:
         self._command = _Command(tag, verb, line=raw)
         if verb == b"AUTHENTICATE":
             return self._authenticate(arguments, raw)
-        sent = self._command_text(line, raw)
+        try:
+            sent = self._command_text(line, raw)
+        except AmbiguousLogin as e:
+            self.state, self._command = State.READY, None
+            refused = self._bad_command(tag + b" BAD popbridge: " + str(e).encode() + CRLF)
+            return refused + self._discard_rest(literal_at_end(line, self._max_literal))
         if verb == b"LOGIN" and self._holding.enabled and self.state is State.RESPONSE:
             user, _ = _login_identity(self._command)  # a one-line LOGIN: the user is known now
             if user:
@@ -241,39 +282,80 @@ class Imap4LoginWatcher:
         return sent
 
     def _command_text(self, line: bytes, raw: bytes) -> list[Action]:
-        """A line of the current command: the first, or the rest after a literal."""
+        """A line of the current command: the first, or the rest after a literal.
+
+        A LOGIN that is not well-formed raises `AmbiguousLogin` on its first line (nothing
+        has gone out: the caller answers BAD) and ends the session on a later one.
+        """
         assert self._command is not None
         literal = literal_at_end(line, self._max_literal)
-        self._grow(line[: line.rfind(b"{")] if literal else line)
+        self._grow(line[: line.rfind(b"{")] if literal else line, announced=literal)
+        self._hidden_continuation = False
         if literal is None:
             self.state = State.RESPONSE
         elif literal.synchronising:
             self.state, self._literal = State.CONTINUATION, literal.size
-        else:
+        elif self._takes_nonsync(literal.size):
             self.state, self._literal = State.CLIENT_LITERAL, literal.size
+        else:
+            self.state, self._literal, self._hidden_continuation = State.CONTINUATION, literal.size, True
+            raw = line[:-2] + b"}" + CRLF  # "{n+}" -> "{n}": the backend's "+" is answered by popbridge
         return [ToBackend(raw)]
 
-    def _grow(self, part: bytes) -> None:
+    def _takes_nonsync(self, size: int) -> bool:
+        """Whether the backend advertised non-sync literals of `size` (RFC 7888)."""
+        offered = self._offered or set()
+        return b"LITERAL+" in offered or (b"LITERAL-" in offered and size <= NONSYNC_LIMIT_LITERAL_MINUS)
+
+    def _grow(self, part: bytes, announced: Literal | None = None) -> None:
+        """Add a part (line text, or a literal's bytes while in CLIENT_LITERAL) to the command;
+        `announced` is the literal a line announces."""
         command = self._command
         assert command is not None
         command.size += len(part)
         if command.size > self._max_pending:
             raise ImapProtocolError("command too long")
         if command.verb == b"LOGIN":
+            first_line = not command.parts
             command.parts.append(LiteralData(part) if self.state is State.CLIENT_LITERAL else part)
+            in_literal = self.state is State.CLIENT_LITERAL
+            try:  # a literal announced must fit where the next word goes
+                _checked_login(command.parts + [LiteralData(b"")] * (announced is not None), complete=not in_literal and announced is None)
+            except AmbiguousLogin as e:
+                if first_line:
+                    raise
+                raise ImapProtocolError(str(e)) from None
 
     def _authenticate(self, arguments: bytes, raw: bytes) -> list[Action]:
-        assert self._command is not None
-        mechanism, _, initial = arguments.partition(b" ")
-        if not mechanism or literal_at_end(arguments, self._max_literal):
+        """``tag AUTHENTICATE mechanism [initial-response]``: refused with BAD, forwarded, or
+        forwarded without its initial response, which then answers the first challenge."""
+        command = self._command
+        assert command is not None
+        if literal_at_end(arguments, self._max_literal):
             raise ImapProtocolError("malformed AUTHENTICATE")
-        sasl = self._command.sasl = SaslUserReader(mechanism.decode("ascii", "replace"))
-        if initial:
-            sasl.client_response(initial)
-        self.state = State.SASL_SERVER
+        mechanism, _, initial = arguments.partition(b" ")
+        refusal = self._authenticate_refusal(mechanism, initial)
+        sasl = SaslUserReader(mechanism.decode("ascii", "replace"))
+        if refusal is None and initial:
+            refusal = sasl.initial_response(initial)
+        if refusal is not None:
+            self.state, self._command = State.READY, None
+            return self._bad_command(command.tag + b" BAD popbridge: " + refusal.encode() + CRLF)
+        command.sasl = sasl
+        if initial and (self._offered is None or b"SASL-IR" not in self._offered or self._holding.enabled):
+            raw = command.tag + b" AUTHENTICATE " + mechanism + CRLF
+            self._unsent_response = initial + CRLF
+        command.line, self.state = raw, State.SASL_SERVER
         if initial and self._holding.routable(sasl):
             return self._hold_login(HeldLogin(sasl.user, raw))
         return [ToBackend(raw)]
+
+    def _authenticate_refusal(self, mechanism: bytes, initial: bytes) -> str | None:
+        if not valid_mechanism(mechanism) or b" " in initial:
+            return "AUTHENTICATE takes a mechanism and at most an initial response"
+        if self._offered is not None and b"AUTH=" + mechanism.upper() not in self._offered:
+            return f"{mechanism.decode()} is not offered here"
+        return None
 
     def _client_id(self, tag: bytes, arguments: bytes) -> list[Action]:
         if literal_at_end(arguments, self._max_literal):
@@ -326,9 +408,17 @@ class Imap4LoginWatcher:
             raise ImapProtocolError(f"backend answered a command that is not outstanding: {line[:40]!r}")
         if status not in (b"OK", b"NO", b"BAD"):
             raise ImapProtocolError(f"backend sent no status: {line[:40]!r}")
-        if status == b"OK" and not _fully_sent(command, self.state):
+        if status == b"OK" and (not _fully_sent(command, self.state) or self._unsent_response):
             raise ImapProtocolError("backend accepted a login before it had all of it")
-        self.state, self._command = State.READY, None
+        if status == b"OK" and command.sasl is not None and command.sasl.cancelled:
+            raise ImapProtocolError("backend accepted a cancelled login")
+        if self.state in (State.CLIENT_LITERAL, State.CLIENT_LINE):
+            raise ImapProtocolError("backend ended a command the client was still sending")
+        self._note_capabilities(line)
+        ended_early = self.state is State.CONTINUATION and self._hidden_continuation
+        self.state, self._command, self._unsent_response = State.READY, None, b""
+        if ended_early:  # the client sent that literal without waiting: it is no command
+            self.state, self._hidden_continuation = State.DISCARD_LITERAL, False
         if status == b"BAD" or (status == b"NO" and command.verb in (b"LOGIN", b"AUTHENTICATE")):
             self._count_bad()
         if command.verb not in (b"LOGIN", b"AUTHENTICATE"):
@@ -347,15 +437,29 @@ class Imap4LoginWatcher:
             return [ToBackend(self._holding.answer_challenge())]
         if self.state is State.CONTINUATION:
             self.state = State.CLIENT_LITERAL
+            if self._hidden_continuation:
+                self._hidden_continuation = False
+                return []
+        elif self.state is State.SASL_SERVER and self._unsent_response:
+            response, self._unsent_response = self._unsent_response, b""
+            return [ToBackend(response)]
         elif self.state is State.SASL_SERVER:
             self.state = State.SASL_CLIENT
         else:
             raise ImapProtocolError("backend sent an unexpected continuation")
         return [ToClient(raw)]
 
+    def _note_capabilities(self, line: bytes) -> None:
+        """What the backend says it offers: a CAPABILITY response or a [CAPABILITY] code."""
+        if line[:13].upper() == b"* CAPABILITY ":
+            self._offered = set(line[13:].upper().split())
+        elif (listed := capabilities_in(line)) is not None:
+            self._offered = listed
+
     def _untagged(self, raw: bytes, line: bytes) -> list[Action]:
         if self.state is State.GREETING:
             return self._after_greeting(raw, line)
+        self._note_capabilities(line)
         if self.state is State.PROBE and line[2:5].upper() == b"ID ":
             return []  # the answer to our own ID is not the client's business
         if line[2:6].upper() == b"BYE ":
@@ -402,6 +506,7 @@ class Imap4LoginWatcher:
             if status != b"OK":
                 raise ImapProtocolError("the mail server refused STARTTLS")
             self._backend = b""  # what the backend sent before its handshake is never believed
+            self._offered = None  # nor what it offered: the list changes with TLS
             return [StartBackendTls(), *self._forward_client_address()]
         notice = [] if status == b"OK" else [BackendNotice(f"backend refused ID: {line[:80]!r}")]
         return [*notice, *self._release_greeting()]
@@ -451,12 +556,22 @@ def _fully_sent(command: _Command, state: State) -> bool:
     return True
 
 
+def _checked_login(parts: list[CommandPart], complete: bool) -> None:
+    """Raise `AmbiguousLogin` unless `parts` are (the start of) a well-formed LOGIN whose
+    user is a clean UTF-8 name."""
+    try:
+        arguments = login_arguments(parts, complete)
+        if arguments:
+            checked_name(arguments[0].decode("utf-8"))
+    except ImapSyntaxError as e:
+        raise AmbiguousLogin(str(e)) from None
+    except UnicodeDecodeError:
+        raise AmbiguousLogin("user names must be UTF-8") from None
+
+
 def _login_identity(command: _Command) -> tuple[str, str]:
     """(user, method) of a LOGIN or AUTHENTICATE command; the user may be ""."""
     if command.sasl is not None:
         return command.sasl.user, f"AUTHENTICATE {command.sasl.mechanism}"
-    try:
-        arguments = astrings(command.parts, skip=2)
-    except ImapSyntaxError:
-        return "", "LOGIN"
-    return (clean_name(arguments[0].decode("utf-8", "replace")) if arguments else ""), "LOGIN"
+    arguments = login_arguments(command.parts, complete=False)  # checked as it arrived
+    return (arguments[0].decode("utf-8") if arguments else ""), "LOGIN"

@@ -1,7 +1,7 @@
 """IMAP4 grammar pieces the login watcher needs (RFC 3501 / 9051, 7888), sans-IO.
 
 Only what must be understood before authentication: tags, literal announcements at the end of
-a line, astrings (atom, quoted string, literal) to read the LOGIN user name, the ID parameter
+a line, LOGIN's astrings (atom, quoted string, literal) to read its user name, the ID parameter
 list, and capability lists. Everything is bytes in, plain values out; malformed input raises
 `ImapSyntaxError`, which the watcher turns into a BAD answer or a closed session.
 """
@@ -17,7 +17,7 @@ CRLF = b"\r\n"
 _TAG = re.compile(rb"[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]{1,64}")
 _ATOM = re.compile(rb"[\x21\x23-\x24\x26-\x27\x2b-\x5b\x5d-\x7a\x7c-\x7e]+")  # ATOM-CHAR and "]"
 _LITERAL_AT_END = re.compile(rb"\{([^{}]*)\}\Z")
-_LITERAL_SPEC = re.compile(rb"(\d{1,20})([+-]?)")
+_LITERAL_SPEC = re.compile(rb"(\d{1,20})(\+?)")  # RFC 7888: "{n+}"; LITERAL- is a capability, not a form
 _CAPABILITY_LIST = re.compile(rb"(?i)\[CAPABILITY ([^\]]*)\]")
 _HIDDEN_ID_FIELDS = (b"x-originating-", b"x-connected-")
 
@@ -26,9 +26,12 @@ class ImapSyntaxError(ValueError):
     """The bytes do not follow the IMAP grammar where popbridge has to read them."""
 
 
+NONSYNC_LIMIT_LITERAL_MINUS = 4096  # RFC 7888: LITERAL- servers take {n+} up to this size
+
+
 @dataclass(frozen=True)
 class Literal:
-    """A literal announced at the end of a line: ``{n}`` waits for ``+``; ``{n+}``/``{n-}`` do not."""
+    """A literal announced at the end of a line: ``{n}`` waits for ``+``; ``{n+}`` does not."""
 
     size: int
     synchronising: bool
@@ -42,12 +45,16 @@ def literal_at_end(segment: bytes, max_literal: int) -> Literal | None:
     """The literal a line segment announces, None if it announces none.
 
     Anything in braces at the end that is not a valid announcement within `max_literal`
-    (``{-1}``, ``{99999999999999999999}``, ``{5x}``) is an error, never plain text: a server
-    that read it differently from popbridge would see different command boundaries.
+    (``{-1}``, ``{99999999999999999999}``, ``{5x}``, ``{5-}``, which is no IMAP syntax) is an
+    error, never plain text: a server that read it differently from popbridge would see
+    different command boundaries. So is a binary literal ``~{n}`` (RFC 3516), which no command
+    before login takes.
     """
     braces = _LITERAL_AT_END.search(segment)
     if braces is None:
         return None
+    if segment[braces.start() - 1 : braces.start()] == b"~":
+        raise ImapSyntaxError("binary literals are not accepted before login")
     spec = _LITERAL_SPEC.fullmatch(braces.group(1))
     if spec is None:
         raise ImapSyntaxError(f"bad literal announcement {braces.group(0)[:30]!r}")
@@ -67,21 +74,41 @@ class LiteralData:
 CommandPart = bytes | LiteralData  # line text (announcements removed) or a literal's bytes
 
 
-def astrings(parts: list[CommandPart], skip: int) -> list[bytes]:
-    """The astring arguments of an assembled command, after its first `skip` words.
+def login_arguments(parts: list[CommandPart], complete: bool) -> list[bytes]:
+    """The user and password read so far from a LOGIN command, held to RFC 3501's
+    ``tag SP "LOGIN" SP astring SP astring`` exactly: one space between words, nothing else.
 
-    Quoted strings come back unescaped, literals as their bytes. Used for LOGIN (user,
-    password) and only ever to *read* the user name: the command itself is forwarded as sent.
+    `parts` may be a command still arriving (`complete` False): then it must be a prefix of
+    that form. Anything else raises `ImapSyntaxError`, since servers part ways on lenient
+    readings (extra blanks, unknown escapes, 8-bit atoms) and the user they log in may not be
+    the one popbridge would read.
     """
-    tokens: list[bytes] = []
+    kinds: list[str] = []
+    values: list[bytes] = []
     for part in parts:
         if isinstance(part, LiteralData):
-            tokens.append(part.data)
+            kinds.append("word")
+            values.append(part.data)
             continue
-        tokens.extend(value for value, _ in _text_tokens(part))
-    if len(tokens) < skip:
-        raise ImapSyntaxError("command too short")
-    return tokens[skip:]
+        position = 0
+        while position < len(part):
+            if part[position] == 0x20:
+                kinds.append(" ")
+                position += 1
+                continue
+            if part[position] == 0x22:
+                value, position = _quoted(part, position)
+            else:
+                atom = _ATOM.match(part, position)
+                if atom is None:
+                    raise ImapSyntaxError(f"unexpected {part[position:position + 1]!r} in LOGIN")
+                value, position = atom.group(0), atom.end()
+            kinds.append("word")
+            values.append(value)
+    form = ["word", " ", "word", " ", "word", " ", "word"]  # tag LOGIN user password
+    if kinds != form[: len(kinds)] or (complete and len(kinds) != len(form)):
+        raise ImapSyntaxError("LOGIN takes a user and a password, one space apart")
+    return values[2:]
 
 
 def _text_tokens(text: bytes) -> list[tuple[bytes, bool]]:

@@ -8,6 +8,16 @@ It sits between a mail client and the real POP3 server until the login succeeds:
 - a login counts only on the backend's ``+OK`` to PASS, APOP or the final step of AUTH;
 - CAPA answers lose STLS and XCLIENT (popbridge offers neither to clients yet), and a client's
   own STLS or XCLIENT is refused locally, never forwarded;
+- a login is recorded under a name only where the backend cannot have read the bytes any other
+  way (see popbridge/wire/sasl.py for SASL). Refused with ``-ERR`` before they are forwarded:
+  ``USER`` names with surrounding blanks or unprintable characters, ``APOP`` when the greeting
+  offered no timestamp or with anything but ``name digest``, ``AUTH`` with a mechanism the
+  backend's CAPA did not list (when popbridge has seen it), and the SASL initial responses
+  sasl.py refuses. An initial response goes on as sent only to a backend whose CAPA lists
+  ``SASL`` (RFC 5034 servers, which read it as the first response); otherwise popbridge sends
+  ``AUTH mechanism`` alone and answers the backend's first challenge with it, which means the
+  same thing to every server. A later SASL response that sasl.py refuses is replaced by ``*``,
+  which cancels the exchange;
 - with `client_address`, the real client's address is passed to the backend with XCLIENT
   before any client command, when the backend offers it: Dovecot 2.3 does so with an
   ``[XCLIENT]`` code in its greeting (to hosts in ``login_trusted_networks``), other servers
@@ -18,6 +28,7 @@ After the login it emits `Authenticated` and turns into a plain pipe. Passwords,
 SASL data pass through untouched and are never kept.
 """
 
+import re
 from collections.abc import Callable
 from enum import Enum, auto
 
@@ -35,12 +46,14 @@ from popbridge.wire.login import (
     ToClient,
 )
 from popbridge.wire.routing import HeldLogin, LoginHold
-from popbridge.wire.sasl import SaslUserReader, clean_name
+from popbridge.wire.sasl import AmbiguousLogin, SaslUserReader, checked_name, valid_mechanism
 
 HIDDEN_CAPABILITIES = (b"STLS", b"XCLIENT")
 LOGIN_VERBS = (b"USER", b"PASS", b"APOP", b"AUTH")
 CRLF = b"\r\n"
 XCLIENT_GREETING = b"+OK [XCLIENT] "  # Dovecot 2.3 offers XCLIENT here, to trusted hosts only
+APOP_TIMESTAMP = re.compile(rb"<[!-~]+>")  # RFC 1939: the greeting's msg-id offers APOP
+APOP_ARGUMENTS = re.compile(rb"(\S+) [0-9a-f]{32}")
 
 
 class Pop3ProtocolError(LoginProtocolError):
@@ -87,6 +100,10 @@ class Pop3LoginWatcher:
         self.state = State.GREETING
         self._greeting = b""
         self._offers_xclient = False
+        self._offers_apop = False
+        self._sasl_offered: set[bytes] | None = None  # the backend's CAPA SASL list, once seen
+        self._capa_sasl: set[bytes] = set()  # the SASL line of a CAPA answer being read
+        self._unsent_response = b""  # an initial response kept for the backend's first challenge
         self.farewell_seen = False  # the backend's last word (QUIT's answer, an -ERR greeting) was sent
         self._on_status: StatusHandler = self._after_greeting
         self._keep_line: Callable[[bytes], bool] = _everything
@@ -140,8 +157,9 @@ class Pop3LoginWatcher:
         if self.state is State.SASL_CLIENT:
             assert self._sasl is not None
             first = self._sasl.responses == 0
-            self._sasl.client_response(line)
             self.state = State.SASL_SERVER
+            if self._sasl.client_response(line) is not None:
+                return [ToBackend(b"*\r\n")]  # refused: cancel, and the backend says -ERR
             if first and self._holding.routable(self._sasl):
                 return self._hold_login(HeldLogin(self._sasl.user, self._sasl_command, line + CRLF))
             return [ToBackend(line + CRLF)]
@@ -155,29 +173,65 @@ class Pop3LoginWatcher:
             return self._refuse(b"-ERR [AUTH] TLS is required to log in here: use STLS first\r\n")
         self.state, self._on_status, self._answering_client = State.REPLY, _relay, True
         if verb == b"CAPA":
+            self._capa_sasl = set()
             self._on_status = self._multiline(self._capability_shown, self._capabilities_added)
         elif verb == b"USER":
-            self._on_status = self._after_user(argument.decode("utf-8", "replace"))
-            if self._holding.enabled and argument:
-                return self._hold_login(HeldLogin(clean_name(argument.decode("utf-8", "replace")), line + CRLF))
+            try:
+                name = _user_argument(argument)
+            except AmbiguousLogin as e:
+                return self._refuse_login(e)
+            self._on_status = self._after_user(name)
+            if self._holding.enabled:
+                return self._hold_login(HeldLogin(name, line + CRLF))
         elif verb == b"PASS":
             self._on_status = self._after_login("USER", self._user or "")
         elif verb == b"APOP":
-            self._on_status = self._after_login("APOP", argument.rpartition(b" ")[0].decode("utf-8", "replace"))
+            try:
+                name = self._apop_user(argument)
+            except AmbiguousLogin as e:
+                return self._refuse_login(e)
+            self._on_status = self._after_login("APOP", name)
         elif verb == b"AUTH" and argument:
-            mechanism, _, initial = argument.partition(b" ")
-            sasl = self._sasl = SaslUserReader(mechanism.decode("ascii", "replace"))
-            self._sasl_command = line + CRLF
-            if initial:
-                sasl.client_response(initial)
-            self.state, self._on_status = State.SASL_SERVER, self._after_login(f"AUTH {sasl.mechanism}", sasl)
-            if initial and self._holding.routable(sasl):
-                return self._hold_login(HeldLogin(sasl.user, line + CRLF))
+            return self._auth(line, argument)
         elif verb == b"AUTH":
             self._on_status = self._multiline(_everything, self._back_to_ready)
         elif verb == b"QUIT":
             self._on_status = self._after_quit
         return [ToBackend(line + CRLF)]
+
+    def _refuse_login(self, error: AmbiguousLogin) -> list[Action]:
+        self.state = State.READY
+        return self._refuse(b"-ERR popbridge: " + str(error).encode() + CRLF)
+
+    def _apop_user(self, argument: bytes) -> str:
+        if not self._offers_apop:
+            raise AmbiguousLogin("APOP is not offered here")
+        arguments = APOP_ARGUMENTS.fullmatch(argument)
+        if arguments is None:
+            raise AmbiguousLogin("APOP takes a name and an MD5 digest")
+        return _name(arguments.group(1))
+
+    def _auth(self, line: bytes, argument: bytes) -> list[Action]:
+        """``AUTH mechanism [initial-response]``: refused, forwarded, or forwarded without its
+        initial response, which then answers the backend's first challenge."""
+        mechanism, _, initial = argument.partition(b" ")
+        if not valid_mechanism(mechanism):
+            return self._refuse_login(AmbiguousLogin("malformed AUTH mechanism"))
+        if self._sasl_offered is not None and mechanism.upper() not in self._sasl_offered:
+            return self._refuse_login(AmbiguousLogin(f"{mechanism.decode()} is not offered here"))
+        sasl = SaslUserReader(mechanism.decode("ascii"))
+        refusal = sasl.initial_response(initial) if initial else None
+        if refusal is not None:
+            return self._refuse_login(AmbiguousLogin(refusal))
+        self._sasl = sasl
+        command = line + CRLF
+        if initial and (self._sasl_offered is None or self._holding.enabled):
+            command, self._unsent_response = b"AUTH " + mechanism + CRLF, initial + CRLF
+        self._sasl_command = command
+        self.state, self._on_status = State.SASL_SERVER, self._after_login(f"AUTH {sasl.mechanism}", sasl)
+        if initial and self._holding.routable(sasl):
+            return self._hold_login(HeldLogin(sasl.user, command))
+        return [ToBackend(command)]
 
     # -- backend lines ------------------------------------------------------------------
 
@@ -194,6 +248,10 @@ class Pop3LoginWatcher:
             self.state = State.SASL_SERVER
             return [ToBackend(self._holding.answer_challenge())]
         if self.state in (State.SASL_SERVER, State.REPLAY_CHALLENGE) and (line == b"+" or line.startswith(b"+ ")):
+            if self._unsent_response:
+                response, self._unsent_response = self._unsent_response, b""
+                self.state = State.SASL_SERVER
+                return [ToBackend(response)]
             self.state = State.SASL_CLIENT
             return [ToClient(line + CRLF)]
         ok = _status(line)
@@ -266,10 +324,19 @@ class Pop3LoginWatcher:
     def _capability_shown(self, line: bytes) -> bool:
         """CAPA lines the client sees: never the backend's STLS or XCLIENT, and no login
         methods while TLS is required but not yet on."""
+        self._note_capability(line)
         name = line.split(b" ", 1)[0].upper()
         if name in HIDDEN_CAPABILITIES:
             return False
         return not (self._tls.required and not self.tls_active and name in (b"USER", b"SASL"))
+
+    def _note_capability(self, line: bytes) -> None:
+        """Note a CAPA line; at the closing dot, the SASL mechanisms the backend listed are known."""
+        words = line.upper().split()
+        if words[:1] == [b"SASL"]:
+            self._capa_sasl = set(words[1:])
+        elif line == b".":
+            self._sasl_offered, self._capa_sasl = self._capa_sasl, set()
 
     def _capabilities_added(self) -> list[Action]:
         """popbridge's own STLS, listed just before the closing dot."""
@@ -289,8 +356,9 @@ class Pop3LoginWatcher:
     def _after_login(self, method: str, user: "str | SaslUserReader") -> "StatusHandler":
         def on_status(line: bytes, ok: bool) -> list[Action]:
             name = user if isinstance(user, str) else user.user
-            if ok and isinstance(user, SaslUserReader) and user.responses == 0:
-                raise Pop3ProtocolError("backend accepted AUTH before any SASL response")
+            unanswered, self._unsent_response = bool(self._unsent_response), b""
+            if ok and isinstance(user, SaslUserReader) and (user.responses == 0 or unanswered or user.cancelled):
+                raise Pop3ProtocolError("backend accepted AUTH before the client's SASL response, or after a cancel")
             if not ok:
                 return [LoginFailed(name, method), ToClient(line + CRLF)]
             self.state = State.AUTHENTICATED
@@ -311,6 +379,7 @@ class Pop3LoginWatcher:
             self.farewell_seen = True
             return [ToClient(greeting + CRLF)]
         self._greeting, self._offers_xclient = greeting, offered
+        self._offers_apop = APOP_TIMESTAMP.search(greeting) is not None
         if self._tls.backend_starttls:
             self.state, self._on_status = State.PROBE, self._after_backend_stls
             return [ToBackend(b"STLS\r\n")]
@@ -328,11 +397,13 @@ class Pop3LoginWatcher:
         self.state = State.PROBE
         if self._offers_xclient:
             return self._send_xclient()
+        self._capa_sasl = set()
         self._on_status = self._multiline(self._note_xclient, self._send_xclient)
         return [ToBackend(b"CAPA\r\n")]
 
     def _note_xclient(self, line: bytes) -> bool:
         """Line filter for our own CAPA probe: remember XCLIENT, show the client nothing."""
+        self._note_capability(line)
         if line.split(b" ", 1)[0].upper() == b"XCLIENT":
             self._offers_xclient = True
         return False
@@ -359,6 +430,20 @@ class Pop3LoginWatcher:
 
 
 StatusHandler = Callable[[bytes, bool], list[Action]]
+
+
+def _name(data: bytes) -> str:
+    try:
+        return checked_name(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise AmbiguousLogin("user names must be UTF-8") from None
+
+
+def _user_argument(argument: bytes) -> str:
+    """``USER name``: one name, no blanks around it (servers differ on trimming them)."""
+    if not argument or argument != argument.strip(b" \t"):
+        raise AmbiguousLogin("USER takes one name without surrounding blanks")
+    return _name(argument)
 
 
 def _relay(line: bytes, ok: bool) -> list[Action]:

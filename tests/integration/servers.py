@@ -209,6 +209,7 @@ class Dovecot:
     trusted_networks: Iterable[str] = ("127.0.0.1/32",)
     host: str = "127.0.0.1"
     master_users: Mapping[str, str] = field(default_factory=dict)  # may log in as anyone (SASL authzid)
+    auth_mechanisms: str = "plain login cram-md5"  # Dovecot's auth_mechanisms (APOP is "apop")
     extra_config: str = ""  # dovecot.conf lines appended (auth_policy_* settings, say)
 
     def __post_init__(self) -> None:
@@ -240,7 +241,7 @@ protocols = pop3 imap
 listen = {self.host}
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login cram-md5
+auth_mechanisms = {self.auth_mechanisms}
 auth_verbose = yes
 auth_failure_delay = 0
 login_trusted_networks = {trusted}

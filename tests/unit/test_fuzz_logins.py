@@ -30,7 +30,7 @@ def b64(data: bytes) -> bytes:
 IMAP_GREETING = b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n"
 
 POP3_CLIENT = [
-    b"USER alice\r\n", b"PASS secret\r\n", b"APOP alice 0123456789abcdef\r\n", b"AUTH PLAIN\r\n",
+    b"USER alice\r\n", b"PASS secret\r\n", b"APOP alice 0123456789abcdef0123456789abcdef\r\n", b"AUTH PLAIN\r\n",
     b"AUTH PLAIN " + b64(b"\0alice\0pw") + b"\r\n", b"AUTH LOGIN\r\n", b64(b"alice") + b"\r\n", b"*\r\n",
     b"NOOP\r\n", b"CAPA\r\n", b"STAT\r\n", b"QUIT\r\n", b"STLS\r\n", b"XCLIENT ADDR=192.0.2.1\r\n", b"\r\n",
 ]

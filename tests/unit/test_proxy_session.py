@@ -46,7 +46,7 @@ class Harness:
         self.client = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.5", 40000))
         self.proxy.makeConnection(self.client)
 
-    def connect_backend(self, greeting=b"+OK ready\r\n"):
+    def connect_backend(self, greeting=b"+OK ready <1.2@host>\r\n"):
         self.leg, self.server = self.backend.complete()
         self.leg.dataReceived(greeting)
 
@@ -61,7 +61,7 @@ def test_client_is_not_read_until_the_backend_connects():
     assert h.client.producerState == "paused"
     h.connect_backend()
     assert h.client.producerState == "producing"
-    assert h.client.value() == b"+OK ready\r\n"
+    assert h.client.value() == b"+OK ready <1.2@host>\r\n"
 
 
 def test_unreachable_backend_gives_an_error_and_records_nothing():
@@ -117,7 +117,7 @@ def test_ledger_failure_tells_the_client_and_closes():
     h = Harness(ledger=BrokenLedger(Clock(), ttl=1800))
     h.connect_backend()
     h.client.clear()
-    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.proxy.dataReceived(b"APOP alice 0123456789abcdef0123456789abcdef\r\n")
     with capturedLogs() as events:
         h.leg.dataReceived(b"+OK\r\n")
     assert h.client.value().startswith(b"-ERR [SYS/TEMP]")
@@ -128,7 +128,7 @@ def test_ledger_failure_tells_the_client_and_closes():
 def test_after_login_bytes_flow_both_ways_with_producers_registered():
     h = Harness()
     h.connect_backend()
-    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.proxy.dataReceived(b"APOP alice 0123456789abcdef0123456789abcdef\r\n")
     h.leg.dataReceived(b"+OK\r\n")
     h.client.clear()
     h.server.clear()
@@ -159,7 +159,7 @@ def test_protocol_error_closes_both_with_an_error_line():
 def test_session_end_starts_the_ttl():
     h = Harness()
     h.connect_backend()
-    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.proxy.dataReceived(b"APOP alice 0123456789abcdef0123456789abcdef\r\n")
     h.leg.dataReceived(b"+OK\r\n")
     h.ledger._clock.advance(7200)
     assert h.users() == ["alice"]
@@ -195,7 +195,7 @@ def test_logs_name_the_login_but_never_the_password():
         h.proxy.dataReceived(b"PASS hunter2\r\n")
         h.leg.dataReceived(b"-ERR [AUTH] failed\r\n")
         h.proxy.dataReceived(b"AUTH PLAIN AGFsaWNlAGh1bnRlcjI=\r\n")
-        h.leg.dataReceived(b"+OK\r\n")
+        h.leg.dataReceived(b"+ \r\n+OK\r\n")
     text = "\n".join(formatEvent(e) for e in events)
     assert "login failed: user 'alice' from 127.0.0.5 via pop3 USER" in text
     assert "login succeeded: user 'alice' from 127.0.0.5 via pop3 AUTH PLAIN" in text
@@ -224,7 +224,7 @@ def test_a_closed_session_frees_its_slot():
 def test_idle_session_after_login_is_closed_after_its_own_timeout():
     h = Harness(idle_timeout=60, session_idle_timeout=600)
     h.connect_backend()
-    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.proxy.dataReceived(b"APOP alice 0123456789abcdef0123456789abcdef\r\n")
     h.leg.dataReceived(b"+OK\r\n")
     h.clock.advance(599)
     h.proxy.dataReceived(b"NOOP\r\n")
@@ -238,7 +238,7 @@ def test_too_many_failed_logins_close_the_session():
     h = Harness(max_bad_commands=2)
     h.connect_backend()
     for _ in range(3):
-        h.proxy.dataReceived(b"APOP alice 0123\r\n")
+        h.proxy.dataReceived(b"APOP alice 0123456789abcdef0123456789abcdef\r\n")
         h.leg.dataReceived(b"-ERR [AUTH] failed\r\n")
     assert h.client.disconnecting and h.server.disconnecting
     assert h.client.value().endswith(b"-ERR [SYS/PERM] popbridge: too many bad commands\r\n")
@@ -256,7 +256,7 @@ def test_shutdown_closes_sessions_still_logging_in_at_once():
 def test_shutdown_lets_logged_in_sessions_finish_within_the_grace_period():
     h = Harness()
     h.connect_backend()
-    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.proxy.dataReceived(b"APOP alice 0123456789abcdef0123456789abcdef\r\n")
     h.leg.dataReceived(b"+OK\r\n")
     drained = h.proxy.factory.sessions.drain(30, h.clock)
     h.clock.advance(29)
@@ -268,7 +268,7 @@ def test_shutdown_lets_logged_in_sessions_finish_within_the_grace_period():
 def test_shutdown_closes_logged_in_sessions_after_the_grace_period():
     h = Harness()
     h.connect_backend()
-    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.proxy.dataReceived(b"APOP alice 0123456789abcdef0123456789abcdef\r\n")
     h.leg.dataReceived(b"+OK\r\n")
     h.proxy.factory.sessions.drain(30, h.clock)
     h.clock.advance(30)
@@ -319,7 +319,7 @@ def test_a_routed_user_is_logged_in_on_its_own_backend():
     leg.dataReceived(b"+OK\r\n")
     leg.dataReceived(b"+OK Logged in\r\n")
     assert server.value() == b"USER carol\r\nPASS pw\r\n"
-    assert h.client.value() == b"+OK ready\r\n+OK\r\n+OK Logged in\r\n"
+    assert h.client.value() == b"+OK ready <1.2@host>\r\n+OK\r\n+OK Logged in\r\n"
     assert h.users() == ["carol"]
 
 
@@ -339,7 +339,7 @@ def test_a_client_gone_while_its_login_was_being_stored_does_not_stay_open_forev
     clock = Clock()
     h = Harness(ledger=SlowLedger(clock, ttl=1800))
     h.connect_backend()
-    h.proxy.dataReceived(b"APOP alice 0123\r\n")
+    h.proxy.dataReceived(b"APOP alice 0123456789abcdef0123456789abcdef\r\n")
     h.leg.dataReceived(b"+OK\r\n")
     h.proxy.connectionLost()
     h.ledger.pending.callback(None)

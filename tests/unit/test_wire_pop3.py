@@ -13,6 +13,11 @@ def b64(data: bytes) -> bytes:
     return base64.b64encode(data)
 
 
+# the backend lists SASL in CAPA: an RFC 5034 server, which reads initial responses as such
+SASL_CAPA = [("backend", GREETING), ("client", b"CAPA\r\n"),
+             ("backend", b"+OK\r\nUSER\r\nSASL PLAIN LOGIN CRAM-MD5 XOAUTH2 OAUTHBEARER\r\n.\r\n")]
+
+
 def test_pass_accepted_records_the_user_named_by_user():
     outcome = run_session([
         ("backend", GREETING), ("client", b"USER alice\r\n"), ("backend", b"+OK\r\n"),
@@ -106,10 +111,78 @@ def test_apop_records_its_name():
 
 def test_auth_plain_with_initial_response_records_the_authcid():
     outcome = run_session([
-        ("backend", GREETING), ("client", b"AUTH PLAIN " + b64(b"\0alice\0secret") + b"\r\n"),
+        *SASL_CAPA, ("client", b"AUTH PLAIN " + b64(b"\0alice\0secret") + b"\r\n"),
         ("backend", b"+OK Logged in.\r\n"),
     ])
     assert outcome.logins == [LoginSucceeded("alice", "AUTH PLAIN")]
+    assert outcome.to_backend == b"CAPA\r\nAUTH PLAIN " + b64(b"\0alice\0secret") + b"\r\n"
+
+
+def test_initial_response_answers_the_first_challenge_when_capa_was_not_seen():
+    outcome = run_session([
+        ("backend", GREETING), ("client", b"AUTH PLAIN " + b64(b"\0alice\0secret") + b"\r\n"),
+        ("backend", b"+ \r\n"), ("backend", b"+OK Logged in.\r\n"),
+    ])
+    assert outcome.to_backend == b"AUTH PLAIN\r\n" + b64(b"\0alice\0secret") + b"\r\n"
+    assert outcome.to_client == GREETING + b"+OK Logged in.\r\n"
+    assert outcome.logins == [LoginSucceeded("alice", "AUTH PLAIN")]
+
+
+def test_ok_before_the_held_initial_response_was_sent_is_a_protocol_error():
+    with pytest.raises(Pop3ProtocolError):
+        run_session([("backend", GREETING), ("client", b"AUTH PLAIN " + b64(b"\0alice\0pw") + b"\r\n"), ("backend", b"+OK\r\n")])
+
+
+def test_cram_md5_with_an_initial_response_is_refused_unforwarded():
+    outcome = run_session([
+        *SASL_CAPA, ("client", b"AUTH CRAM-MD5 " + b64(b"mallory 0123456789abcdef0123456789abcdef") + b"\r\n"),
+    ])
+    assert outcome.to_backend == b"CAPA\r\n"
+    assert outcome.to_client.endswith(b"-ERR popbridge: CRAM-MD5 takes no initial response\r\n")
+
+
+def test_empty_initial_response_for_a_named_mechanism_is_refused():
+    outcome = run_session([*SASL_CAPA, ("client", b"AUTH PLAIN =\r\n")])
+    assert outcome.to_backend == b"CAPA\r\n" and outcome.to_client.endswith(b"\r\n-ERR popbridge: an empty initial response is not accepted for PLAIN\r\n")
+
+
+def test_mechanism_the_backend_did_not_list_is_refused():
+    outcome = run_session([*SASL_CAPA, ("client", b"AUTH DIGEST-MD5\r\n")])
+    assert outcome.to_backend == b"CAPA\r\n" and outcome.to_client.endswith(b"-ERR popbridge: DIGEST-MD5 is not offered here\r\n")
+
+
+def test_a_malformed_first_response_is_replaced_by_a_cancel():
+    outcome = run_session([
+        ("backend", GREETING), ("client", b"AUTH PLAIN\r\n"), ("backend", b"+ \r\n"),
+        ("client", b"AGFsaWNlAHB3 \r\n"), ("backend", b"-ERR Authentication aborted\r\n"),
+    ])
+    assert outcome.to_backend == b"AUTH PLAIN\r\n*\r\n"
+    assert outcome.logins == [] and outcome.to_client.endswith(b"-ERR Authentication aborted\r\n")
+
+
+def test_ok_to_a_cancelled_exchange_is_a_protocol_error():
+    with pytest.raises(Pop3ProtocolError):
+        run_session([
+            ("backend", GREETING), ("client", b"AUTH PLAIN\r\n"), ("backend", b"+ \r\n"),
+            ("client", b"*\r\n"), ("backend", b"+OK\r\n"),
+        ])
+
+
+@pytest.mark.parametrize("argument", [b"", b" alice", b"alice ", b"ali\x01ce", b"\xffalice"])
+def test_user_names_that_servers_could_read_differently_are_refused(argument):
+    outcome = run_session([("backend", GREETING), ("client", b"USER " + argument + b"\r\n")])
+    assert outcome.to_backend == b"" and outcome.to_client.startswith(GREETING + b"-ERR popbridge: ")
+
+
+def test_apop_is_refused_when_the_greeting_offers_no_timestamp():
+    outcome = run_session([("backend", b"+OK ready\r\n"), ("client", b"APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n")])
+    assert outcome.to_backend == b"" and outcome.to_client == b"+OK ready\r\n-ERR popbridge: APOP is not offered here\r\n"
+
+
+@pytest.mark.parametrize("argument", [b"mrose", b"mrose x", b"m rose c4c9334bac560ecc979e58001b3e22fb", b"mrose  c4c9334bac560ecc979e58001b3e22fb"])
+def test_apop_other_than_name_and_digest_is_refused(argument):
+    outcome = run_session([("backend", GREETING), ("client", b"APOP " + argument + b"\r\n")])
+    assert outcome.to_backend == b""
 
 
 def test_auth_plain_with_an_authzid_records_the_authzid():
@@ -139,20 +212,20 @@ def test_auth_cram_md5_takes_the_user_before_the_digest():
 
 def test_auth_xoauth2_takes_the_user_field():
     token = b64(b"user=alice@example.org\x01auth=Bearer ya29.token\x01\x01")
-    outcome = run_session([("backend", GREETING), ("client", b"AUTH XOAUTH2 " + token + b"\r\n"), ("backend", b"+OK\r\n")])
+    outcome = run_session([*SASL_CAPA, ("client", b"AUTH XOAUTH2 " + token + b"\r\n"), ("backend", b"+OK\r\n")])
     assert outcome.logins == [LoginSucceeded("alice@example.org", "AUTH XOAUTH2")]
 
 
 def test_auth_oauthbearer_takes_the_gs2_authzid():
     token = b64(b"n,a=alice=2Cx@example.org,\x01host=server\x01auth=Bearer abc\x01\x01")
-    outcome = run_session([("backend", GREETING), ("client", b"AUTH OAUTHBEARER " + token + b"\r\n"), ("backend", b"+OK\r\n")])
+    outcome = run_session([*SASL_CAPA, ("client", b"AUTH OAUTHBEARER " + token + b"\r\n"), ("backend", b"+OK\r\n")])
     assert outcome.logins == [LoginSucceeded("alice,x@example.org", "AUTH OAUTHBEARER")]
 
 
 def test_failed_xoauth2_error_continuation_records_nothing():
     token = b64(b"user=alice\x01auth=Bearer bad\x01\x01")
     outcome = run_session([
-        ("backend", GREETING), ("client", b"AUTH XOAUTH2 " + token + b"\r\n"),
+        *SASL_CAPA, ("client", b"AUTH XOAUTH2 " + token + b"\r\n"),
         ("backend", b"+ " + b64(b'{"status":"401"}') + b"\r\n"), ("client", b"\r\n"),
         ("backend", b"-ERR [AUTH] failed\r\n"),
     ])
@@ -173,7 +246,7 @@ def test_a_continuation_answer_is_sasl_data_never_a_command():
         ("backend", GREETING), ("client", b"AUTH LOGIN\r\n"), ("backend", b"+ VXNlcm5hbWU6\r\n"),
         ("client", b"STLS\r\n"), ("backend", b"-ERR Invalid base64 data\r\n"),
     ])
-    assert outcome.to_backend == b"AUTH LOGIN\r\nSTLS\r\n"
+    assert outcome.to_backend == b"AUTH LOGIN\r\n*\r\n"  # not base64: refused, and never a command
     assert outcome.logins == []
 
 
@@ -207,7 +280,7 @@ def test_commands_pipelined_behind_the_login_are_handed_over():
 
 def test_after_login_bytes_pass_through_unparsed():
     watcher = Pop3LoginWatcher()
-    run_session([("backend", GREETING), ("client", b"APOP a d\r\n"), ("backend", b"+OK\r\n")], watcher)
+    run_session([("backend", GREETING), ("client", b"APOP a 0123456789abcdef0123456789abcdef\r\n"), ("backend", b"+OK\r\n")], watcher)
     assert watcher.state is State.AUTHENTICATED
     outcome = run_session([("client", b"RETR 1\r\n\0\xff"), ("backend", b"junk without status\n")], watcher)
     assert outcome.to_backend == b"RETR 1\r\n\0\xff"

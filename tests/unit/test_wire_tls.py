@@ -36,7 +36,7 @@ def test_pop3_stls_is_refused_when_no_certificate_is_configured():
 
 def test_pop3_required_tls_refuses_logins_before_tls_and_sends_nothing():
     outcome = run_session([
-        ("backend", GREETING), ("client", b"USER alice\r\nPASS secret\r\nAPOP a b\r\nAUTH PLAIN AGEAYg==\r\n"),
+        ("backend", GREETING), ("client", b"USER alice\r\nPASS secret\r\nAPOP a 0123456789abcdef0123456789abcdef\r\nAUTH PLAIN AGEAYg==\r\n"),
     ], Pop3LoginWatcher(tls=REQUIRED))
     assert outcome.to_backend == b""
     assert outcome.to_client.count(b"-ERR [AUTH] TLS is required") == 4
@@ -49,7 +49,7 @@ def test_pop3_required_tls_hides_login_methods_from_capa_before_tls():
 
 
 def test_pop3_required_tls_allows_logins_on_implicit_tls():
-    outcome = run_session([("backend", GREETING), ("client", b"APOP alice 0123\r\n"), ("backend", b"+OK\r\n")],
+    outcome = run_session([("backend", GREETING), ("client", b"APOP alice 0123456789abcdef0123456789abcdef\r\n"), ("backend", b"+OK\r\n")],
                           Pop3LoginWatcher(tls=TlsOptions(active=True, required=True)))
     assert [login.user for login in outcome.logins] == ["alice"]
 
