@@ -45,6 +45,7 @@ def test_every_documented_store_is_accepted(store):
         ("redis+sentinel://10.0.0.5:263790/popbridge/0", "is not a sentinel HOST:PORT"),
         ("redis+sentinel://:pw@10.0.0.5:26379/popbridge/0", "no credentials"),
         ("redis+sentinel://10.0.0.5:26379/popbridge/zero", "database in a Redis URL is a number"),
+        ("redis+sentinel://10.0.0.5:26379/popbridge?password=s3cret", "is not a Sentinel service name"),
     ],
 )
 def test_an_unusable_store_names_the_key(store, problem):
