@@ -28,6 +28,7 @@ REQUIRED = {
     "curl": "curl",
     "swaks": "swaks",
     "redis-server": "redis-server",
+    "redis-sentinel": "redis-sentinel",
     "fetchmail": "fetchmail",
     "slapd": "slapd",
     "slapadd": "slapd",
