@@ -137,10 +137,11 @@ class SenderRules:
             return True
         if not self.domains:
             return False
-        named |= {sender_key(user) for user in named if "@" in user}  # "alice@example.org" owns itself
+        names = {user for user in named if "@" not in user}  # "alice" owns alice@D
+        addresses = {sender_key(user) for user in named if "@" in user}  # "alice@example.org" owns itself
         for form in address_forms(address):
             local, _, domain = form.rpartition("@")
-            if domain in self.domains and local and (local in named or form in named):
+            if domain in self.domains and local and (local in names or form in addresses):
                 return True
         return False
 

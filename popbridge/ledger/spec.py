@@ -14,7 +14,8 @@ DEFAULT_SQLITE_PATH = "/var/lib/popbridge/ledger.sqlite3"
 DEFAULT_STORE = f"sqlite:{DEFAULT_SQLITE_PATH}"
 SENTINEL_SCHEME = "redis+sentinel://"
 SENTINEL_PORT = 26379
-_SENTINEL = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\[\]:,/@]+)(?::(?P<port>\d{1,5}))?")
+_SENTINEL = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>\d{1,5}))?")  # a name or an address
+_SERVICE = re.compile(r"[A-Za-z0-9._-]+")  # what Redis allows in a `sentinel monitor` name
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ def parse_sentinel(url: str) -> SentinelAddress:
     service, _, database = path.partition("/")
     if not service:
         raise ValueError("a redis+sentinel URL names the master's service: redis+sentinel://HOST:PORT,HOST:PORT/SERVICE/DB")
+    if not _SERVICE.fullmatch(service):  # so a "?password=..." tail never reaches describe() and the logs
+        raise ValueError("a Sentinel service name has only letters, digits, '.', '_' and '-'")  # not echoed: it may hold one
     if database and not database.isdigit():
         raise ValueError(f"the database in a Redis URL is a number (.../SERVICE/0), not {database!r}")
     return SentinelAddress(tuple(sentinels), service, int(database or 0))

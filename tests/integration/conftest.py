@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -28,6 +29,7 @@ REQUIRED = {
     "curl": "curl",
     "swaks": "swaks",
     "redis-server": "redis-server",
+    "redis-sentinel": "redis-sentinel",
     "fetchmail": "fetchmail",
     "slapd": "slapd",
     "slapadd": "slapd",
@@ -66,19 +68,29 @@ def require(*binaries: str, root: bool = True) -> None:
     pytest.skip(message)
 
 
-def _started(server: Dovecot | Postfix | Redis) -> Dovecot | Postfix | Redis:
+class Startable(Protocol):
+    def start(self) -> Any: ...
+    def cleanup(self) -> None: ...
+
+
+StartableT = TypeVar("StartableT", bound=Startable)
+
+
+def started(server: StartableT) -> StartableT:
+    """`server` started, or the test failed (a server that did not start is cleaned up)."""
     try:
-        return server.start()
+        server.start()
     except ServerError as e:
         server.cleanup()
         pytest.fail(f"{type(server).__name__} did not start: {e}", pytrace=False)
+    return server
 
 
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[Dovecot]:
     """Dovecot POP3 and IMAP on 127.0.0.1 trusting 127.0.0.1 (popbridge) for XCLIENT and ID."""
     require("dovecot", "doveadm")
-    server = _started(Dovecot(users=USERS, trusted_networks=("127.0.0.1/32",), master_users=MASTER_USERS))
+    server = started(Dovecot(users=USERS, trusted_networks=("127.0.0.1/32",), master_users=MASTER_USERS))
     assert isinstance(server, Dovecot)
     server.deliver("alice", b"From: a@example.org\r\nSubject: hello\r\n\r\nhello alice\r\n")
     yield server
@@ -99,7 +111,7 @@ def burst_dovecot() -> Iterator[Dovecot]:
 def redis_server() -> Iterator[Redis]:
     """One private redis-server for tests that only read and write it (each flushes it first)."""
     require("redis-server", root=False)
-    server = _started(Redis())
+    server = started(Redis())
     assert isinstance(server, Redis)
     yield server
     server.cleanup()
@@ -109,7 +121,7 @@ def redis_server() -> Iterator[Redis]:
 def own_redis() -> Iterator[Redis]:
     """A redis-server of the test's own, to kill, pause and restart."""
     require("redis-server", root=False)
-    server = _started(Redis())
+    server = started(Redis())
     assert isinstance(server, Redis)
     yield server
     server.cleanup()
@@ -133,7 +145,7 @@ def policy_socket(socket_directory: Path) -> Path:
 def postfix(policy_socket: Path) -> Iterator[Postfix]:
     """Postfix smtpd on 127.0.0.1: relay for 127.0.0.1 or by the policy service, else 554."""
     require("postfix", "postmap")
-    server = _started(Postfix(policy_socket=policy_socket))
+    server = started(Postfix(policy_socket=policy_socket))
     assert isinstance(server, Postfix)
     yield server
     server.cleanup()
@@ -178,7 +190,7 @@ def tls_dovecot(tls_certificates: TlsCertificates) -> Iterator[TlsDovecot]:
     """A second private Dovecot with `ssl = yes` (certificate for mail.popbridge.test and
     127.0.0.1): STLS/STARTTLS on its plain ports, implicit TLS on pop3s_port/imaps_port."""
     require("dovecot", "doveadm")
-    server = _started(TlsDovecot(users=USERS, certificate=tls_certificates.dovecot))
+    server = started(TlsDovecot(users=USERS, certificate=tls_certificates.dovecot))
     assert isinstance(server, TlsDovecot)
     yield server
     server.cleanup()

@@ -1258,6 +1258,24 @@ def pop3_login(port: int, source: str, user: str, password: str, host: str = "12
         pop.close()
 
 
+def policy_action(socket_path: Path | str, address: str, timeout: float = 10.0, **attributes: str) -> str:
+    """One Postfix policy request (RCPT) for `address`, with `attributes` (``sender=...``) as
+    further lines; the `action=` line of the answer."""
+    lines = ["request=smtpd_access_policy", "protocol_state=RCPT", f"client_address={address}"]
+    lines += [f"{name}={value}" for name, value in attributes.items()]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(socket_path))
+        s.sendall(("\n".join(lines) + "\n\n").encode())
+        answer = b""
+        while not answer.endswith(b"\n\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                raise ServerError(f"policy socket closed after {answer!r}")
+            answer += chunk
+    return answer.decode().strip()
+
+
 def pop3_retr_raw(port: int, source: str, user: str, password: str, which: int = 1, host: str = "127.0.0.1") -> bytes:
     """The exact bytes the server sends for RETR `which`: status line, stuffed body, `.` line."""
     pop = BoundPOP3(host, port, source)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import require
+from .conftest import require, started
 from .servers import (
     LDAP_BASE,
     LDAP_BIND_DN,
@@ -26,7 +26,6 @@ from .servers import (
     LDAP_EXEMPT_GROUP,
     Popbridge,
     Postfix,
-    ServerError,
     Slapd,
     SmtpSink,
     StartPopbridge,
@@ -56,12 +55,7 @@ def ldap_sockets() -> Iterator[Path]:
 
 def _slapd() -> Slapd:
     require("slapd", "slapadd")
-    server = Slapd(people=PEOPLE, exempt=EXEMPT)
-    try:
-        return server.start()
-    except ServerError as e:
-        server.cleanup()
-        pytest.fail(f"slapd did not start: {e}", pytrace=False)
+    return started(Slapd(people=PEOPLE, exempt=EXEMPT))
 
 
 @pytest.fixture(scope="module")
@@ -306,11 +300,7 @@ relayhost = [127.0.0.1]:{outside.port}
   -o smtpd_recipient_restrictions=
 """,
     )
-    try:
-        server.start()
-    except ServerError as e:
-        server.cleanup()
-        pytest.fail(f"Postfix did not start: {e}", pytrace=False)
+    started(server)
     yield server, scanner, outside, reinject_port
     server.cleanup()
     scanner.close()

@@ -3,31 +3,14 @@ restarts, and two daemons sharing one redis-server."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from .servers import BoundPOP3, Dovecot, Popbridge, Redis, ServerError, pop3_login, wait_until
+from .servers import BoundPOP3, Dovecot, Popbridge, Redis, ServerError, policy_action, pop3_login, wait_until
 
 POLICY_TEMPFAIL = "action=DEFER 4.3.0"
-
-
-def policy(socket_path: Path | str, address: str) -> str:
-    """One Postfix policy request for `address`; the `action=` line of the answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(socket_path))
-        s.sendall(f"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address={address}\n\n".encode())
-        answer = b""
-        while not answer.endswith(b"\n\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                raise ServerError(f"policy socket closed after {answer!r}")
-            answer += chunk
-    return answer.decode().strip()
 
 
 @pytest.fixture
@@ -144,20 +127,20 @@ def pair(dovecot: Dovecot, own_redis: Redis, daemons: list[Popbridge]) -> tuple[
 def test_a_login_through_one_node_authorises_on_the_other_until_revoked(pair):
     a, b = pair
     pop3_login(a.port, "127.0.0.41", "bob", "bob-pw")
-    assert policy(b.policy_socket, "127.0.0.41") == "action=OK"
+    assert policy_action(b.policy_socket, "127.0.0.41") == "action=OK"
     assert b.cli("revoke", "127.0.0.41").returncode == 0
-    assert policy(a.policy_socket, "127.0.0.41") == "action=DUNNO"
-    assert policy(b.policy_socket, "127.0.0.41") == "action=DUNNO"
+    assert policy_action(a.policy_socket, "127.0.0.41") == "action=DUNNO"
+    assert policy_action(b.policy_socket, "127.0.0.41") == "action=DUNNO"
 
 
 def test_the_ttl_holds_on_both_nodes(dovecot, own_redis, daemons):
     a, b = two_nodes(dovecot, own_redis, daemons, ttl=3)
     pop3_login(b.port, "127.0.0.42", "alice", "alice-pw")
     ended = ended_session(b, "127.0.0.42")
-    assert policy(a.policy_socket, "127.0.0.42") == "action=OK"
+    assert policy_action(a.policy_socket, "127.0.0.42") == "action=OK"
     time.sleep(max(0.0, float(ended["expires"]) - time.time()) + 0.2)  # waiting for the ttl to pass
-    assert policy(a.policy_socket, "127.0.0.42") == "action=DUNNO"
-    assert policy(b.policy_socket, "127.0.0.42") == "action=DUNNO"
+    assert policy_action(a.policy_socket, "127.0.0.42") == "action=DUNNO"
+    assert policy_action(b.policy_socket, "127.0.0.42") == "action=DUNNO"
 
 
 def test_a_dead_redis_gives_prompt_tempfails_on_both_nodes_then_recovery(pair, own_redis):
@@ -167,12 +150,12 @@ def test_a_dead_redis_gives_prompt_tempfails_on_both_nodes_then_recovery(pair, o
         outage()
         for node in (a, b):
             began = time.monotonic()
-            assert policy(node.policy_socket, "127.0.0.43").startswith(POLICY_TEMPFAIL)
+            assert policy_action(node.policy_socket, "127.0.0.43").startswith(POLICY_TEMPFAIL)
             assert time.monotonic() - began < 1.0, outage.__name__
         if outage == own_redis.pause:
             own_redis.resume()
         else:
             own_redis.start()  # same port, same data (appendonly)
         for node in (a, b):  # reconnects by itself
-            wait_until(lambda node=node: policy(node.policy_socket, "127.0.0.43") == "action=OK", "recovery", timeout=10)
-        assert policy(b.policy_socket, "127.0.0.43") == "action=OK"
+            wait_until(lambda node=node: policy_action(node.policy_socket, "127.0.0.43") == "action=OK", "recovery", timeout=10)
+        assert policy_action(b.policy_socket, "127.0.0.43") == "action=OK"

@@ -9,7 +9,6 @@ and carol.second@ldap.example (`mailAlternateAddress`), and dave dave@ldap.examp
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import require
+from .conftest import require, started
 from .servers import (
     LDAP_BASE,
     LDAP_BIND_DN,
@@ -28,6 +27,7 @@ from .servers import (
     Slapd,
     StartPopbridge,
     binary,
+    policy_action,
     pop3_login,
     short_directory,
     wait_until,
@@ -81,12 +81,7 @@ class MailSlapd(Slapd):
 
 def _slapd() -> Slapd:
     require("slapd", "slapadd")
-    server = MailSlapd(people=PEOPLE)
-    try:
-        return server.start()
-    except ServerError as e:
-        server.cleanup()
-        pytest.fail(f"slapd did not start: {e}", pytrace=False)
+    return started(MailSlapd(people=PEOPLE))
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +105,7 @@ def readme_postfix() -> Iterator[Postfix]:
     `unix:private/popbridge` under its queue directory, where the binding listener listens."""
     require("postfix", "postmap", "swaks")
     unused = short_directory("pb-unused-")
-    server = Postfix(policy_socket=unused / "policy.sock", main_extra=readme_policy_lines())
-    try:
-        server.start()
-    except ServerError as e:
-        server.cleanup()
-        pytest.fail(f"Postfix with README's lines did not start: {e}", pytrace=False)
+    server = started(Postfix(policy_socket=unused / "policy.sock", main_extra=readme_policy_lines()))
     yield server
     server.cleanup()
     unused.rmdir()
@@ -143,22 +133,10 @@ class BindingDaemon:
         pop3_login(self.port, source, user, PASSWORDS[user])
 
     def policy(self, client: str, sender: str) -> str:
-        request = (
-            "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
-            f"client_address={client}\nclient_name=unknown\nsender={sender}\nrecipient=someone@outside.example\n\n"
-        )
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(30)
-            s.connect(str(self.socket_path))
-            s.sendall(request.encode())
-            reply = b""
-            while not reply.endswith(b"\n\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
-        assert reply.startswith(b"action=") and reply.endswith(b"\n\n"), reply
-        return reply[len(b"action="):-2].decode()
+        action = policy_action(self.socket_path, client, timeout=30, client_name="unknown", sender=sender,
+                               recipient="someone@outside.example")
+        assert action.startswith("action="), action
+        return action.removeprefix("action=")
 
 
 StartBinding = Callable[[Slapd], BindingDaemon]

@@ -2,22 +2,13 @@
 
 import pytest
 
-from popbridge.config import ConfigError, load_config
-
-POLICY = '[[lookup]]\nprotocol = "policy"\nlisten = "unix:address=/tmp/p"\n'
-LDAP = '[ldap]\nurl = "ldap://127.0.0.1"\nbase = "dc=example,dc=org"\n'
-
-
-def load(tmp_path, text):
-    path = tmp_path / "popbridge.toml"
-    path.write_text(text)
-    return load_config(path)
+from .test_config_ldap import LDAP, POLICY, load
+from .test_config_ldap import error as full_error
 
 
 def error(tmp_path, text) -> str:
-    with pytest.raises(ConfigError) as e:
-        load(tmp_path, text)
-    return str(e.value).removeprefix(f"{tmp_path / 'popbridge.toml'}: ")
+    """The complaint after the file name every complaint starts with."""
+    return full_error(tmp_path, text).removeprefix(f"{tmp_path / 'popbridge.toml'}: ")
 
 
 def test_binding_is_off_by_default_with_the_issue_default_action(tmp_path) -> None:

@@ -45,6 +45,8 @@ def test_every_documented_store_is_accepted(store):
         ("redis+sentinel://10.0.0.5:263790/popbridge/0", "is not a sentinel HOST:PORT"),
         ("redis+sentinel://:pw@10.0.0.5:26379/popbridge/0", "no credentials"),
         ("redis+sentinel://10.0.0.5:26379/popbridge/zero", "database in a Redis URL is a number"),
+        ("redis+sentinel://10.0.0.5:26379/popbridge?password=s3cret", "a Sentinel service name has only"),
+        ("redis+sentinel://10.0.0.5?password=s3cret/popbridge/0", "is not a sentinel HOST:PORT"),
     ],
 )
 def test_an_unusable_store_names_the_key(store, problem):
@@ -71,6 +73,10 @@ def test_an_unreadable_password_file_names_the_key(tmp_path):
 
 def test_a_redis_store_is_described_without_its_password():
     assert parse_store("rediss://:s3cret@r.example:6380/1").describe() == "rediss://r.example:6380/1"
+
+
+def test_a_password_tacked_onto_a_sentinel_service_is_refused_without_being_shown():
+    assert "s3cret" not in complaint(store="redis+sentinel://10.0.0.5:26379/popbridge?password=s3cret")
 
 
 def test_a_sentinel_url_names_its_sentinels_service_and_database():

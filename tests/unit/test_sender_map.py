@@ -141,6 +141,13 @@ def test_address_login_name_owns_itself_only_in_a_listed_domain() -> None:
     assert not table.owned("alice@gmail.example", ["alice@gmail.example"])
 
 
+def test_address_login_name_is_not_a_local_part_in_a_listed_domain() -> None:
+    """Postfix passes ``"bob@other.example"@example.org`` on as bob@other.example@example.org:
+    a login bob@other.example owns itself, not a mailbox of example.org that bears its name."""
+    table = rules("", ("example.org",))
+    assert not table.owned("bob@other.example@example.org", ["bob@other.example"])
+
+
 def test_a_login_without_a_name_owns_nothing() -> None:
     assert not rules("@example.org alice\n", ("example.org",)).owned("@example.org", [""])
 
