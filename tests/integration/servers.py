@@ -1210,7 +1210,7 @@ listen = "unix:address={self.control_socket}:mode=600"
         )
 
     def dovecot_settings(self, name: str, *checks: str) -> str:
-        """dovecot.conf lines that send feed `name` Dovecot's auth-policy requests (README's
+        """dovecot.conf lines that send feed `name` Dovecot's auth-policy requests (docs/deploy/dovecot.md,
         "Dovecot without a proxy"), then `checks` (``auth_policy_check_* = ...`` lines)."""
         return "\n".join(
             [

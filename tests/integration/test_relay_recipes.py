@@ -1,7 +1,7 @@
-"""The relay recipes in README's "Deploying" section, against the real daemon.
+"""The relay recipes of docs/deploy/ (Postfix, Sendmail, Exim), against the real daemon.
 
-Postfix: the main.cf lines are cut out of README.md here and put into a real Postfix verbatim
-(only the socket path is moved to this test's directory), so README and test cannot drift.
+Postfix: the main.cf lines are cut out of docs/deploy/postfix.md here and put into a real Postfix
+verbatim (only the socket path is moved to this test's directory), so page and test cannot drift.
 Sendmail and Exim are not installed here: what they rely on on the wire is tested instead,
 over the daemon's real unix sockets.
 """
@@ -19,14 +19,14 @@ from .servers import Dovecot, Popbridge, Postfix, Redis, ServerError, pop3_login
 
 pytestmark = pytest.mark.realserver
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+POSTFIX_PAGE = Path(__file__).resolve().parents[2] / "docs" / "deploy" / "postfix.md"
 RELAY_DENIED, ACCEPTED, DEFERRED = 554, 250, 450
 INBOUND = "inbound.example"  # a relay_domains domain: mail for it is not a relay attempt
 
 
-def readme_main_cf(name: str) -> str:
-    """The lines of the README block that starts with ``# main.cf: popbridge NAME``."""
-    deploying = README.read_text().split("\n## Deploying\n", 1)[1].split("\n## ", 1)[0]
+def documented_main_cf(name: str) -> str:
+    """The lines of the docs/deploy/postfix.md block that starts with ``# main.cf: popbridge NAME``."""
+    deploying = POSTFIX_PAGE.read_text()
     blocks: list[list[str]] = []
     block: list[str] | None = None  # the lines of the fenced block we are in, if any
     for line in deploying.splitlines():
@@ -40,7 +40,7 @@ def readme_main_cf(name: str) -> str:
     for first, *lines in filter(None, blocks):
         if first == f"# main.cf: popbridge {name}":
             return "\n".join(lines) + "\n"
-    raise AssertionError(f"README.md Deploying has no '# main.cf: popbridge {name}' block")
+    raise AssertionError(f"docs/deploy/postfix.md has no '# main.cf: popbridge {name}' block")
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def start_postfix(relay: list[object], main_cf: str, unused_policy: Path) -> Pos
     try:
         return postfix.start()
     except ServerError as e:
-        pytest.fail(f"Postfix with README's lines did not start: {e}", pytrace=False)
+        pytest.fail(f"Postfix with the documented lines did not start: {e}", pytrace=False)
 
 
 def start_popbridge(relay: list[object], dovecot: Dovecot, **options: object) -> Popbridge:
@@ -70,10 +70,10 @@ def start_popbridge(relay: list[object], dovecot: Dovecot, **options: object) ->
     return daemon.start()
 
 
-def test_readme_policy_lines_let_a_pop3_client_relay_and_defer_what_popbridge_cannot_judge(
+def test_documented_policy_lines_let_a_pop3_client_relay_and_defer_what_popbridge_cannot_judge(
     relay: list[object], dovecot: Dovecot, tmp_path: Path
 ) -> None:
-    main_cf = readme_main_cf("policy")
+    main_cf = documented_main_cf("policy")
     assert "{ default_action = DEFER 4.3.0 POP-before-SMTP check unavailable }" in main_cf
     postfix = start_postfix(relay, main_cf + f"relay_domains = {INBOUND}\n", tmp_path / "unused.sock")
     # unix:private/popbridge is relative to the queue directory, as inside Debian's chroot
@@ -87,10 +87,10 @@ def test_readme_policy_lines_let_a_pop3_client_relay_and_defer_what_popbridge_ca
     assert postfix.rcpt_code("127.0.0.1") == ACCEPTED  # mynetworks still relays
 
 
-def test_readme_policy_lines_defer_a_relay_attempt_when_the_store_is_down(
+def test_documented_policy_lines_defer_a_relay_attempt_when_the_store_is_down(
     relay: list[object], dovecot: Dovecot, own_redis: Redis, tmp_path: Path
 ) -> None:
-    postfix = start_postfix(relay, readme_main_cf("policy"), tmp_path / "unused.sock")
+    postfix = start_postfix(relay, documented_main_cf("policy"), tmp_path / "unused.sock")
     socket_path = postfix.directory / "queue" / "private" / "popbridge"
     daemon = start_popbridge(relay, dovecot, policy_socket=socket_path, store=own_redis.url)
     pop3_login(daemon.port, "127.0.0.28", "alice", "alice-pw")
@@ -100,9 +100,9 @@ def test_readme_policy_lines_defer_a_relay_attempt_when_the_store_is_down(
     assert postfix.rcpt_code("127.0.0.29") == DEFERRED
 
 
-def test_readme_socketmap_lines_let_a_pop3_client_relay(relay: list[object], dovecot: Dovecot, tmp_path: Path) -> None:
+def test_documented_socketmap_lines_let_a_pop3_client_relay(relay: list[object], dovecot: Dovecot, tmp_path: Path) -> None:
     daemon = start_popbridge(relay, dovecot)
-    main_cf = readme_main_cf("socketmap").replace("/run/popbridge/socketmap.sock", str(daemon.socketmap_socket))
+    main_cf = documented_main_cf("socketmap").replace("/run/popbridge/socketmap.sock", str(daemon.socketmap_socket))
     assert "proxy:socketmap:unix:" in main_cf
     postfix = start_postfix(relay, main_cf, daemon.policy_socket)
     assert postfix.rcpt_code("127.0.0.22") == RELAY_DENIED
@@ -129,7 +129,7 @@ def exchange(path: Path, request: bytes, half_close: bool) -> bytes:
 def test_exim_readsocket_gets_the_whole_whoson_answer_then_eof(relay: list[object], dovecot: Dovecot) -> None:
     daemon = start_popbridge(relay, dovecot)
     pop3_login(daemon.port, "127.0.0.24", "alice", "alice-pw")
-    # ${readsocket}: the request as README writes it, then half-close, then read to EOF
+    # ${readsocket}: the request as docs/deploy/exim.md writes it, then half-close, then read to EOF
     assert exchange(daemon.whoson_socket, b"QUERY 127.0.0.24\n\n", half_close=True) == b"+alice\r\n\r\n"
     assert exchange(daemon.whoson_socket, b"QUERY 127.0.0.25\n\n", half_close=True) == b"-\r\n\r\n"
 
