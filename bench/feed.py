@@ -47,17 +47,8 @@ if str(ROOT) not in sys.path:
 from bench import load
 from bench.mail import USERS, Machine, Metered, PhaseCost, paced_probe, percentile, policy_requests, user
 from bench.peers import BenchDovecot, Nginx, tree_cpu
-from tests.integration.servers import (
-    FeedPopbridge,
-    Popbridge,
-    ServerError,
-    find_binary,
-    free_port,
-    short_directory,
-    stop_process,
-    tcp_connectable,
-    wait_until,
-)
+from tests.integration.servers.popbridge_daemon import FeedPopbridge, Popbridge
+from tests.integration.servers.processes import ServerError, find_binary, free_port, short_directory, stop_process, tcp_connectable, wait_until
 
 FEED_CHECKS = ("auth_policy_check_before_auth = no", "auth_policy_check_after_auth = no")
 

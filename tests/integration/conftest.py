@@ -101,7 +101,7 @@ def dovecot() -> Iterator[Dovecot]:
 def burst_dovecot() -> Iterator[Dovecot]:
     """A Dovecot like `dovecot`, sized for hundreds of concurrent logins (tests marked wallclock)."""
     require("dovecot", "doveadm")
-    server = _started(BurstDovecot(users=USERS, trusted_networks=("127.0.0.1/32",)))
+    server = started(BurstDovecot(users=USERS, trusted_networks=("127.0.0.1/32",)))
     assert isinstance(server, Dovecot)
     yield server
     server.cleanup()
