@@ -265,6 +265,7 @@ def timed(ask: Callable[[], str]) -> tuple[str, float]:
     return answer, time.monotonic() - started
 
 
+@pytest.mark.wallclock
 def test_ldap_outage_leaves_the_map_deciding_and_defers_what_only_ldap_could_vouch_for(
     own_slapd, start_binding, documented_postfix
 ) -> None:
