@@ -21,8 +21,7 @@ A server is run in a `Chroot`: a private overlay (the root's layers read-only, a
 directory under /tmp) mounted in a mount namespace of its own, held open by a `sleep` that the
 namespace's mounts disappear with. The root itself is never written after its build, and
 several instances of one root can run at once. The network is the machine's, so daemons bind
-loopback high ports; host directories (popbridge's socket directory) are bind-mounted at the
-same path inside.
+loopback high ports; host directories (popbridge's socket directory) are bind-mounted inside.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,12 +251,12 @@ def _die_with_parent() -> None:
 @dataclass
 class Chroot:
     """A private writable instance of a root: overlay of `layers` (top first) with an upper
-    directory of its own, /proc mounted, `binds` (host directories) at the same paths inside,
+    directory of its own, /proc mounted, `binds` (host directories at paths inside),
     all in a mount namespace held by a `sleep` chrooted into it. `command()` builds argv that
     runs inside; `path()` is a file inside as seen from the host (through the holder's root)."""
 
     layers: list[Path]
-    binds: Iterable[Path] = ()
+    binds: Mapping[str, Path] = field(default_factory=dict)  # path inside -> host directory
     upper: Path | None = None  # default: a directory of this instance's own
     scratch: Path | None = None  # where the merged view and overlay's work directory go
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -277,8 +276,8 @@ class Chroot:
             f"mount -t overlay overlay -o lowerdir={lower},upperdir={self.upper},workdir={work} {merged}",
             f"mount -t proc proc {merged}/proc",
         ]
-        for bind in self.binds:
-            lines += [f"mkdir -p {merged}{bind}", f"mount --bind {bind} {merged}{bind}"]
+        for inside, host in self.binds.items():
+            lines += [f"mkdir -p {merged}{inside}", f"mount --bind {host} {merged}{inside}"]
         lines += [f"touch {merged}/run/.popbridge-chroot", f"exec chroot {merged} sleep infinity"]
         self.process = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines)],
