@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chrooted_relays import Syslog
-from .debian_root import Chroot, stop_by_pid_file
+from .debian_root import Chroot, stop_by_pid_files
 from .servers import ServerError, free_port, wait_until
 
 MAIL_UID = MAIL_GID = 65534  # nobody/nogroup inside the root
@@ -68,13 +68,17 @@ class ChrootedMailServer:
     def launch(self) -> None:
         raise NotImplementedError
 
+    def log_lines(self) -> list[str]:
+        """Every line the server logged so far (through its syslog)."""
+        return self._syslog.text().splitlines() if self._syslog is not None else []
+
     def log_text(self) -> str:
-        return self._syslog.text()[-6000:] if self._syslog is not None else ""
+        """The end of the log, for failure output."""
+        return "\n".join(self.log_lines())[-6000:]
 
     def cleanup(self) -> None:
         try:
-            for pid_file in self.pid_files:
-                stop_by_pid_file(self.chroot, pid_file, f"{self.name} {pid_file}")
+            stop_by_pid_files(self.chroot, self.pid_files, self.name)
         finally:
             self.chroot.cleanup()
             if self._syslog is not None:

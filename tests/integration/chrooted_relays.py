@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .debian_root import Chroot, stop_by_pid_file
+from .debian_root import Chroot, stop_by_pid_files
 from .servers import ServerError, free_port, wait_until
 
 
@@ -76,7 +76,7 @@ class ChrootedRelay:
 
     def cleanup(self) -> None:
         try:
-            stop_by_pid_file(self.chroot, self.pid_file, self.name)
+            stop_by_pid_files(self.chroot, [self.pid_file], self.name)
         finally:
             self.chroot.cleanup()
 
@@ -204,6 +204,7 @@ class Syslog:
     def __init__(self, path: Path) -> None:
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.bind(str(path))
+        path.chmod(0o666)  # daemons log after dropping root
         self._lines: list[str] = []
         self._thread = threading.Thread(target=self._read, name="chroot-syslog", daemon=True)
         self._thread.start()

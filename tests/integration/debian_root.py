@@ -26,6 +26,7 @@ loopback high ports; host directories (popbridge's socket directory) are bind-mo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -35,7 +36,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,25 +326,34 @@ class Chroot:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def stop_by_pid_file(chroot: Chroot, pid_file: str, what: str, timeout: float = 15) -> None:
-    """SIGTERM the daemon whose pid is in `pid_file` (a path inside), SIGKILL it after `timeout`."""
-    try:
-        pid = int(chroot.path(pid_file).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def stop_by_pid_files(chroot: Chroot, pid_files: Iterable[str], what: str, timeout: float = 15) -> None:
+    """SIGTERM every daemon whose pid is in one of `pid_files` (paths inside) at once, wait for
+    them together, and SIGKILL those still running after `timeout` seconds."""
+    pids = []
+    for pid_file in pid_files:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
+            pids.append(int(chroot.path(pid_file).read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            continue
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _running(pid)]
         time.sleep(0.05)  # polling interval of a bounded wait
-    os.kill(pid, signal.SIGKILL)
-    raise ServerError(f"{what} (pid {pid}) ignored SIGTERM for {timeout:.0f} s and was killed")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    if pids:
+        raise ServerError(f"{what} (pids {pids}) ignored SIGTERM for {timeout:.0f} s and was killed")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def main() -> None:

@@ -119,6 +119,7 @@ class Dialogue:
                 return line
 
     def close(self) -> None:
+        self.reader.close()  # the socket closes only when its file object does too
         self.socket.close()
 
 
@@ -343,3 +344,96 @@ def test_retrieval_through_popbridge_is_byte_for_byte_the_direct_one(
     direct = imap_fetch_raw(backend.imap_port, "127.0.0.1", "bob", "bob-pw")
     assert len(direct) > 300_000
     assert imap_fetch_raw(proxy.imap_port, "127.0.3.5", "bob", "bob-pw") == direct
+
+
+# ---------------------------------------------------------------- Courier's own answers
+
+
+@pytest.mark.parametrize(("max_per_ip", "fifth"), [(None, b"-ERR [SYS/TEMP] "), (50, b"+OK")])
+def test_courier_maxperip_counts_every_popbridge_session_as_one_client(
+    max_per_ip: int | None, fifth: bytes
+) -> None:
+    """Debian's MAXPERIP=4 for POP3 sees popbridge's address on every session: a fifth user is
+    turned away (Courier closes without a word; popbridge says -ERR [SYS/TEMP]) until the
+    operator raises it, as README says."""
+    server = _start(Courier(require_debian_root(COURIER_EXIM), users=USERS, max_per_ip=max_per_ip))
+    daemon = start_popbridge(server)
+    sessions: list[Dialogue] = []
+    try:
+        for n in range(1, 5):
+            sessions.append(Dialogue(daemon.port, f"127.0.4.{n}"))
+            assert pop3_user_pass(sessions[-1], "alice", "alice-pw").startswith(b"+OK")
+        sessions.append(Dialogue(daemon.port, "127.0.4.5"))
+        assert sessions[-1].greeting.startswith(fifth)
+        assert recorded(daemon, "127.0.4.5") == []
+    finally:
+        for session in sessions:
+            session.close()
+        print(f"--- popbridge output:\n{daemon.output()}\n--- courier log:\n{server.log_text()}")
+        daemon.cleanup()
+        server.cleanup()
+
+
+@pytest.mark.parametrize("backend", ["courier"], indirect=True)
+def test_courier_answers_syntax_errors_no_and_the_login_after_them_counts(proxy: Popbridge, backend: Courier) -> None:
+    d = Dialogue(proxy.imap_port, "127.0.4.10")
+    try:
+        d.send(b"x FOO\r\ny ID NIL\r\n")
+        assert d.tagged("x").startswith(b"x NO ")  # where Dovecot and Cyrus say BAD
+        assert d.tagged("y").startswith(b"y NO ")  # Courier has no ID
+        assert imap_login_atoms(d, "alice", "alice-pw").startswith(b"a OK")
+    finally:
+        d.close()
+    assert recorded(proxy, "127.0.4.10") == [("alice", "imap4")]
+
+
+# ---------------------------------------------------------------- the client's address
+
+
+@pytest.mark.parametrize("backend", ["courier", "cyrus"], indirect=True)
+def test_forward_client_address_is_warned_about_and_the_server_logs_popbridge(backend: ChrootedMailServer) -> None:
+    """Neither offers XCLIENT; Courier has no ID, Cyrus answers ID but takes no address from
+    it: logins work, popbridge warns where it can tell, and the server logs 127.0.0.1."""
+    daemon = start_popbridge(backend, forward_client_address=True)
+    mark = len(backend.log_lines())
+    try:
+        d = Dialogue(daemon.port, "127.0.4.20")
+        assert pop3_user_pass(d, "alice", "alice-pw").startswith(b"+OK")
+        d.close()
+        d = Dialogue(daemon.imap_port, "127.0.4.21")
+        assert imap_login_atoms(d, "alice", "alice-pw").startswith(b"a OK")
+        d.close()
+        assert recorded(daemon, "127.0.4.20") == [("alice", "pop3")]
+        assert recorded(daemon, "127.0.4.21") == [("alice", "imap4")]
+        daemon.log.wait_for(lambda line: "backend does not offer XCLIENT" in line and "127.0.4.20" in line)
+        if isinstance(backend, Courier):
+            daemon.log.wait_for(lambda line: "backend does not offer ID" in line and "127.0.4.21" in line)
+        logins = [line for line in backend.log_lines()[mark:] if "alice" in line and "login" in line.lower()]
+        assert logins and all("127.0.4." not in line for line in logins), logins
+        assert all("127.0.0.1" in line for line in logins), logins
+    finally:
+        print(f"--- popbridge output:\n{daemon.output()}")
+        daemon.cleanup()
+
+
+# ---------------------------------------------------------------- Cyrus's own answers
+
+
+def test_cyrus_login_delay_after_a_right_password_is_not_a_login() -> None:
+    """Debian's popminpoll: 1 lets a POP3 user log in once a minute; the next login gets
+    -ERR [LOGIN-DELAY] to a right PASS. The client sees it; nothing is recorded."""
+    server = _start(Cyrus(require_debian_root(CYRUS_SENDMAIL), users=USERS, popminpoll=1))
+    daemon = start_popbridge(server)
+    try:
+        d = Dialogue(server.port, "127.0.0.1")  # a direct login starts dora's minute
+        assert pop3_user_pass(d, "dora", "dora-pw").startswith(b"+OK")
+        assert d.say("QUIT").startswith(b"+OK")
+        d.close()
+        d = Dialogue(daemon.port, "127.0.4.30")
+        assert pop3_user_pass(d, "dora", "dora-pw").startswith(b"-ERR [LOGIN-DELAY] ")
+        d.close()
+        assert recorded(daemon, "127.0.4.30") == []
+    finally:
+        print(f"--- popbridge output:\n{daemon.output()}\n--- cyrus log:\n{server.log_text()}")
+        daemon.cleanup()
+        server.cleanup()
