@@ -224,19 +224,31 @@ def _build_layer(spec: RootSpec, marker: str) -> None:
     _replace(ROOTS / spec.name, built)
 
 
+_failed: dict[str, RootUnavailable] = {}
+
+
 def ensure_root(spec: RootSpec) -> list[Path]:
     """The read-only layers of `spec`'s root, top first, built (or rebuilt) if their markers
     do not match. Raises RootUnavailable with the reason when that cannot be done."""
+    if spec.name in _failed:  # one failed build per run, not one per test
+        raise _failed[spec.name]
     reasons = missing_tools()
     if reasons:
         raise RootUnavailable("; ".join(reasons))
-    with _locked():
-        base_marker = _base_marker()
-        if _read_marker(ROOTS / "base") != base_marker:
-            _build_base(base_marker)
-        marker = _layer_marker(spec, base_marker)
-        if _read_marker(ROOTS / spec.name) != marker:
-            _build_layer(spec, marker)
+    try:
+        with _locked():
+            base_marker = _base_marker()
+            if _read_marker(ROOTS / "base") != base_marker:
+                _build_base(base_marker)
+            marker = _layer_marker(spec, base_marker)
+            if _read_marker(ROOTS / spec.name) != marker:
+                _build_layer(spec, marker)
+    except RootUnavailable as e:
+        _failed[spec.name] = e
+        raise
+    except (OSError, subprocess.TimeoutExpired) as e:
+        _failed[spec.name] = RootUnavailable(f"building {spec.name} in {ROOTS}: {e}")
+        raise _failed[spec.name] from e
     return [ROOTS / spec.name / "layer", ROOTS / "base" / "rootfs"]
 
 
