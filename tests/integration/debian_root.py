@@ -12,8 +12,9 @@ own. A root is built once per machine and reused by every later run, from any cl
   Courier and Cyrus each need some MTA installed; Exim and Sendmail are the ones tested, so each
   pair shares a layer.
 
-Each directory has a `marker` file holding what it was built from (mirror, suites, package
-list); a marker that differs from what this module asks for means a rebuild. Builds hold an
+Each directory has a `marker` file holding what it was built from (mirror and suites; a layer:
+its packages and the build id of its base); a marker that differs from what this module asks
+for means a rebuild, so a rebuilt base rebuilds its layers. Builds hold an
 exclusive lock on `ROOTS/lock`, so concurrent test runs wait for one another instead of building
 twice. `ROOTS` is /var/cache/popbridge-test-roots unless `POPBRIDGE_TEST_ROOTS` names another.
 
@@ -36,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 BUILD_TIMEOUT = 1800  # seconds one debootstrap or apt-get may take on a slow mirror
 HOSTS = "127.0.0.1\tlocalhost mail.popbridge-test.invalid mail\n"
+READY_FILE = "/run/.popbridge-chroot"  # inside: seen through the holder's root once it is chrooted
 TOOLS = {"debootstrap": "debootstrap", "unshare": "util-linux", "nsenter": "util-linux"}
 
 
@@ -188,13 +191,14 @@ def _build_base(marker: str) -> None:
     policy.chmod(0o755)
     (rootfs / "etc/hosts").write_text(HOSTS)
     (rootfs / "etc/hostname").write_text("mail.popbridge-test.invalid\n")
+    (built / "build-id").write_text(uuid.uuid4().hex + "\n")  # layers name the base they were built on
     (built / "marker").write_text(marker)
     _replace(ROOTS / "base", built)
 
 
-def _layer_marker(spec: RootSpec, base_marker: str) -> str:
-    return json.dumps({"base": json.loads(base_marker), "packages": spec.packages, "debconf": spec.debconf},
-                      indent=1) + "\n"
+def _layer_marker(spec: RootSpec) -> str:
+    base = (ROOTS / "base" / "build-id").read_text().strip()
+    return json.dumps({"base": base, "packages": spec.packages, "debconf": spec.debconf}, indent=1) + "\n"
 
 
 def _build_layer(spec: RootSpec, marker: str) -> None:
@@ -218,8 +222,8 @@ def _build_layer(spec: RootSpec, marker: str) -> None:
     finally:
         holder.stop()
     shutil.rmtree(built / "work", ignore_errors=True)
-    for leftover in ("tmp/debconf",):
-        (built / "layer" / leftover).unlink(missing_ok=True)
+    for leftover in ("tmp/debconf", READY_FILE):  # the build's own files are not the root's
+        (built / "layer" / leftover.lstrip("/")).unlink(missing_ok=True)
     (built / "marker").write_text(marker)
     _replace(ROOTS / spec.name, built)
 
@@ -238,9 +242,9 @@ def ensure_root(spec: RootSpec) -> list[Path]:
     try:
         with _locked():
             base_marker = _base_marker()
-            if _read_marker(ROOTS / "base") != base_marker:
+            if _read_marker(ROOTS / "base") != base_marker or not (ROOTS / "base" / "build-id").exists():
                 _build_base(base_marker)
-            marker = _layer_marker(spec, base_marker)
+            marker = _layer_marker(spec)
             if _read_marker(ROOTS / spec.name) != marker:
                 _build_layer(spec, marker)
     except RootUnavailable as e:
@@ -291,13 +295,13 @@ class Chroot:
         ]
         for inside, host in self.binds.items():
             lines += [f"mkdir -p {merged}{inside}", f"mount --bind {host} {merged}{inside}"]
-        lines += [f"touch {merged}/run/.popbridge-chroot", f"exec chroot {merged} sleep infinity"]
+        lines += [f"touch {merged}{READY_FILE}", f"exec chroot {merged} sleep infinity"]
         self.process = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
-        wait_until(lambda: self.path("/run/.popbridge-chroot").exists(), "chroot namespace", timeout=20,
+        wait_until(lambda: self.path(READY_FILE).exists(), "chroot namespace", timeout=20,
                    alive=self._why_dead)
         return self
 
