@@ -12,12 +12,12 @@ import socket
 import subprocess
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chrooted_relays import Syslog
-from .debian_root import Chroot, stop_by_pid_files
+from .debian_root import Chroot, Syslog, stop_by_pid_files
 from .servers import ServerError, free_port, wait_until
 
 MAIL_UID = MAIL_GID = 65534  # nobody/nogroup inside the root
@@ -32,7 +32,7 @@ def _greets(host: str, port: int, greeting: bytes) -> bool:
 
 
 @dataclass
-class ChrootedMailServer:
+class ChrootedMailServer(ABC):
     """What Courier and Cyrus share: a chroot, a syslog, a POP3 `port` and an `imap_port`."""
 
     layers: list[Path]
@@ -62,11 +62,17 @@ class ChrootedMailServer:
     def _ready(self) -> bool:
         return _greets(self.host, self.port, b"+OK") and _greets(self.host, self.imap_port, b"* OK")
 
+    @abstractmethod
     def configure(self) -> None:
-        raise NotImplementedError
+        """Write configuration, users and mailboxes into the running chroot."""
 
+    @abstractmethod
     def launch(self) -> None:
-        raise NotImplementedError
+        """Start the daemons (they put themselves in the background)."""
+
+    @abstractmethod
+    def deliver(self, user: str, message: bytes) -> None:
+        """Put `message` in `user`'s INBOX."""
 
     def log_lines(self) -> list[str]:
         """Every line the server logged so far (through its syslog)."""

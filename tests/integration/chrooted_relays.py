@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .debian_root import Chroot, stop_by_pid_files
+from .debian_root import Chroot, Syslog, stop_by_pid_files
 from .servers import ServerError, free_port, wait_until
 
 
@@ -40,7 +40,7 @@ def _answers_smtp(host: str, port: int) -> bool:
 
 
 @dataclass
-class ChrootedRelay:
+class ChrootedRelay(ABC):
     """What Exim and Sendmail share: a chroot of their own, a port, start and stop by pid file."""
 
     layers: list[Path]
@@ -65,14 +65,17 @@ class ChrootedRelay:
             raise ServerError(f"{e}\n{self.log_text()}") from None
         return self
 
+    @abstractmethod
     def configure(self) -> None:
-        raise NotImplementedError
+        """Write the relay's configuration into the running chroot."""
 
+    @abstractmethod
     def daemon_argv(self) -> list[str]:
-        raise NotImplementedError
+        """The command (inside) that starts the daemon in the background."""
 
+    @abstractmethod
     def log_text(self) -> str:
-        return ""
+        """The end of the relay's log, for failure output."""
 
     def cleanup(self) -> None:
         try:
@@ -196,30 +199,3 @@ class Sendmail(ChrootedRelay):
         finally:
             if hasattr(self, "_syslog"):
                 self._syslog.close()
-
-
-class Syslog:
-    """A /dev/log of a chroot's own: a datagram socket whose messages are kept for failure output."""
-
-    def __init__(self, path: Path) -> None:
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(str(path))
-        path.chmod(0o666)  # daemons log after dropping root
-        self._lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, name="chroot-syslog", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                message = self._socket.recv(65536)
-            except OSError:
-                return
-            self._lines.append(message.decode("utf-8", "replace"))
-
-    def text(self) -> str:
-        return "\n".join(self._lines)
-
-    def close(self) -> None:
-        self._socket.shutdown(socket.SHUT_RDWR)
-        self._socket.close()

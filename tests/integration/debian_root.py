@@ -23,6 +23,8 @@ directory under /tmp) mounted in a mount namespace of its own, held open by a `s
 namespace's mounts disappear with. The root itself is never written after its build, and
 several instances of one root can run at once. The network is the machine's, so daemons bind
 loopback high ports; host directories (popbridge's socket directory) are bind-mounted inside.
+Daemons that log only through syslog get a `Syslog` of the test's own on the instance's
+/dev/log, and are stopped by their pid files (`stop_by_pid_files`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -340,6 +344,33 @@ class Chroot:
         self.stop()
         if self.scratch is not None and self.scratch.name.startswith("pb-chroot-"):
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class Syslog:
+    """A /dev/log of a chroot's own: a datagram socket whose messages are kept for failure output."""
+
+    def __init__(self, path: Path) -> None:
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        path.chmod(0o666)  # daemons log after dropping root
+        self._lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, name="chroot-syslog", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._socket.recv(65536)
+            except OSError:
+                return
+            self._lines.append(message.decode("utf-8", "replace"))
+
+    def text(self) -> str:
+        return "\n".join(self._lines)
+
+    def close(self) -> None:
+        self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
 
 
 def stop_by_pid_files(chroot: Chroot, pid_files: Iterable[str], what: str, timeout: float = 15) -> None:
