@@ -389,6 +389,26 @@ def test_courier_answers_syntax_errors_no_and_the_login_after_them_counts(proxy:
     assert recorded(proxy, "127.0.4.10") == [("alice", "imap4")]
 
 
+@pytest.mark.parametrize("backend", ["courier"], indirect=True)
+def test_courier_own_stls_and_starttls_are_not_offered_through_popbridge(proxy: Popbridge, backend: Courier) -> None:
+    """Debian's Courier offers STLS/STARTTLS with its own certificate; TLS ends at popbridge."""
+    for port, source, expect in ((backend.port, "127.0.0.1", True), (proxy.port, "127.0.4.11", False)):
+        d = Dialogue(port, source)
+        try:
+            assert d.say("CAPA").startswith(b"+OK")
+            capabilities = list(iter(d.reader.readline, b".\r\n"))
+            assert (b"STLS\r\n" in capabilities) is expect, capabilities
+        finally:
+            d.close()
+    for port, source, expect in ((backend.imap_port, "127.0.0.1", True), (proxy.imap_port, "127.0.4.12", False)):
+        d = Dialogue(port, source)
+        try:
+            d.send(b"a CAPABILITY\r\n")
+            assert (b" STARTTLS" in d.greeting + d.reader.readline()) is expect
+        finally:
+            d.close()
+
+
 # ---------------------------------------------------------------- the client's address
 
 
