@@ -4,8 +4,10 @@ Every login form the server offers (with Debian's defaults plus the SASL mechani
 turns on) is recorded under the user the server logged in; wrong passwords are not; commands
 pipelined behind the login are answered (Courier itself drops them); a retrieval through
 popbridge is byte for byte the direct one. Then each server's own answers: Courier's silent
-close at MAXPERIP, its NO for syntax errors and its missing ID; Cyrus's `-ERR [LOGIN-DELAY]`
-after a right password, and its ID that takes no client address.
+close at MAXPERIP, its NO for syntax errors, its missing ID and its own STLS/STARTTLS (hidden);
+Cyrus's `-ERR [LOGIN-DELAY]` after a right password, and its ID that takes no client address.
+Cyrus's `-ERR [IN-USE]` cannot be provoked in 3.6 (it waits for a held mailbox lock rather than
+refusing); popbridge treats it like any -ERR to PASS, which test_adversarial.py checks.
 """
 
 from __future__ import annotations
