@@ -9,7 +9,6 @@ the tests see are the ones operators meet. Users and their passwords come from `
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -134,11 +133,7 @@ class Courier(ChrootedMailServer):
         self.chroot.run("makeuserdb")
 
     def _userdbpw(self, kind: str, password: str) -> str:
-        result = subprocess.run(self.chroot.command("userdbpw", kind), input=f"{password}\n{password}\n",
-                                capture_output=True, text=True, timeout=30)
-        if result.returncode != 0 or not result.stdout.strip():
-            raise ServerError(f"userdbpw {kind}: {result.stderr}")
-        return result.stdout.strip()
+        return self.chroot.run_with_input(f"{password}\n{password}\n", "userdbpw", kind).strip()
 
     def launch(self) -> None:
         self.chroot.run("mkdir", "-p", "/run/courier/authdaemon")
@@ -203,10 +198,7 @@ class Cyrus(ChrootedMailServer):
         debian = [line for line in conf.read_text().splitlines() if line.split(":", 1)[0].strip() not in keys]
         conf.write_text("\n".join(debian) + ours)
         for user, password in self.users.items():
-            result = subprocess.run(self.chroot.command("saslpasswd2", "-p", "-c", "-u", CYRUS_REALM, user),
-                                    input=password, capture_output=True, text=True, timeout=30)
-            if result.returncode != 0:
-                raise ServerError(f"saslpasswd2 {user}: {result.stderr}")
+            self.chroot.run_with_input(password, "saslpasswd2", "-p", "-c", "-u", CYRUS_REALM, user)
         self.chroot.run("chown", "cyrus:mail", "/etc/sasldb2")
         self.chroot.run("chmod", "640", "/etc/sasldb2")
         self.chroot.run("mkdir", "-p", "/run/cyrus/proc", "/run/cyrus/lock", "/run/cyrus/socket")

@@ -333,6 +333,13 @@ class Chroot:
             raise ServerError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
         return result
 
+    def run_with_input(self, text: str, *argv: str, timeout: float = 60) -> str:
+        """Run `argv` inside with `text` on its standard input; its standard output."""
+        result = subprocess.run(self.command(*argv), input=text, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise ServerError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+        return result.stdout
+
     def stop(self) -> None:
         """End the holder; the namespace, its mounts included, goes when its last process does.
         Daemons started inside are stopped by their owners first (by pid file)."""

@@ -11,7 +11,9 @@ socket file left behind) or hung (SIGSTOP: the kernel still accepts connections)
 
 from __future__ import annotations
 
+import re
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,3 +180,33 @@ def test_readme_recipe_never_relays_while_popbridge_is_down(
     if outage != "hung":  # a hung lookup costs the relay's whole timeout: one RCPT is enough
         assert rcpt_code(relay.port, "127.0.0.34") == recipe.down[outage]
     assert rcpt_code(relay.port, "127.0.0.1") == ACCEPTED
+
+
+def test_readme_sendmail_recipe_asks_for_an_ipv6_client_by_its_bare_address(
+    started: list[object], dovecot: Dovecot
+) -> None:
+    """Sendmail writes an IPv6 client as `IPv6:2001:db8::7`; the recipe must ask popbridge for
+    `2001:db8::7`. No IPv6 client can connect here, so Sendmail's own rule tester (-bt) runs
+    the recipe for one, against a popbridge that learnt that address by a WHOSON update."""
+    layers = require_debian_root(CYRUS_SENDMAIL)
+    daemon = Popbridge(backend_port=dovecot.port, extra_config="""
+[[lookup]]
+protocol = "whoson"
+listen = "unix:address=updates.sock:mode=600"
+allow_updates = true
+""")
+    started.append(daemon)
+    daemon.start()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.directory / "updates.sock"))
+        s.sendall(b"LOGIN 2001:db8::7 alice\r\n\r\n")
+        assert s.recv(64).startswith(b"+")
+    sendmail = _relay(started, Sendmail(layers, binds={"/run/popbridge": daemon.directory},
+                                        mc=readme_block("dnl sendmail.mc: popbridge socketmap")))
+    answers = {}
+    for client in ("IPv6:2001:DB8::7", "IPv6:2001:db8::8"):
+        tested = sendmail.chroot.run_with_input(
+            f".D{{client_addr}}{client}\nLocal_check_rcpt <someone@outside.example>\n", "sendmail", "-bt")
+        answers[client] = re.findall(r"Local_check_rcpt returns: (.*)", tested)
+    assert answers == {"IPv6:2001:DB8::7": ["$# OK"], "IPv6:2001:db8::8": ["< ? >"]}
