@@ -169,6 +169,7 @@ CYRUS_IMAPD_CONF = """
 # tests/integration/chrooted_backends.py
 servername: {servername}
 popminpoll: {popminpoll}
+allowplaintext: {allowplaintext}
 sasl_pwcheck_method: auxprop
 sasl_auxprop_plugin: sasldb
 sasl_sasldb_path: /etc/sasldb2
@@ -186,13 +187,15 @@ class Cyrus(ChrootedMailServer):
     Debian's value."""
 
     popminpoll: int = 0
+    allowplaintext: bool = True  # Debian's default; upstream's is off
     name = "cyrus"
     pid_files: tuple[str, ...] = ("/run/cyrus-master.pid",)
 
     def configure(self) -> None:
         self.chroot.path("/etc/cyrus.conf").write_text(
             CYRUS_CONF.format(host=self.host, port=self.port, imap_port=self.imap_port))
-        ours = CYRUS_IMAPD_CONF.format(servername=CYRUS_REALM, popminpoll=self.popminpoll)
+        ours = CYRUS_IMAPD_CONF.format(servername=CYRUS_REALM, popminpoll=self.popminpoll,
+                                       allowplaintext="yes" if self.allowplaintext else "no")
         keys = {line.split(":", 1)[0] for line in ours.splitlines() if ":" in line and not line.startswith("#")}
         conf = self.chroot.path("/etc/imapd.conf")  # Cyrus refuses an option given twice
         debian = [line for line in conf.read_text().splitlines() if line.split(":", 1)[0].strip() not in keys]

@@ -461,3 +461,27 @@ def test_cyrus_login_delay_after_a_right_password_is_not_a_login() -> None:
         print(f"--- popbridge output:\n{daemon.output()}\n--- cyrus log:\n{server.log_text()}")
         daemon.cleanup()
         server.cleanup()
+
+
+def test_cyrus_with_upstreams_allowplaintext_off_refuses_plain_logins_from_popbridge() -> None:
+    """popbridge's leg to the server is plain (unless backend_starttls): with upstream's
+    `allowplaintext: no` Cyrus refuses passwords in the clear (CRAM-MD5 still works), and
+    popbridge records only the login Cyrus accepted."""
+    server = _start(Cyrus(require_debian_root(CYRUS_SENDMAIL), users=USERS, allowplaintext=False))
+    daemon = start_popbridge(server)
+    try:
+        d = Dialogue(daemon.imap_port, "127.0.4.40")
+        assert imap_login_quoted(d, "alice", "alice-pw").startswith(b"a NO")
+        d.close()
+        d = Dialogue(daemon.port, "127.0.4.41")
+        assert d.say("USER alice").startswith(b"-ERR [AUTH] ")  # "only available under a layer"
+        d.close()
+        d = Dialogue(daemon.imap_port, "127.0.4.42")
+        assert imap_authenticate_cram_md5(d, "alice", "alice-pw").startswith(b"a OK")
+        d.close()
+        assert recorded(daemon, "127.0.4.40") == recorded(daemon, "127.0.4.41") == []
+        assert recorded(daemon, "127.0.4.42") == [("alice", "imap4")]
+    finally:
+        print(f"--- popbridge output:\n{daemon.output()}\n--- cyrus log:\n{server.log_text()}")
+        daemon.cleanup()
+        server.cleanup()
