@@ -1,4 +1,5 @@
 """Fixtures for the integration tests: private Dovecot and Postfix, and the popbridge daemon.
+Courier, Cyrus, Exim and Sendmail come from Debian roots: `require_debian_root`.
 
 The real servers need root (Dovecot and Postfix drop privileges to their own users) and the
 Debian packages. Without them these tests skip with a message naming what is missing, except
