@@ -45,7 +45,8 @@ def _start(server: ChrootedMailServer) -> ChrootedMailServer:
 
 @pytest.fixture(scope="module")
 def courier() -> Iterator[Courier]:
-    server = _start(Courier(require_debian_root(COURIER_EXIM), users=USERS))
+    # MAXPERIP raised as README says; the MAXPERIP test keeps Debian's
+    server = _start(Courier(require_debian_root(COURIER_EXIM), users=USERS, max_per_ip=40))
     assert isinstance(server, Courier)
     server.deliver("bob", BIG)
     server.deliver("alice", b"Subject: hello\r\n\r\nhello alice\r\n")
@@ -353,7 +354,7 @@ def test_retrieval_through_popbridge_is_byte_for_byte_the_direct_one(
 # ---------------------------------------------------------------- Courier's own answers
 
 
-@pytest.mark.parametrize(("max_per_ip", "fifth"), [(None, b"-ERR [SYS/TEMP] "), (50, b"+OK")])
+@pytest.mark.parametrize(("max_per_ip", "fifth"), [(None, b"-ERR [SYS/TEMP] "), (40, b"+OK")])
 def test_courier_maxperip_counts_every_popbridge_session_as_one_client(
     max_per_ip: int | None, fifth: bytes
 ) -> None:
