@@ -54,6 +54,8 @@ class FeedRules:
             return "failed"
         if request.protocol not in self.protocols:
             return "other_protocol"
+        if not request.login:  # Dovecot sends "" when it never learned a user name; nobody to record
+            return "no_user"
         if not request.remote:
             return "no_address"
         if self.ignored(request.remote):

@@ -131,6 +131,7 @@ def test_ipv6_clients_are_grouped_by_the_ledger_prefix() -> None:
         ({"remote": "127.0.0.1"}, "ignored"),
         ({"remote": "::ffff:127.0.0.1"}, "ignored"),
         ({"remote": ""}, "no_address"),
+        ({"login": ""}, "no_user"),
     ],
 )
 def test_a_report_that_is_not_a_mail_login_records_nothing_and_is_counted(change: dict, outcome: str) -> None:
