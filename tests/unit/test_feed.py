@@ -311,6 +311,16 @@ def test_a_failed_report_for_another_login_does_not_trip_the_guard() -> None:
     assert [login.user for login in feed.logins("192.0.2.9")] == ["alice"]
 
 
+def test_a_wrong_password_after_a_reported_success_does_not_trip_the_guard() -> None:
+    feed = armed(Feed(record_on="after_auth"))
+    feed.post("allow", ALLOW)  # after the password check (auth_policy_check_before_auth = no)
+    feed.post("report", REPORT)
+    feed.post("report", REPORT | {"success": False})  # another device behind the same address mistypes
+    assert [login.user for login in feed.logins("192.0.2.7")] == ["alice"]
+    feed.post("allow", ALLOW | {"remote": "192.0.2.9"})
+    assert [login.user for login in feed.logins("192.0.2.9")] == ["alice"]
+
+
 def test_a_daemon_with_only_a_feed_and_a_lookup_listens_for_both() -> None:
     document = {
         "ledger": {"store": "memory"},
