@@ -10,7 +10,16 @@ Tests import the names from here (``from .servers import Dovecot``); bench/ impo
 own module (``from tests.integration.servers.dovecot import Dovecot``).
 """
 
-from .clients import BoundPOP3, curl_pop3, message_of_size, policy_action, pop3_login, pop3_retr_raw
+from .clients import (
+    BoundPOP3,
+    curl_pop3,
+    message_of_size,
+    netstring,
+    policy_action,
+    pop3_login,
+    pop3_retr_raw,
+    socketmap_answer,
+)
 from .dovecot import MAIL_GID, MAIL_UID, Dovecot
 from .popbridge_daemon import FeedPopbridge, Popbridge, StartPopbridge, popbridge_command
 from .postfix import Postfix, SinkMessage, SmtpSink
@@ -59,11 +68,13 @@ __all__ = [
     "free_port",
     "log_tail",
     "message_of_size",
+    "netstring",
     "policy_action",
     "pop3_login",
     "pop3_retr_raw",
     "popbridge_command",
     "short_directory",
+    "socketmap_answer",
     "stop_process",
     "tcp_connectable",
     "tcp_listening",

@@ -33,6 +33,19 @@ def pop3_login(port: int, source: str, user: str, password: str, host: str = "12
         pop.close()
 
 
+def netstring(text: str) -> bytes:
+    return b"%d:%s," % (len(text.encode()), text.encode())
+
+
+def socketmap_answer(socket_path: Path | str, key: str, name: str = "access") -> bytes:
+    """One socketmap query (`name` `key`) on a connection of its own; the netstring answered."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(socket_path))
+        s.sendall(netstring(f"{name} {key}"))
+        return s.recv(4096)
+
+
 def policy_action(socket_path: Path | str, address: str, timeout: float = 10.0, **attributes: str) -> str:
     """One Postfix policy request (RCPT) for `address`, with `attributes` (``sender=...``) as
     further lines; the `action=` line of the answer."""
