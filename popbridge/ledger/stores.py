@@ -23,7 +23,7 @@ from popbridge.ledger.memory import MemoryLedger
 from popbridge.ledger.redis import RedisLedger, redis_client
 from popbridge.ledger.spec import parse_store
 from popbridge.ledger.sqlite import SqliteLedger
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 
 REDIS_THREADS = 10  # concurrent Redis calls; lookups beyond this wait (within their deadline)
 NOT_STORED = "ledger_not_stored"  # counter: logins kept in memory only after a failed write

@@ -13,7 +13,7 @@ from popbridge.lookup.control import control_server_factory
 from popbridge.lookup.policy import policy_factory
 from popbridge.lookup.socketmap import socketmap_factory
 from popbridge.lookup.whoson import whoson_factory
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 from popbridge.verdict import Verdicts
 
 __all__ = ["control_factory", "lookup_factory"]

@@ -19,7 +19,7 @@ from popbridge.config import LookupConfig
 from popbridge.log import debugging
 from popbridge.ledger import ILedger
 from popbridge.lookup.server import Answer, Codec, answered, lookup_server_factory, measured
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 from popbridge.verdict import Verdict, Verdicts
 from popbridge.wire.whoson import (
     Command,

@@ -7,12 +7,12 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from popbridge.config import ProxyConfig
 from popbridge.directory import IDirectory
 from popbridge.ledger import ILoginRecorder
-from popbridge.listener import Listener
+from popbridge.daemon.listener import Listener
 from popbridge.proxy import proxy_factory
 from popbridge.proxy.backend import backend_connector
 from popbridge.proxy.routing import UserRouter
 from popbridge.proxy.trusted_proxy import TrustedProxyHeaderFactory
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 from popbridge.tls import ServerCertificate
 
 

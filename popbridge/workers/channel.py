@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from popbridge.directory import IDirectory
 from popbridge.ledger import ILedger, LedgerUnavailable, SessionId, new_session
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 
 MAX_LOG_TEXT = 16_000  # characters of one log line sent over AMP (at most 4 bytes each, under 64 KiB)
 

@@ -30,11 +30,11 @@ from twisted.logger import (
 )
 from twisted.python.failure import Failure
 
-from popbridge.fast_transports import fast_sockets
+from popbridge.fast.transports import fast_sockets
 from popbridge.log import classic_text, enable_debugging
 from popbridge.proxy.listening import proxy_listener
-from popbridge.stats import Counters
-from popbridge.tls_reload import CertificateReloader
+from popbridge.metrics.counters import Counters
+from popbridge.tls.reload import CertificateReloader
 from popbridge.workers.channel import WorkerChannel
 from popbridge.workers.remote import RemoteDirectory, RemoteLedger
 from popbridge.workers.settings import WorkerSettings
@@ -99,7 +99,7 @@ class Worker:
 
 
 def main() -> None:
-    from popbridge.reactor import install
+    from popbridge.fast.reactor import install
 
     reactor = install()
     sys.stdout = sys.stderr  # fd 1 is the channel: a stray print must not corrupt it

@@ -6,8 +6,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 
 from popbridge.config import Config, ProxyConfig
-from popbridge.listener import Listener
-from popbridge.service import Daemon, ListenerKey
+from popbridge.daemon.listener import Listener
+from popbridge.daemon.service import Daemon, ListenerKey
 from popbridge.workers.fleet import Fleet
 from popbridge.workers.metrics import FleetRegistry
 from popbridge.workers.sockets import SharedSocket

@@ -41,7 +41,7 @@ from zope.interface import implementer
 from popbridge.directory import IDirectory
 from popbridge.ledger import ILedger
 from popbridge.log import debugging, log_descriptor
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 from popbridge.workers.channel import MainChannel, Start
 from popbridge.workers.metrics import WorkerReports
 from popbridge.workers.settings import WorkerSettings, WorkerSocket

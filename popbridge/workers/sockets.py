@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 
 from popbridge.config import ProxyConfig
-from popbridge.listener import Listener
+from popbridge.daemon.listener import Listener
 
 
 class _NoAccept(Factory):

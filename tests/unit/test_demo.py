@@ -22,7 +22,7 @@ from twisted.test import iosim
 
 from popbridge.config import Config, DemoConfig, load_config
 from popbridge.demo import DemoDirectoryError, demo_instructions, write_demo_config
-from popbridge.demo_backend import DemoPop3Server, demo_backend_factory
+from popbridge.demo.backend import DemoPop3Server, demo_backend_factory
 
 DEMO = DemoConfig(listen="tcp:port=11110:interface=127.0.0.1", users={"alice": "wonderland", "bob": "builder"})
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)

@@ -17,12 +17,12 @@ from twisted.python.failure import Failure
 from popbridge.config import FeedConfig, parse_config
 from popbridge.directory import MemoryDirectory
 from popbridge.feed import feed_site
-from popbridge.ldap_search import UserFacts
+from popbridge.directory.ldap_search import UserFacts
 from popbridge.ledger import LedgerUnavailable, Login
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.metrics import Metrics
-from popbridge.service import build_service
-from popbridge.stats import Counters
+from popbridge.daemon.service import build_service
+from popbridge.metrics.counters import Counters
 from popbridge.verdict import Status, Verdict, Verdicts
 from popbridge.wire.dovecot_policy import ALLOW_ANSWER, MAX_BODY
 

@@ -10,7 +10,7 @@ from popbridge.ledger.memory import MemoryLedger
 from popbridge.ledger.redis import RedisLedger
 from popbridge.ledger.sqlite import SqliteLedger
 from popbridge.ledger.stores import open_store
-from popbridge.service import build_service
+from popbridge.daemon.service import build_service
 
 
 def test_each_store_string_builds_its_store_without_touching_anything(tmp_path: Path):

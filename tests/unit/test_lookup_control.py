@@ -15,7 +15,7 @@ from popbridge.ledger import LedgerUnavailable, Login, new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.lookup.server import LookupServer
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 from popbridge.verdict import Verdicts
 
 

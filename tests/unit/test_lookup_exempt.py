@@ -7,10 +7,10 @@ from twisted.internet.testing import StringTransport
 
 from popbridge.config import LookupConfig
 from popbridge.directory import IDirectory, MemoryDirectory
-from popbridge.ldap_search import UserFacts
+from popbridge.directory.ldap_search import UserFacts
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 from popbridge.verdict import Verdicts
 from popbridge.wire.socketmap import netstring
 

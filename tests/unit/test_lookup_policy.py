@@ -11,7 +11,7 @@ from popbridge.config import LookupConfig
 from popbridge.ledger import LedgerUnavailable, Login, new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 from popbridge.verdict import Verdicts
 
 CONFIG = LookupConfig("policy", "unix:address=/tmp/policy")

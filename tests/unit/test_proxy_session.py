@@ -11,7 +11,7 @@ from popbridge.config import ProxyConfig
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.proxy import proxy_factory
 from popbridge.proxy.backend import EndpointConnector
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 
 
 class SpyEndpoint:

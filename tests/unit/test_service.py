@@ -4,8 +4,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 
 from popbridge.config import load_config, parse_config
-from popbridge.listener import LISTEN_BACKLOG
-from popbridge.service import Daemon, build_service
+from popbridge.daemon.listener import LISTEN_BACKLOG
+from popbridge.daemon.service import Daemon, build_service
 from popbridge.workers.daemon import SplitDaemon
 
 DOCUMENT = {

@@ -5,7 +5,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from popbridge.config import parse_config
 from popbridge.directory import ThreadPoolService
-from popbridge.service import build_service
+from popbridge.daemon.service import build_service
 
 DOCUMENT = {
     "lookup": [{

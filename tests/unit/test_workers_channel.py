@@ -12,7 +12,7 @@ from twisted.test.iosim import connectedServerAndClient
 from popbridge.directory import FALLBACK, MemoryDirectory, UserFacts
 from popbridge.ledger import ILoginRecorder, LedgerUnavailable, SessionId
 from popbridge.ledger.memory import MemoryLedger
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 from popbridge.workers.channel import MainChannel, Start, WorkerChannel
 from popbridge.workers.remote import RemoteDirectory, RemoteLedger
 from zope.interface.verify import verifyObject

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 from popbridge.config import ProxyConfig
 from popbridge.ledger.memory import MemoryLedger
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 from popbridge.workers.fleet import Fleet, WorkerProcess
 from popbridge.workers.settings import WorkerSocket
 

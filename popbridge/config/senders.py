@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from popbridge.config_reader import Reader
-from popbridge.sender_map import MAX_MAP_BYTES, SenderMap, SenderMapError, SenderRules, parse_sender_map
+from popbridge.config.reader import Reader
+from popbridge.senders.map import MAX_MAP_BYTES, SenderMap, SenderMapError, SenderRules, parse_sender_map
 
 SENDERS_KEYS = ("map", "ldap_attributes", "domains")
 _ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")  # an LDAP attribute name (RFC 4512 descr)

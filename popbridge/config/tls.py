@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.endpoints import _parse  # Twisted's own endpoint tokenizer
 
-from popbridge.config_reader import Reader
+from popbridge.config.reader import Reader
 from popbridge.tls import TLS_VERSIONS, TlsFileError, backend_tls_options, implicit_tls_listener, load_server_options
 
 

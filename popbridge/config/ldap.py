@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from popbridge.config_reader import Reader
+from popbridge.config.reader import Reader
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
-from popbridge.config_feed import FeedConfig, parse_feed
-from popbridge.config_ldap import LdapConfig, parse_ldap
-from popbridge.config_reader import ConfigError, Reader
-from popbridge.config_senders import SendersConfig, parse_senders
-from popbridge.config_tls import TLS_KEYS, TlsConfig, proxy_tls
+from popbridge.config.feed import FeedConfig, parse_feed
+from popbridge.config.ldap import LdapConfig, parse_ldap
+from popbridge.config.reader import ConfigError, Reader
+from popbridge.config.senders import SendersConfig, parse_senders
+from popbridge.config.tls import TLS_KEYS, TlsConfig, proxy_tls
 from popbridge.ledger.spec import DEFAULT_STORE, parse_store
 
 __all__ = [  # the dataclasses and errors other modules import from here

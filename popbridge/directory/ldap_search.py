@@ -22,7 +22,7 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
 from popbridge.config import LdapConfig
-from popbridge.sender_map import is_address, sender_key
+from popbridge.senders.map import is_address, sender_key
 
 T = TypeVar("T")
 

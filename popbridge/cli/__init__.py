@@ -120,7 +120,7 @@ def _run(
     del config  # checked first so a config error is one line, not twistd's usage text
     privileges = [*(["--uid", user] if user else []), *(["--gid", group] if group else [])]
     logger = f"--logger=popbridge.log.{OBSERVERS[level]}"
-    reactor = "--reactor=popbridge"  # popbridge.reactor: epoll without a log context per event
+    reactor = "--reactor=popbridge"  # popbridge.fast.reactor: epoll without a log context per event
     sys.argv = ["twistd", "--nodaemon", "--pidfile=", logger, reactor, *privileges, "popbridge", "--config", path]
     run()
 
@@ -163,7 +163,7 @@ def _migrate_store(options: MigrateOptions) -> None:
 
 
 def _control(command: str, options: ControlOptions) -> None:
-    from popbridge.control_client import ControlError, control_request
+    from popbridge.cli.control_client import ControlError, control_request
 
     request: dict[str, Any] = {"command": command}
     if options["address"] is not None:

@@ -23,21 +23,21 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
 
 from popbridge.config import Config, ConfigError, ProxyConfig, SendersConfig, load_config
-from popbridge.demo_backend import demo_backend_factory
+from popbridge.demo.backend import demo_backend_factory
 from popbridge.directory import IDirectory, ldap_directory
 from popbridge.feed import feed_site
 from popbridge.ledger import ILedger
 from popbridge.ledger.measured import MeasuredLedger
 from popbridge.ledger.stores import open_store
-from popbridge import sd_notify
-from popbridge.listener import Listener
+from popbridge.daemon import sd_notify
+from popbridge.daemon.listener import Listener
 from popbridge.lookup import control_factory, lookup_factory
-from popbridge.metrics_http import metrics_site
+from popbridge.metrics.http import metrics_site
 from popbridge.proxy.listening import proxy_listener
-from popbridge.senders import SenderOwners
-from popbridge.stats import Counters
+from popbridge.senders.owners import SenderOwners
+from popbridge.metrics.counters import Counters
 from popbridge.tls import TlsFileError
-from popbridge.tls_reload import CertificateReloader
+from popbridge.tls.reload import CertificateReloader
 from popbridge.verdict import Verdicts
 
 PURGE_INTERVAL = 60.0  # seconds between sweeps of expired logins

@@ -16,7 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from popbridge.fast_transports import fast_sockets
+from popbridge.fast.transports import fast_sockets
 
 LISTEN_BACKLOG = 1024  # connections the kernel queues for accept(); Twisted's default is 50
 _BACKLOG_ENDPOINTS = ("tcp", "tcp6", "ssl", "unix")

@@ -4,7 +4,7 @@ Why it looks like this:
 
 - ldap3 blocks, so every query runs through an injected `run_blocking` (a bounded thread pool
   in production, a direct call in tests) on a pooled, already-bound connection
-  (`popbridge.ldap_search`). The reactor thread never waits on LDAP.
+  (`popbridge.directory.ldap_search`). The reactor thread never waits on LDAP.
 - Answers are cached with the injected clock: an existing user's for `cache_ttl`, "no such
   user" for `negative_cache_ttl`, so a busy relay does not put a search behind every request.
   Concurrent look-ups of one user share one query.
@@ -39,7 +39,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
 
 from popbridge.config import LdapConfig
-from popbridge.ldap_search import ConnectionPool, Found, UserFacts, ldap_connector, search_user
+from popbridge.directory.ldap_search import ConnectionPool, Found, UserFacts, ldap_connector, search_user
 from popbridge.metrics import Metrics
 
 __all__ = ["FALLBACK", "NOT_FOUND", "IDirectory", "LdapDirectory", "MemoryDirectory", "UserFacts", "ldap_directory"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from popbridge.metrics_tally import TallyCounter, TallyGauge, TallyHistogram
+from popbridge.metrics.tally import TallyCounter, TallyGauge, TallyHistogram
 
 # Lookups and store calls are usually well under a millisecond; buckets reach into the seconds
 # that a stalled Redis, SQLite fsync or LDAP server would take.

@@ -1,7 +1,7 @@
 """Sender ownership: may the users logged in on an address send as this envelope sender?
 
 An address is owned by a user when any source says so: the ``[senders]`` map file or
-``domains`` (`popbridge.sender_map.SenderRules`, answered at once) or, with
+``domains`` (`popbridge.senders.map.SenderRules`, answered at once) or, with
 ``ldap_attributes``, the user's directory entry (through the directory's cache).
 
 When the directory cannot answer for one of the users (an outage with nothing cached), the map
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from twisted.internet.defer import Deferred, gatherResults
 
 from popbridge.directory import IDirectory, UserFacts
-from popbridge.sender_map import SenderRules, address_forms
+from popbridge.senders.map import SenderRules, address_forms
 
 
 class SendersUnavailable(Exception):

@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 
-from popbridge.config_reader import Reader
+from popbridge.config.reader import Reader
 
 FEED_PROTOCOLS = ("dovecot",)
 RECORD_POINTS = ("report", "after_auth")
