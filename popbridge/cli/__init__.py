@@ -11,7 +11,8 @@ from typing import Any
 
 from twisted.python import usage
 
-from popbridge.config import Config, ConfigError, load_config
+from popbridge.config import ConfigError, load_config
+from popbridge.settings import Config
 from popbridge.log import OBSERVERS
 from popbridge.ledger.spec import parse_store
 

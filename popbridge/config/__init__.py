@@ -11,134 +11,27 @@ effects until `listen()` / `connect()`.
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
-from popbridge.config.feed import FeedConfig, parse_feed
-from popbridge.config.ldap import LdapConfig, parse_ldap
+from popbridge.config.feed import parse_feed
+from popbridge.config.ldap import parse_ldap
 from popbridge.config.reader import ConfigError, Reader
-from popbridge.config.senders import SendersConfig, parse_senders
-from popbridge.config.tls import TLS_KEYS, TlsConfig, proxy_tls
-from popbridge.ledger.spec import DEFAULT_STORE, parse_store
+from popbridge.config.senders import parse_senders
+from popbridge.config.tls import TLS_KEYS, proxy_tls
+from popbridge.ledger.spec import parse_store
+from popbridge.settings import (
+    Config, ControlConfig, DaemonConfig, DemoConfig, LedgerConfig, LookupConfig, MetricsConfig, ProxyConfig,
+)
 
-__all__ = [  # the dataclasses and errors other modules import from here
-    "Config", "ConfigError", "ControlConfig", "DaemonConfig", "DemoConfig", "FeedConfig", "LdapConfig", "LedgerConfig", "LookupConfig",
-    "MetricsConfig", "ProxyConfig", "SendersConfig", "TlsConfig", "load_config", "parse_config",
-]
+__all__ = ["ConfigError", "load_config", "parse_config"]
 
 PROXY_PROTOCOLS = ("pop3", "imap4")
 COUNT_KEYS = ("max_line", "max_literal", "max_bad_commands", "max_sessions", "max_sessions_per_client")
 LIMIT_KEYS = ("idle_timeout", "login_timeout", "session_idle_timeout", "shutdown_grace", *COUNT_KEYS)
 LOOKUP_PROTOCOLS = ("policy", "socketmap", "whoson")
-
-
-@dataclass(frozen=True)
-class LedgerConfig:
-    ttl: float = 1800.0
-    store: str = DEFAULT_STORE  # see popbridge.ledger.spec
-    ipv6_prefix: int = 128
-    redis_password: str = field(default="", repr=False)  # from redis_password_file
-    redis_timeout: float = 0.5  # seconds a Redis call may take before lookups answer tempfail
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    protocol: str
-    listen: str
-    backend: str
-    forward_client_address: bool = False
-    idle_timeout: float = 60.0  # seconds without input from the client before it logs in
-    login_timeout: float = 300.0  # seconds from connect to login, however busy the client is
-    session_idle_timeout: float | None = None  # after the login; None: 600 (POP3) / 1800 (IMAP4)
-    connect_timeout: float = 10.0  # seconds to reach the backend
-    max_line: int = 16_384  # bytes in one line before the login
-    max_literal: int = 65_536  # bytes in one IMAP literal before the login
-    max_bad_commands: int = 5  # refused or failed commands (logins included) before the close
-    max_sessions: int = 5_000  # open sessions on this listener
-    max_sessions_per_client: int = 50  # open sessions from one client address
-    shutdown_grace: float = 30.0  # seconds logged-in sessions may go on after SIGTERM
-    tls: TlsConfig = TlsConfig()
-    bind: str = ""  # the endpoint actually bound: `listen` without haproxy:, with ssl: turned into tcp:
-    proxy_header: bool = False  # an haproxy: listener: a PROXY header comes first
-    trusted_proxies: tuple[str, ...] = ()  # networks whose PROXY headers are believed
-
-    @property
-    def listen_endpoint(self) -> str:
-        return self.bind or self.listen
-
-    @property
-    def idle_after_login(self) -> float:
-        """RFC 1939 asks for at least 10 minutes, RFC 9051 for at least 30 (IDLE re-issues every 29)."""
-        if self.session_idle_timeout is not None:
-            return self.session_idle_timeout
-        return 1800.0 if self.protocol == "imap4" else 600.0
-
-
-@dataclass(frozen=True)
-class LookupConfig:
-    protocol: str
-    listen: str
-    authorised_action: str = "OK"
-    unknown_action: str = "DUNNO"
-    # DEFER, not DEFER_IF_PERMIT: the reject_unauth_destination after the policy check would
-    # turn that into "554 Relay access denied" (README: Postfix main.cf)
-    tempfail_action: str = "DEFER 4.3.0 Service temporarily unavailable"
-    exempt_action: str = ""  # policy only: the answer for exempt addresses ("" = authorised_action)
-    sender_binding: bool = False  # policy only: the sender must be owned by a user logged in there
-    sender_mismatch_action: str = "REJECT 5.7.1 Sender address is not yours"
-    allow_updates: bool = False
-    idle_timeout: float = 600.0  # Postfix keeps policy connections for up to 300 s idle
-    owner: str | None = None  # unix socket owner and group, set after binding (as root)
-    group: str | None = None
-
-
-@dataclass(frozen=True)
-class ControlConfig:
-    listen: str
-    owner: str | None = None
-    group: str | None = None
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    """``[metrics]``: where Prometheus scrapes ``/metrics`` (keep it on loopback or a trusted net)."""
-
-    listen: str
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """An in-process demo POP3 server (``popbridge demo``); never for production."""
-
-    listen: str
-    users: Mapping[str, str] = field(default_factory=dict)
-    messages: int = 2
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    """``[daemon]``: how the daemon runs. `workers` 0 is one process; N proxy worker processes
-    otherwise (``"auto"``: one per usable CPU, resolved when the file is read)."""
-
-    workers: int = 0
-
-
-@dataclass(frozen=True)
-class Config:
-    source: str
-    ledger: LedgerConfig = LedgerConfig()
-    proxies: tuple[ProxyConfig, ...] = ()
-    lookups: tuple[LookupConfig, ...] = ()
-    control: ControlConfig | None = None
-    demo: DemoConfig | None = None
-    ldap: LdapConfig | None = None
-    metrics: MetricsConfig | None = None
-    senders: SendersConfig | None = None
-    feeds: tuple[FeedConfig, ...] = ()
-    daemon: DaemonConfig = DaemonConfig()
 
 
 def load_config(path: str | Path) -> Config:

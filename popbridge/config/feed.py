@@ -1,13 +1,13 @@
 """The ``[[feed]]`` tables: logins learned from Dovecot's auth-policy requests, no proxy in between."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 
 from popbridge.config.reader import Reader
+from popbridge.settings import FeedConfig
 
 FEED_PROTOCOLS = ("dovecot",)
 RECORD_POINTS = ("report", "after_auth")
@@ -15,24 +15,6 @@ FEED_KEYS = (
     "protocol", "listen", "api_key", "api_key_file", "api_header", "allow_unauthenticated", "protocols",
     "ignore_addresses", "record_on", "timeout",
 )
-
-
-@dataclass(frozen=True)
-class FeedConfig:
-    """``[[feed]]``: where Dovecot POSTs its auth-policy requests, and which of them are logins.
-
-    `api_key` is kept out of repr so that it cannot reach a log line or an error message.
-    """
-
-    protocol: str
-    listen: str
-    api_key: str = field(default="", repr=False)  # "" only with allow_unauthenticated
-    api_header: str = "X-API-Key"
-    allow_unauthenticated: bool = False
-    protocols: tuple[str, ...] = ("pop3", "imap")
-    ignore_addresses: tuple[str, ...] = ()  # networks, as ipaddress writes them
-    record_on: str = "report"
-    timeout: float = 60.0  # seconds an HTTP connection may sit idle (Dovecot keeps its own idle for 10 s)
 
 
 def parse_feed(reader: Reader, where: str, table: Mapping[str, Any]) -> FeedConfig:

@@ -1,35 +1,12 @@
 """The ``[ldap]`` table: directory look-ups for exempt users and per-user backends."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from popbridge.config.reader import Reader
-
-
-@dataclass(frozen=True)
-class LdapConfig:
-    """``[ldap]``: where per-user facts (exempt? which mail host?) come from.
-
-    `urls` are tried in order (fail-over). `bind_password` is kept out of repr so that it
-    cannot reach a log line or an error message by accident.
-    """
-
-    urls: tuple[str, ...]
-    base: str
-    start_tls: bool = False
-    bind_dn: str = ""
-    bind_password: str = field(default="", repr=False)
-    user_filter: str = "(uid={user})"
-    exempt_filter: str = ""  # "" = nobody is exempt
-    backend_attribute: str = ""  # "" = no per-user routing
-    cache_ttl: float = 300.0  # seconds an answer about an existing user is fresh
-    negative_cache_ttl: float = 60.0  # seconds "no such user" is fresh
-    stale_ttl: float = 3600.0  # seconds past freshness an answer may still serve while LDAP is down
-    timeout: float = 3.0  # seconds a look-up may take before the cached answer or the fallback serves
-
+from popbridge.settings import LdapConfig
 
 
 LDAP_KEYS = (

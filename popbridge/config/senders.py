@@ -6,26 +6,16 @@ a broken map (naming the file and the line), and a SIGHUP that finds one changes
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from popbridge.config.reader import Reader
+from popbridge.settings import SendersConfig
 from popbridge.senders.map import MAX_MAP_BYTES, SenderMap, SenderMapError, SenderRules, parse_sender_map
 
 SENDERS_KEYS = ("map", "ldap_attributes", "domains")
 _ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")  # an LDAP attribute name (RFC 4512 descr)
 _DOMAIN = re.compile(r"[^\s@.]+(?:\.[^\s@.]+)*")
-
-
-@dataclass(frozen=True)
-class SendersConfig:
-    """``[senders]``: `map` (a path) and `domains` as loaded into `rules`; `ldap_attributes`
-    name the attributes of a user's entry that hold their addresses."""
-
-    map: str = ""
-    ldap_attributes: tuple[str, ...] = ()
-    rules: SenderRules = SenderRules()
 
 
 def parse_senders(reader: Reader, value: Any) -> SendersConfig:

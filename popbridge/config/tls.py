@@ -5,14 +5,12 @@ expired or mismatched certificate is a configuration error naming the file and t
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.endpoints import _parse  # Twisted's own endpoint tokenizer
-
 from popbridge.config.reader import Reader
-from popbridge.tls import TLS_VERSIONS, TlsFileError, backend_tls_options, implicit_tls_listener, load_server_options
+from popbridge.settings import TlsConfig
+from popbridge.tls import TLS_VERSIONS, TlsFileError, backend_hostname, backend_tls_options, implicit_tls_listener, load_server_options
 
 
 TLS_KEYS = (
@@ -25,26 +23,6 @@ TLS_KEYS = (
     "backend_tls_hostname",
     "backend_tls_verify",
 )
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """TLS keys of one [[proxy]] table (tls_*, require_tls, backend_*)."""
-
-    certificate: str | None = None  # PEM, leaf first then chain; offered as STLS/STARTTLS
-    key: str | None = None
-    implicit: bool = False  # an ssl: listener: TLS from the first byte
-    require: bool = False  # refuse logins before TLS
-    minimum_version: str = "TLSv1.2"
-    backend_starttls: bool = False
-    backend_ca: str | None = None  # PEM CA file; None: the system's trust store
-    backend_hostname: str | None = None  # checked against the backend's certificate
-    backend_verify: bool = True
-
-    @property
-    def offered(self) -> bool:
-        return self.certificate is not None
-
 
 
 def proxy_tls(reader: Reader, where: str, table: Mapping[str, Any], listen: str) -> tuple[str, TlsConfig]:
@@ -95,14 +73,6 @@ def proxy_tls(reader: Reader, where: str, table: Mapping[str, Any], listen: str)
         except TlsFileError as e:
             reader.fail(where, "backend_tls_ca", str(e))
     return bind, tls
-
-
-def backend_hostname(tls: TlsConfig, backend: str) -> str:
-    """The name the backend's certificate must carry: backend_tls_hostname, else its host."""
-    if tls.backend_hostname:
-        return tls.backend_hostname
-    args, kwargs = _parse(backend)
-    return str(kwargs.get("host") or (args[1] if len(args) > 1 else ""))
 
 
 def _optional_path(reader: Reader, where: str, table: Mapping[str, Any], key: str) -> str | None:

@@ -22,8 +22,9 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
 
-from popbridge.config import Config, ConfigError, ProxyConfig, SendersConfig, load_config
-from popbridge.demo.backend import demo_backend_factory
+from popbridge.config import ConfigError, load_config
+from popbridge.senders.map import SenderRules
+from popbridge.settings import Config, ProxyConfig, SendersConfig
 from popbridge.directory import IDirectory, ldap_directory
 from popbridge.feed import feed_site
 from popbridge.ledger import ILedger
@@ -41,6 +42,7 @@ from popbridge.tls.reload import CertificateReloader
 from popbridge.verdict import Verdicts
 
 PURGE_INTERVAL = 60.0  # seconds between sweeps of expired logins
+NO_SENDERS = SendersConfig(rules=SenderRules())  # no [senders] table: nobody owns any sender
 
 ListenerKey = tuple[str, str]  # (kind, listen endpoint as written)
 
@@ -58,7 +60,7 @@ class Daemon(MultiService):
         store.service.setServiceParent(self)  # first child: started before and stopped after its users
         self.ledger: ILedger = MeasuredLedger(store.ledger, self.counters.metrics)
         directory: IDirectory | None = None
-        senders = config.senders or SendersConfig()
+        senders = config.senders or NO_SENDERS
         if config.ldap is not None:
             directory, ldap_threads = ldap_directory(config.ldap, reactor, self.counters.metrics, senders.ldap_attributes)
             ldap_threads.setServiceParent(self)
@@ -98,6 +100,9 @@ class Daemon(MultiService):
                             feed_site(spec, self.ledger, self.counters, reactor), fatal=fatal)
         if kind == "metrics":
             return Listener(reactor, "metrics scrapes", spec.listen, metrics_site(self.counters.metrics, self.ledger), fatal=fatal)
+        # only with a [demo] table: twisted.mail and twisted.cred stay out of production daemons
+        from popbridge.demo.backend import demo_backend_factory
+
         return Listener(reactor, "demo POP3 backend", spec.listen, demo_backend_factory(spec), fatal=fatal)
 
     def _proxy_listener(self, key: ListenerKey, spec: ProxyConfig, fatal: bool) -> Listener:
@@ -149,7 +154,7 @@ class Daemon(MultiService):
                 self.log.warn("[ledger] {name} changed: it takes effect after a restart", name=name)
         if new.ldap != self.config.ldap:
             self.log.warn("[ldap] changed: it takes effect after a restart")
-        self._apply_senders(self.config.senders or SendersConfig(), new.senders or SendersConfig())
+        self._apply_senders(self.config.senders or NO_SENDERS, new.senders or NO_SENDERS)
         specs = _listener_specs(new)
         built = self._build_changed(specs)
         retiring = []

@@ -10,7 +10,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 
-from popbridge.config import Config, ConfigError
+from popbridge.config import ConfigError
+from popbridge.settings import Config
 
 CONFIG_NAME = "popbridge.toml"
 SOCKET_NAMES = ("policy.sock", "socketmap.sock", "whoson.sock", "control.sock")

@@ -35,7 +35,7 @@ from twisted.mail.pop3 import POP3, APOPCredentials
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from popbridge.config import DemoConfig
+from popbridge.settings import DemoConfig
 
 
 def demo_backend_factory(config: DemoConfig) -> ServerFactory:

@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
 
-from popbridge.config import LdapConfig
+from popbridge.settings import LdapConfig
 from popbridge.directory.ldap_search import ConnectionPool, Found, UserFacts, ldap_connector, search_user
 from popbridge.metrics import Metrics
 

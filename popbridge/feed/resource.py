@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from popbridge.config.feed import FeedConfig
+from popbridge.settings import FeedConfig
 from popbridge.feed.rules import RECORD, AfterAuthGuard, FeedRules
 from popbridge.ledger import ILedger
 from popbridge.metrics.counters import Counters

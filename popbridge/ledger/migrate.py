@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from popbridge.config import LedgerConfig
+from popbridge.settings import LedgerConfig
 from popbridge.ledger import LedgerStoreError, Login
 from popbridge.ledger.spec import parse_store
 from popbridge.ledger.sqlite import SqliteLedger

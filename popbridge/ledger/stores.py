@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from popbridge.config import LedgerConfig
+from popbridge.settings import LedgerConfig
 from popbridge.ledger import IRestorableLedger, LedgerStoreError
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.ledger.redis import RedisLedger, redis_client

@@ -7,7 +7,7 @@ The service calls `lookup_factory` once per ``[[lookup]]`` table and `control_fa
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 
-from popbridge.config import LookupConfig
+from popbridge.settings import LookupConfig
 from popbridge.ledger import ILedger
 from popbridge.lookup.control import control_server_factory
 from popbridge.lookup.policy import policy_factory

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from popbridge.config import LookupConfig
+from popbridge.settings import LookupConfig
 from popbridge.log import debugging
 from popbridge.ledger import ILedger
 from popbridge.lookup.server import Answer, Codec, answered, lookup_server_factory, measured

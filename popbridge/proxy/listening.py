@@ -4,7 +4,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IStreamServerEndpoint
 
-from popbridge.config import ProxyConfig
+from popbridge.settings import ProxyConfig
 from popbridge.directory import IDirectory
 from popbridge.ledger import ILoginRecorder
 from popbridge.daemon.listener import Listener

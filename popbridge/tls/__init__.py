@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.endpoints import _parse, quoteStringArgument  # _parse: Twisted's own endpoint tokenizer
 from twisted.logger import Logger
 
+from popbridge.settings import TlsConfig
+
 TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 _SSL_ONLY_ARGUMENTS = ("privateKey", "certKey", "extraCertChain", "sslmethod", "dhParameters")
 
@@ -116,3 +118,11 @@ def implicit_tls_listener(description: str) -> tuple[str, dict[str, str]]:
         kwargs.setdefault("port", args[1])
     tcp = ":".join(["tcp", *(f"{name}={quoteStringArgument(value)}" for name, value in kwargs.items())])
     return tcp, tls_only
+
+
+def backend_hostname(tls: TlsConfig, backend: str) -> str:
+    """The name the backend's certificate must carry: backend_tls_hostname, else its host."""
+    if tls.backend_hostname:
+        return tls.backend_hostname
+    args, kwargs = _parse(backend)
+    return str(kwargs.get("host") or (args[1] if len(args) > 1 else ""))

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from popbridge.config.tls import TlsConfig
+from popbridge.settings import TlsConfig
 from popbridge.tls import ServerCertificate
 
 

@@ -5,7 +5,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 
-from popbridge.config import Config, ProxyConfig
+from popbridge.settings import Config, ProxyConfig
 from popbridge.daemon.listener import Listener
 from popbridge.daemon.service import Daemon, ListenerKey
 from popbridge.workers.fleet import Fleet

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from popbridge.config import ProxyConfig
+from popbridge.settings import ProxyConfig
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 
-from popbridge.config import ProxyConfig
+from popbridge.settings import ProxyConfig
 from popbridge.daemon.listener import Listener
 
 

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from popbridge.config import LookupConfig
+from popbridge.settings import LookupConfig
 from popbridge.ledger import LedgerUnavailable, new_session
 from popbridge.ledger.redis import RedisLedger, redis_client
 from popbridge.ledger.sqlite import SqliteLedger

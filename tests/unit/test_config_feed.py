@@ -2,7 +2,8 @@
 
 import pytest
 
-from popbridge.config import ConfigError, FeedConfig, load_config
+from popbridge.config import ConfigError, load_config
+from popbridge.settings import FeedConfig
 
 LOOKUP = '[[lookup]]\nprotocol = "policy"\nlisten = "unix:address=/tmp/p"\n'
 FEED = '[[feed]]\nprotocol = "dovecot"\nlisten = "tcp:port=8998:interface=127.0.0.1"\n'

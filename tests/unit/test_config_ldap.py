@@ -2,7 +2,8 @@
 
 import pytest
 
-from popbridge.config import ConfigError, LdapConfig, load_config
+from popbridge.config import ConfigError, load_config
+from popbridge.settings import LdapConfig
 
 POLICY = '[[lookup]]\nprotocol = "policy"\nlisten = "unix:address=/tmp/p"\n'
 LDAP = """

@@ -20,7 +20,8 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import capturedLogs
 from twisted.test import iosim
 
-from popbridge.config import Config, DemoConfig, load_config
+from popbridge.config import load_config
+from popbridge.settings import Config, DemoConfig
 from popbridge.demo import DemoDirectoryError, demo_instructions, write_demo_config
 from popbridge.demo.backend import DemoPop3Server, demo_backend_factory
 

@@ -14,7 +14,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from popbridge.config import FeedConfig, parse_config
+from popbridge.config import parse_config
+from popbridge.settings import FeedConfig
 from popbridge.directory import MemoryDirectory
 from popbridge.feed import feed_site
 from popbridge.directory.ldap_search import UserFacts

@@ -5,7 +5,8 @@ from pathlib import Path
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 
-from popbridge.config import LedgerConfig, parse_config
+from popbridge.config import parse_config
+from popbridge.settings import LedgerConfig
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.ledger.redis import RedisLedger
 from popbridge.ledger.sqlite import SqliteLedger

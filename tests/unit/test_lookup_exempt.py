@@ -5,7 +5,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from popbridge.config import LookupConfig
+from popbridge.settings import LookupConfig
 from popbridge.directory import IDirectory, MemoryDirectory
 from popbridge.directory.ldap_search import UserFacts
 from popbridge.ledger.memory import MemoryLedger

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 
-from popbridge.config import LookupConfig
+from popbridge.settings import LookupConfig
 from popbridge.ledger import LedgerUnavailable, Login, new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.test.requesthelper import DummyRequest
 
-from popbridge.config import LookupConfig, ProxyConfig
+from popbridge.settings import LookupConfig, ProxyConfig
 from popbridge.directory import LdapDirectory
 from popbridge.directory.ldap_search import ConnectionPool
 from popbridge.ledger import LedgerUnavailable, Login

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
-from popbridge.config import ProxyConfig
+from popbridge.settings import ProxyConfig
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.proxy import proxy_factory
 from popbridge.proxy.backend import EndpointConnector

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 
-from popbridge.config import LookupConfig
+from popbridge.settings import LookupConfig
 from popbridge.directory import FALLBACK, IDirectory, MemoryDirectory
 from popbridge.directory.ldap_search import UserFacts
 from popbridge.ledger.memory import MemoryLedger

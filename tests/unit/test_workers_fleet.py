@@ -11,7 +11,7 @@ from twisted.logger import capturedLogs
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from popbridge.config import ProxyConfig
+from popbridge.settings import ProxyConfig
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.metrics.counters import Counters
 from popbridge.workers.fleet import Fleet, WorkerProcess
