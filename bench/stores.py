@@ -108,7 +108,7 @@ async def lookups(directory: Path, clients: int, seconds: float) -> list[float]:
 
 async def record_rate(reactor: Any, store_text: str, logins: int, clients: int) -> float:
     from popbridge.settings import LedgerConfig
-    from popbridge.ledger.stores import open_store
+    from popbridge.daemon.stores import open_store
 
     store = open_store(LedgerConfig(store=store_text), reactor)
     store.service.startService()

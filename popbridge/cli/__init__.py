@@ -151,7 +151,7 @@ def _migrate_store(options: MigrateOptions) -> None:
     from twisted.internet.defer import Deferred
 
     from popbridge.ledger import LedgerStoreError, LedgerUnavailable
-    from popbridge.ledger.migrate import migrate_store
+    from popbridge.cli.migrate_store import migrate_store
 
     async def main(reactor: Any) -> None:
         try:

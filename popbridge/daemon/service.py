@@ -28,13 +28,13 @@ from popbridge.settings import Config, ProxyConfig, SendersConfig
 from popbridge.directory import IDirectory, ldap_directory
 from popbridge.feed import feed_site
 from popbridge.ledger import ILedger
-from popbridge.ledger.measured import MeasuredLedger
-from popbridge.ledger.stores import open_store
+from popbridge.metrics.ledger import MeasuredLedger
+from popbridge.daemon.stores import open_store
 from popbridge.daemon import sd_notify
 from popbridge.daemon.listener import Listener
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.metrics.http import metrics_site
-from popbridge.proxy.listening import proxy_listener
+from popbridge.daemon.proxy_listener import proxy_listener
 from popbridge.senders.owners import SenderOwners
 from popbridge.metrics.counters import Counters
 from popbridge.tls import TlsFileError
@@ -106,7 +106,7 @@ class Daemon(MultiService):
         return Listener(reactor, "demo POP3 backend", spec.listen, demo_backend_factory(spec), fatal=fatal)
 
     def _proxy_listener(self, key: ListenerKey, spec: ProxyConfig, fatal: bool) -> Listener:
-        """Sessions served here; a split daemon (popbridge.workers) binds a socket for its workers instead."""
+        """Sessions served here; a split daemon (popbridge.daemon.workers) binds a socket for its workers instead."""
         certificate = self.certificates.add(key, spec.tls)
         return proxy_listener(spec, self._reactor, self.ledger, self.counters, certificate, self._routing_directory, fatal=fatal)
 
@@ -228,7 +228,7 @@ def _purge(ledger: ILedger) -> "Deferred[int]":
 def build_service(config: Config, reactor: Any) -> IService:
     """The service tree for `config`; nothing listens or connects until it is started."""
     if config.daemon.workers:
-        from popbridge.workers.daemon import SplitDaemon  # it builds on Daemon
+        from popbridge.daemon.workers.daemon import SplitDaemon  # it builds on Daemon
 
         return SplitDaemon(config, reactor)
     return Daemon(config, reactor)

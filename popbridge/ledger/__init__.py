@@ -63,7 +63,7 @@ class ILoginRecorder(Interface):
     """What a proxy needs of a ledger: record logins and end their sessions.
 
     Every ILedger is one; so is a proxy worker's channel to the main process that owns the
-    ledger (`popbridge.workers.remote.RemoteLedger`).
+    ledger (`popbridge.daemon.workers.remote.RemoteLedger`).
     """
 
     def record(

@@ -10,7 +10,7 @@ from popbridge.settings import LedgerConfig
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.ledger.redis import RedisLedger
 from popbridge.ledger.sqlite import SqliteLedger
-from popbridge.ledger.stores import open_store
+from popbridge.daemon.stores import open_store
 from popbridge.daemon.service import build_service
 
 

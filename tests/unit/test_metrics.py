@@ -14,7 +14,7 @@ from popbridge.settings import LookupConfig, ProxyConfig
 from popbridge.directory import LdapDirectory
 from popbridge.directory.ldap_search import ConnectionPool
 from popbridge.ledger import LedgerUnavailable, Login
-from popbridge.ledger.measured import MeasuredLedger
+from popbridge.metrics.ledger import MeasuredLedger
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.metrics import Metrics

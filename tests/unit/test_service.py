@@ -6,7 +6,7 @@ from twisted.logger import capturedLogs, formatEvent
 from popbridge.config import load_config, parse_config
 from popbridge.daemon.listener import LISTEN_BACKLOG
 from popbridge.daemon.service import Daemon, build_service
-from popbridge.workers.daemon import SplitDaemon
+from popbridge.daemon.workers.daemon import SplitDaemon
 
 DOCUMENT = {
     "ledger": {"store": "memory"},  # the default SQLite file lives under /var/lib

@@ -14,8 +14,8 @@ from twisted.python.failure import Failure
 from popbridge.settings import ProxyConfig
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.metrics.counters import Counters
-from popbridge.workers.fleet import Fleet, WorkerProcess
-from popbridge.workers.settings import WorkerSocket
+from popbridge.daemon.workers.fleet import Fleet, WorkerProcess
+from popbridge.daemon.workers.settings import WorkerSocket
 
 SPEC = ProxyConfig("pop3", "tcp:1110", "tcp:host=127.0.0.1:port=110", shutdown_grace=30.0)
 

@@ -2,7 +2,7 @@
 again per worker with a `worker` label."""
 
 from popbridge.metrics import Metrics
-from popbridge.workers.metrics import FleetRegistry, WorkerReports
+from popbridge.daemon.workers.metrics import FleetRegistry, WorkerReports
 
 
 def worker_text(logins: int, open_sessions: int) -> str:

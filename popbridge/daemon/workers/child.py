@@ -1,4 +1,4 @@
-"""A proxy worker process: ``python -m popbridge.workers.child``, spawned by the main process.
+"""A proxy worker process: ``python -m popbridge.daemon.workers.child``, spawned by the main process.
 
 It serves the [[proxy]] listeners on sockets the main process bound and passed (descriptors
 3, 4, ...) and records logins through the main process (`RemoteLedger`). Its stdin and stdout
@@ -32,12 +32,12 @@ from twisted.python.failure import Failure
 
 from popbridge.fast.transports import fast_sockets
 from popbridge.log import classic_text, enable_debugging
-from popbridge.proxy.listening import proxy_listener
+from popbridge.daemon.proxy_listener import proxy_listener
 from popbridge.metrics.counters import Counters
 from popbridge.tls.reload import CertificateReloader
-from popbridge.workers.channel import WorkerChannel
-from popbridge.workers.remote import RemoteDirectory, RemoteLedger
-from popbridge.workers.settings import WorkerSettings
+from popbridge.daemon.workers.channel import WorkerChannel
+from popbridge.daemon.workers.remote import RemoteDirectory, RemoteLedger
+from popbridge.daemon.workers.settings import WorkerSettings
 
 
 class Worker:

@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from popbridge.directory import FALLBACK, IDirectory, UserFacts, _FromFacts
 from popbridge.ledger import ILoginRecorder, Login, SessionId
-from popbridge.workers.channel import EndSession, Facts, Record
+from popbridge.daemon.workers.channel import EndSession, Facts, Record
 
 
 @implementer(ILoginRecorder)

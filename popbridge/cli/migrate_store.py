@@ -15,7 +15,7 @@ from popbridge.settings import LedgerConfig
 from popbridge.ledger import LedgerStoreError, Login
 from popbridge.ledger.spec import parse_store
 from popbridge.ledger.sqlite import SqliteLedger
-from popbridge.ledger.stores import Store, open_store
+from popbridge.daemon.stores import Store, open_store
 
 
 def migrate_store(source: str, target: str, ttl: float, reactor: Any) -> "Deferred[int]":

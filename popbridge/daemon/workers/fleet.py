@@ -1,7 +1,7 @@
 """The main process's proxy workers: spawned, restarted, replaced on SIGHUP, drained, counted.
 
-- Spawned with `spawnProcess`: the worker is ``python -m popbridge.workers.child``, its stdin and
-  stdout are its channel (`popbridge.workers.channel`), and each [[proxy]] socket is passed as
+- Spawned with `spawnProcess`: the worker is ``python -m popbridge.daemon.workers.child``, its stdin and
+  stdout are its channel (`popbridge.daemon.workers.channel`), and each [[proxy]] socket is passed as
   descriptor 3, 4, ... (childFDs). Its stderr is the daemon's log when that is a descriptor
   (``popbridge run`` logs to stdout: a terminal, a file, the journal), so a worker writes its
   own lines, each one ``write``, and this process does no work for them; otherwise (plain
@@ -16,7 +16,7 @@
   after the longest `shutdown_grace` plus 10 s) before the rest of the daemon stops, so the
   ledger still takes the sessions' ends.
 - Every second each worker reports its counters; ``/metrics`` and ``popbridge stats`` add them
-  up (`popbridge.workers.metrics`). The counts of a worker that ended stay in the sums; its
+  up (`popbridge.daemon.workers.metrics`). The counts of a worker that ended stay in the sums; its
   ``worker`` labelled series start again from zero with its successor.
 """
 
@@ -42,10 +42,10 @@ from popbridge.directory import IDirectory
 from popbridge.ledger import ILedger
 from popbridge.log import debugging, log_descriptor
 from popbridge.metrics.counters import Counters
-from popbridge.workers.channel import MainChannel, Start
-from popbridge.workers.metrics import WorkerReports
-from popbridge.workers.settings import WorkerSettings, WorkerSocket
-from popbridge.workers.sockets import SharedSocket
+from popbridge.daemon.workers.channel import MainChannel, Start
+from popbridge.daemon.workers.metrics import WorkerReports
+from popbridge.daemon.workers.settings import WorkerSettings, WorkerSocket
+from popbridge.daemon.workers.sockets import SharedSocket
 
 FIRST_DELAY = 1.0  # seconds before a dead worker is restarted
 MAX_DELAY = 60.0
@@ -194,7 +194,7 @@ class Fleet(Service):
             passed.append(WorkerSocket(fd, shared.family(), shared.spec))
         settings = WorkerSettings(name, tuple(passed), self._directory is not None, debugging(), log_fd is not None)
         worker = WorkerProcess(slot, MainChannel(name, self._ledger, self._directory), self._reactor.seconds())
-        argv = [sys.executable, "-m", "popbridge.workers.child"]
+        argv = [sys.executable, "-m", "popbridge.daemon.workers.child"]
         self._current[slot] = worker
         worker.ended.addCallback(lambda _: self._ended(worker))
         try:

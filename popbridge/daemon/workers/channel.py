@@ -11,7 +11,7 @@ What travels (everything small: AMP values are at most 64 KiB):
   client only once `Record` has answered, and the main process answers only once its store has
   stored it), `Facts` (the directory, for routing users to their backends) and `Log` (its log
   lines, which the main process writes with ``worker N`` as their system, when the worker
-  cannot write them to the daemon's log itself; see `popbridge.workers.child`).
+  cannot write them to the daemon's log itself; see `popbridge.daemon.workers.child`).
 - main -> worker: `Start` (its listeners' settings and which inherited descriptor is which) and
   `Report` (its counters, for ``/metrics`` and ``popbridge stats``).
 
@@ -75,7 +75,7 @@ class Log(amp.Command):
 
 
 class Start(amp.Command):
-    """The worker's settings, pickled (`popbridge.workers.child.WorkerSettings`): only the main
+    """The worker's settings, pickled (`popbridge.daemon.workers.child.WorkerSettings`): only the main
     process, which spawned the worker, ever sends them; the main process never unpickles."""
 
     arguments = [(b"settings", amp.String())]

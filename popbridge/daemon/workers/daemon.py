@@ -8,9 +8,9 @@ from twisted.internet.interfaces import IListeningPort
 from popbridge.settings import Config, ProxyConfig
 from popbridge.daemon.listener import Listener
 from popbridge.daemon.service import Daemon, ListenerKey
-from popbridge.workers.fleet import Fleet
-from popbridge.workers.metrics import FleetRegistry
-from popbridge.workers.sockets import SharedSocket
+from popbridge.daemon.workers.fleet import Fleet
+from popbridge.daemon.workers.metrics import FleetRegistry
+from popbridge.daemon.workers.sockets import SharedSocket
 
 
 class SplitDaemon(Daemon):
