@@ -10,7 +10,8 @@ connection and a logged traceback; the guard below only keeps a fault in closing
 the loop, as ``callWithLogger`` did.
 
 ``popbridge run`` selects it (``twistd --reactor=popbridge``); a plain ``twistd -n popbridge``
-keeps Twisted's default reactor and works the same, a little slower.
+keeps Twisted's default reactor and works the same, a little slower. Under a Twisted outside
+`popbridge.fast.TESTED_TWISTED` the plugin installs Twisted's own epoll reactor instead.
 """
 
 import errno
@@ -19,6 +20,8 @@ from typing import Any
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import installReactor
 from twisted.logger import Logger
+
+from popbridge.fast import twisted_is_tested
 
 
 class PopbridgeReactor(EPollReactor):
@@ -45,7 +48,8 @@ class PopbridgeReactor(EPollReactor):
 
 
 def install() -> Any:
-    """Install PopbridgeReactor (Twisted's reactor plugin protocol)."""
-    reactor = PopbridgeReactor()
+    """Install PopbridgeReactor (Twisted's reactor plugin protocol); Twisted's epoll reactor
+    under a Twisted release it was not tested against."""
+    reactor = PopbridgeReactor() if twisted_is_tested() else EPollReactor()
     installReactor(reactor)
     return reactor

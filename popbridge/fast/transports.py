@@ -17,7 +17,9 @@ Together they took a bare Twisted lookup server from about 25 to 14 µs of CPU p
 `fast_sockets(reactor)` is how the daemon gets them: a view of a real posix reactor whose
 ``listenTCP``, ``listenUNIX``, ``adoptStreamPort`` (a proxy worker's sockets) and
 ``connectTCP`` build these transports, and which passes everything else through, so endpoint
-strings (``tcp:``, ``unix:``, ``haproxy:``, ``systemd:``, ``ssl:``) parse as always. Any other reactor (a test's MemoryReactor) is returned unchanged.
+strings (``tcp:``, ``unix:``, ``haproxy:``, ``systemd:``, ``ssl:``) parse as always. Any other
+reactor (a test's MemoryReactor), or any reactor under a Twisted outside `TESTED_TWISTED`, is
+returned unchanged.
 """
 
 import socket
@@ -26,6 +28,8 @@ from typing import Any
 from twisted.internet import main, tcp, unix
 from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.posixbase import PosixReactorBase
+
+from popbridge.fast import twisted_is_tested
 
 
 class WriteThrough:
@@ -131,7 +135,7 @@ class FastSockets:
 
 
 def fast_sockets(reactor: Any) -> Any:
-    """`FastSockets` over a real posix reactor; any other reactor unchanged."""
-    if isinstance(reactor, FastSockets) or not isinstance(reactor, PosixReactorBase):
+    """`FastSockets` over a real posix reactor; any other reactor, or another Twisted, unchanged."""
+    if isinstance(reactor, FastSockets) or not isinstance(reactor, PosixReactorBase) or not twisted_is_tested():
         return reactor
     return FastSockets(reactor)
