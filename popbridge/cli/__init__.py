@@ -6,8 +6,9 @@ log to stdout, no pid file): one way to start the daemon, whichever command an o
 
 import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.python import usage
 
@@ -85,6 +86,11 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("a COMMAND is required")
+
+    def opt_version(self) -> NoReturn:
+        """Print popbridge's version and exit (usage.Options would print Twisted's)."""
+        print(f"popbridge {version('popbridge')}")
+        sys.exit(0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,9 @@
-"""``popbridge demo``: the demo config file and what to try (the backend is `demo_backend`)."""
+"""``popbridge demo``: the demo config file and what to try (the backend is `popbridge.demo.backend`).
+
+The directory also gets ``postfix/main.cf``, empty, for the ``postmap -c`` in the instructions:
+postmap reads a main.cf before it looks anything up, and Debian's postfix installed with "No
+configuration" has none in /etc/postfix.
+"""
 
 import json
 import os
@@ -15,6 +20,7 @@ from popbridge.settings import Config
 
 CONFIG_NAME = "popbridge.toml"
 SOCKET_NAMES = ("policy.sock", "socketmap.sock", "whoson.sock", "control.sock")
+POSTFIX_DIRECTORY = "postfix"  # an empty main.cf for `postmap -c`
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
 _PROXY_LISTEN = "tcp:port=1110:interface=127.0.0.1"
 _DEMO_LISTEN = "tcp:port=11110:interface=127.0.0.1"
@@ -39,6 +45,7 @@ def write_demo_config(directory: Path) -> Path:
     directory = Path(os.path.abspath(directory))
     path = directory / CONFIG_NAME
     if path.exists():
+        _write_postfix_directory(directory)
         return path
     for name in SOCKET_NAMES:
         size = len(os.fsencode(directory / name))
@@ -48,6 +55,7 @@ def write_demo_config(directory: Path) -> Path:
                 f" the limit is {UNIX_PATH_MAX}); choose a shorter --dir, for example --dir /tmp/popbridge-demo"
             )
     directory.mkdir(parents=True, exist_ok=True)
+    _write_postfix_directory(directory)
     sockets = {
         name.removesuffix(".sock"): _toml(_unix_endpoint(directory / name, "600" if name == "control.sock" else "666"))
         for name in SOCKET_NAMES
@@ -64,6 +72,13 @@ def write_demo_config(directory: Path) -> Path:
     except FileExistsError:
         pass
     return path
+
+
+def _write_postfix_directory(directory: Path) -> None:
+    """An empty main.cf for `postmap -c`; one that is there already is left alone."""
+    postfix = directory / POSTFIX_DIRECTORY
+    postfix.mkdir(exist_ok=True)
+    (postfix / "main.cf").touch()
 
 
 def _unix_endpoint(path: Path, mode: str) -> str:
@@ -167,11 +182,12 @@ def demo_instructions(config: Config) -> str:
         ]
     if "socketmap" in lookups:
         socket_path = _unix_address(lookups["socketmap"].listen)
+        postfix = shlex.quote(str(Path(socket_path).parent / POSTFIX_DIRECTORY))
         query = "access 127.0.0.2"
         lines += [
             "# socketmap: the same question as Postfix asks it (postmap comes with Postfix) ...",
-            f"postmap -q 127.0.0.2 {shlex.quote(f'socketmap:unix:{socket_path}:access')}",
-            f"postmap -q 127.0.0.2 {shlex.quote(f'socketmap:unix:{socket_path}:user')}",
+            f"postmap -c {postfix} -q 127.0.0.2 {shlex.quote(f'socketmap:unix:{socket_path}:access')}",
+            f"postmap -c {postfix} -q 127.0.0.2 {shlex.quote(f'socketmap:unix:{socket_path}:user')}",
             "# ... or by hand, as a netstring",
             f"ask {shlex.quote(socket_path)} '{len(query)}:{query},'",
         ]
