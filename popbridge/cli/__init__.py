@@ -38,7 +38,7 @@ class DemoOptions(usage.Options):
 
 
 class CheckConfigOptions(usage.Options):
-    def parseArgs(self, path: str) -> None:
+    def parseArgs(self, path: str) -> None:  # type: ignore[override]  # usage.Options counts the arguments from it
         self["path"] = path
 
 
@@ -46,7 +46,7 @@ class MigrateOptions(usage.Options):
     synopsis = "Usage: popbridge migrate-store [--ttl SECONDS] FROM TO"
     optParameters = [["ttl", "t", 1800.0, "the daemons' [ledger] ttl: logins older than this are not copied", float]]
 
-    def parseArgs(self, source: str, target: str) -> None:
+    def parseArgs(self, source: str, target: str) -> None:  # type: ignore[override]  # as above
         self["from"], self["to"] = source, target
 
 
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     except usage.UsageError as e:
         sys.exit(f"{options}\npopbridge: {e}")
     command, sub = options.subCommand, options.subOptions
+    assert command is not None  # postOptions refuses a missing COMMAND
     try:
         if command == "run":
             _run(load_config(sub["config"]), sub["config"], sub["user"], sub["group"], sub["log-level"])

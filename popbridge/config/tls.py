@@ -27,7 +27,7 @@ TLS_KEYS = (
 
 def proxy_tls(reader: Reader, where: str, table: Mapping[str, Any], listen: str) -> tuple[str, TlsConfig]:
     """The endpoint to bind and the TLS settings of one [[proxy]] table."""
-    bind, from_listen = listen, {}
+    bind, from_listen = listen, dict[str, str]()
     if listen.startswith("ssl:"):
         try:
             bind, from_listen = implicit_tls_listener(listen)

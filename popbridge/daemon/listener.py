@@ -45,7 +45,7 @@ class Listener(Service):
         reactor: Any,
         what: str,
         description: str,
-        factory: Factory,
+        factory: "Factory[Any]",
         bind: str = "",
         drain: "Callable[[], Deferred[None]] | None" = None,
         owner: str | None = None,
@@ -149,7 +149,7 @@ class Listener(Service):
         if not self._drains:
             return stopped
         drains = self._drains
-        return maybeDeferred(lambda: stopped).addCallback(  # type: ignore[misc]
+        return maybeDeferred(lambda: stopped).addCallback(
             lambda _: gatherResults([maybeDeferred(drain) for drain in drains]).addCallback(lambda _: None)
         )
 
@@ -160,11 +160,11 @@ class _SettingsSwitch(Factory):
 
     noisy = False  # the Listener logs the listener itself, with what it is for
 
-    def __init__(self, factory: Factory) -> None:
+    def __init__(self, factory: "Factory[Any]") -> None:
         factory.noisy = False
         self.current = factory
 
-    def serve(self, factory: Factory) -> None:
+    def serve(self, factory: "Factory[Any]") -> None:
         factory.noisy = False
         old, self.current = self.current, factory
         if self.numPorts:  # listening: the port started the old factory; hand that over too
@@ -177,7 +177,7 @@ class _SettingsSwitch(Factory):
     def stopFactory(self) -> None:
         self.current.doStop()
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         return self.current.buildProtocol(addr)
 
     def logPrefix(self) -> str:

@@ -3,6 +3,7 @@
 from typing import Any
 
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 
 from popbridge.settings import ProxyConfig
 from popbridge.directory import IDirectory
@@ -37,7 +38,6 @@ def proxy_listener(
     )
     factory = proxy_factory(spec, backend, ledger, counters, reactor, certificate, router)
     drain = lambda sessions=factory.sessions, grace=spec.shutdown_grace: sessions.drain(grace, reactor)  # noqa: E731
-    if spec.proxy_header:
-        factory = TrustedProxyHeaderFactory(factory, spec.trusted_proxies, reactor)
+    listened: Factory[Any] = TrustedProxyHeaderFactory(factory, spec.trusted_proxies, reactor) if spec.proxy_header else factory
     what = f"{spec.protocol} clients"
-    return Listener(reactor, what, spec.listen, factory, spec.listen_endpoint, drain, fatal=fatal, endpoint=endpoint)
+    return Listener(reactor, what, spec.listen, listened, spec.listen_endpoint, drain, fatal=fatal, endpoint=endpoint)

@@ -132,7 +132,7 @@ class Daemon(MultiService):
     def _on_sighup(self, signum: int, frame: object) -> None:
         self._reactor.callFromThread(self.reload)
 
-    def reload(self) -> "Deferred[object]":
+    def reload(self) -> "Deferred[Any]":
         """Re-read the config file and apply it; a broken file changes nothing."""
         self.log.info("SIGHUP: reloading {path}", path=self.config.source)
         sd_notify.reloading()
@@ -145,7 +145,7 @@ class Daemon(MultiService):
             return DeferredList([])
         return self.apply(new).addCallback(_reloaded)
 
-    def apply(self, new: Config) -> "Deferred[object]":
+    def apply(self, new: Config) -> "Deferred[Any]":
         if new.ledger.ttl != self.config.ledger.ttl:
             self.ledger.ttl = new.ledger.ttl
             self.log.info("ledger ttl now {ttl} s", ttl=new.ledger.ttl)
@@ -220,7 +220,7 @@ def _reloaded(result: object) -> object:
     return result
 
 
-def _purge(ledger: ILedger) -> "Deferred[int]":
+def _purge(ledger: ILedger) -> "Deferred[int | None]":
     """One purge round; a failure is logged and the next round runs as planned."""
     return ledger.purge().addErrback(lambda failure: Daemon.log.failure("ledger purge failed", failure))
 

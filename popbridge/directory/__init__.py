@@ -145,7 +145,7 @@ class LdapDirectory(_FromFacts):
         self._missing: TTLCache[str, _Cached] = TTLCache(
             max_users, config.negative_cache_ttl + config.stale_ttl, clock.seconds
         )
-        self._queries: dict[str, Deferred[UserFacts | _Unavailable]] = {}
+        self._queries: dict[str, Deferred[Any]] = {}  # Deferred[Found] until `_landed` makes it UserFacts | _Unavailable
         self._outage: _Outage | None = None
 
     def facts(self, user: str) -> "Deferred[UserFacts]":
@@ -204,7 +204,7 @@ class LdapDirectory(_FromFacts):
         if isinstance(result, Failure):
             if not result.check(LDAPException, OSError):  # not an outage: our bug; still no grant
                 self.log.failure("LDAP look-up of {user!r} failed", result, user=user)
-            reason = self._scrub(result.getErrorMessage()) or result.type.__name__
+            reason = self._scrub(result.getErrorMessage()) or type(result.value).__name__
             self._went_down(reason, user)
             return _Unavailable(reason)
         self._came_back()
@@ -263,7 +263,7 @@ class LdapDirectory(_FromFacts):
         return text.replace(password, "********") if password else text
 
 
-def _why(error: BaseException, timeout: float) -> str:
+def _why(error: BaseException | None, timeout: float) -> str:
     return f"no answer within {timeout:g} s" if isinstance(error, defer.TimeoutError) else str(error)
 
 

@@ -108,7 +108,7 @@ def _backend(attribute: str, raw: Any) -> tuple[str | None, str]:
     """The first value of `attribute` if it names a host[:port]; else None and a note why."""
     if not attribute:
         return None, ""
-    values = next((v for name, v in raw.items() if name.lower() == attribute.lower()), [])
+    values: list[Any] = next((v for name, v in raw.items() if name.lower() == attribute.lower()), [])
     if not values:
         return None, ""
     value = values[0].decode("utf-8", "replace").strip() if isinstance(values[0], bytes) else str(values[0]).strip()

@@ -44,7 +44,7 @@ class PopbridgeReactor(EPollReactor):
             except Exception:
                 self.log.failure("handling an event of {selectable} failed", selectable=selectable)
 
-    doIteration = doPoll  # type: ignore[assignment]
+    doIteration = doPoll
 
 
 def install() -> Any:

@@ -26,6 +26,7 @@ import socket
 from typing import Any
 
 from twisted.internet import main, tcp, unix
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.posixbase import PosixReactorBase
 
@@ -59,7 +60,7 @@ class WriteThrough:
 class PlainRecv:
     """Mixed into `unix.Server`: ``recv`` unless the protocol takes passed file descriptors."""
 
-    def doRead(self) -> object:
+    def doRead(self) -> ConnectionLost | ConnectionDone | None:
         if IFileDescriptorReceiver.providedBy(self.protocol):  # type: ignore[attr-defined]
             return super().doRead()  # type: ignore[misc]
         try:
@@ -81,7 +82,7 @@ class TCPClient(WriteThrough, tcp.Client):
     pass
 
 
-class UNIXServer(WriteThrough, PlainRecv, unix.Server):
+class UNIXServer(WriteThrough, PlainRecv, unix.Server):  # type: ignore[misc]  # tcp._AbortingMixin's doRead is a lambda it assigns
     pass
 
 
@@ -113,7 +114,8 @@ class FastSockets:
         return listening
 
     def listenUNIX(self, address: str, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0) -> UNIXPort:
-        listening = UNIXPort(address, factory, backlog, mode, self._reactor, wantPID)
+        # Twisted annotates unix.Port's path as bytes; its own listenUNIX passes the str it got
+        listening = UNIXPort(address, factory, backlog, mode, self._reactor, wantPID)  # type: ignore[arg-type]
         listening.startListening()
         return listening
 

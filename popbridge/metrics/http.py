@@ -13,7 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
+from twisted.web.http import Request as HTTPRequest
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from popbridge.metrics import Metrics
@@ -48,12 +49,12 @@ class MetricsPage(Resource):
 
 
 class _Root(Resource):
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
 
 
 class _QuietSite(Site):
-    def log(self, request: Request) -> None:
+    def log(self, request: HTTPRequest) -> None:
         """No access log line per scrape."""
 
 

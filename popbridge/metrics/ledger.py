@@ -22,7 +22,7 @@ class MeasuredLedger:
 
     @property
     def ttl(self) -> float:
-        return self._store.ttl  # type: ignore[no-any-return]
+        return self._store.ttl
 
     @ttl.setter
     def ttl(self, value: float) -> None:

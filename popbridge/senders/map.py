@@ -100,7 +100,7 @@ def parse_sender_map(text: str) -> SenderMap:
 
 def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
     """(number of its first line, text) for each logical line, comments and blanks dropped."""
-    start, parts = 0, []  # the logical line being gathered
+    start, parts = 0, list[str]()  # the logical line being gathered
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):

@@ -93,7 +93,7 @@ class ServerCertificate:
 def backend_tls_options(hostname: str, ca: Path | None, verify: bool) -> IOpenSSLClientConnectionCreator:
     """How popbridge checks a backend it speaks STARTTLS to: verified by default."""
     if not verify:
-        return ssl.CertificateOptions(verify=False)  # type: ignore[return-value]
+        return ssl.CertificateOptions(verify=False)
     if ca is None:
         return ssl.optionsForClientTLS(hostname)
     try:

@@ -22,9 +22,10 @@ of its own proxy: arguments are typed by AMP, and a worker cannot read the ledge
 import json
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger, LogLevel, InvalidLogLevelError
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -79,13 +80,13 @@ class Start(amp.Command):
     process, which spawned the worker, ever sends them; the main process never unpickles."""
 
     arguments = [(b"settings", amp.String())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
 class Report(amp.Command):
     """The worker's counters: its event counts (JSON) and its metrics (Prometheus text)."""
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
     response = [(b"events", amp.Unicode()), (b"metrics", amp.Unicode())]
 
 
@@ -122,7 +123,7 @@ class OneLoopBoxes(amp.AMP):
             self.ampBoxReceived(box)
         self._pending = buffer[start:]
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._too_long:
             reason = Failure(amp.TooLong(True, False, None, None))
         super().connectionLost(reason)
@@ -206,7 +207,7 @@ class MainChannel(OneLoopBoxes):
         self.log.emit(log_level, "{text}", text=text, log_system=self.name)
         return {}
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.closed = True
         sessions, self.sessions = self.sessions, {}
@@ -246,6 +247,6 @@ class WorkerChannel(OneLoopBoxes):
         if self.transport is not None:
             self.callRemote(Log, level=level, text=text[:MAX_LOG_TEXT])
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self._lost(reason)

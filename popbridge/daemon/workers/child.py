@@ -14,7 +14,7 @@ the main process goes away, the channel closes and the worker drains and exits t
 import pickle
 import signal
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
@@ -23,6 +23,7 @@ from twisted.internet.stdio import StandardIO
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
@@ -104,7 +105,8 @@ def main() -> None:
     reactor = install()
     sys.stdout = sys.stderr  # fd 1 is the channel: a stray print must not corrupt it
     worker = Worker(reactor)
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(worker.observe, [worker.wanted])], redirectStandardIO=False)
+    observer = cast(ILogObserver, worker.observe)  # a callable taking an event is an ILogObserver
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [worker.wanted])], redirectStandardIO=False)
     StandardIO(worker.channel, reactor=reactor)
     for ignored in (signal.SIGHUP, signal.SIGINT):
         reactor.callWhenRunning(signal.signal, ignored, signal.SIG_IGN)

@@ -24,7 +24,7 @@ import os
 import pickle
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ class _ToChild:
     def write(self, data: bytes) -> None:
         self._process.writeToChild(0, data)
 
-    def writeSequence(self, data: list[bytes]) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
@@ -250,7 +250,7 @@ class Fleet(Service):
 
     # -- SIGHUP and SIGTERM ----------------------------------------------------------------
 
-    def replace(self) -> "Deferred[object]":
+    def replace(self) -> "Deferred[Any]":
         """A new generation on the current sockets and settings; each old worker drains once its
         successor serves. Fires when the new generation has started (or failed to)."""
         self._cancel_restarts()
@@ -263,11 +263,11 @@ class Fleet(Service):
             new = self._spawn(slot)
             predecessor = old.get(slot)
             if predecessor is not None:
-                new.ready.addCallback(lambda _, worker=predecessor: self._drain(worker))
+                new.ready.addCallback(lambda _, worker: self._drain(worker), predecessor)
             started.append(new.ready)
         return DeferredList(started)
 
-    def stopService(self) -> "Deferred[object]":
+    def stopService(self) -> "Deferred[Any]":
         super().stopService()
         if self._reporting.running:
             self._reporting.stop()

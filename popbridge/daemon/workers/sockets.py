@@ -14,8 +14,9 @@ old workers, which still hold it while they drain, do not stop the address from 
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
 
 from popbridge.settings import ProxyConfig
 from popbridge.daemon.listener import Listener
@@ -24,17 +25,18 @@ from popbridge.daemon.listener import Listener
 class _NoAccept(Factory):
     """The main process never serves a client itself: a connection it accepted is dropped."""
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         return None
 
 
+@implementer(IStreamServerEndpoint)
 class _BoundPort:
     """An endpoint whose `listen` gives back a port that is already bound."""
 
     def __init__(self, port: IListeningPort) -> None:
         self._port = port
 
-    def listen(self, factory: Factory) -> "Deferred[IListeningPort]":
+    def listen(self, factory: IProtocolFactory) -> "Deferred[IListeningPort]":
         return succeed(self._port)
 
 
