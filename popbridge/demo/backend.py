@@ -19,18 +19,18 @@ from email.utils import format_datetime
 from functools import partial
 from hashlib import md5
 from io import BytesIO
-from typing import Any
+from typing import Any, overload
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import CramMD5Credentials, IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, ITransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail.imap4 import IllegalClientResponse, LOGINCredentials, PLAINCredentials  # public re-exports
-from twisted.mail.interfaces import IChallengeResponse, IMailboxPOP3, IServerFactoryPOP3
+from twisted.mail.interfaces import IMailboxPOP3, IServerFactoryPOP3
 from twisted.mail.pop3 import POP3, APOPCredentials
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,7 +38,7 @@ from zope.interface import implementer
 from popbridge.settings import DemoConfig
 
 
-def demo_backend_factory(config: DemoConfig) -> ServerFactory:
+def demo_backend_factory(config: DemoConfig) -> "DemoPop3Factory":
     """A POP3 server factory serving `config.users`, each with `config.messages` sample messages."""
     passwords = {user.encode("utf-8"): password.encode("utf-8") for user, password in config.users.items()}
     portal = Portal(DemoRealm(config.messages), [DemoPasswordChecker(passwords)])
@@ -70,7 +70,7 @@ class DemoPasswordChecker:
     def __init__(self, passwords: Mapping[bytes, bytes]) -> None:
         self._passwords = dict(passwords)
 
-    def requestAvatarId(self, credentials: Any) -> "Deferred[bytes]":
+    def requestAvatarId(self, credentials: Any) -> "Deferred[bytes | tuple[()]]":
         password = self._passwords.get(credentials.username or b"")
         if password is not None and credentials.checkPassword(password):
             return succeed(credentials.username)
@@ -87,10 +87,11 @@ class DemoRealm:
         self._messages = messages
 
     def requestAvatar(
-        self, avatarId: bytes, mind: object, *interfaces: Any
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
     ) -> tuple[Any, "DemoMailbox", Callable[[], None]]:
         if IMailboxPOP3 not in interfaces:
             raise NotImplementedError("the demo realm only serves POP3 mailboxes")
+        assert isinstance(avatarId, bytes)  # DemoPasswordChecker names every user; nobody is anonymous
         user = avatarId.decode("utf-8", "replace")
         self.log.debug("demo backend: {user} logged in", user=user)
         return IMailboxPOP3, DemoMailbox(user, self._messages), lambda: None
@@ -124,6 +125,12 @@ class DemoMailbox:
         self._messages = [sample_message(user, n, count) for n in range(1, count + 1)]
         self._uids = [f"demo-{n}-{user.encode('utf-8').hex()}".encode("ascii") for n in range(1, count + 1)]
         self._deleted: set[int] = set()
+
+    @overload
+    def listMessages(self) -> list[int]: ...
+
+    @overload
+    def listMessages(self, i: int) -> int: ...
 
     def listMessages(self, i: int | None = None) -> int | list[int]:
         if i is None:
@@ -167,6 +174,10 @@ class DemoPop3Server(POP3):
 
     log = Logger()
     _sasl: Any = None
+    # twisted.mail.pop3.POP3 types both as None (class defaults); the factory sets them
+    factory: "DemoPop3Factory"  # type: ignore[assignment]
+    portal: Portal  # type: ignore[assignment]
+    transport: ITransport
 
     def authenticateUserAPOP(self, user: bytes, digest: bytes) -> "Deferred[tuple[Any, Any, Any]]":
         return self.portal.login(_Apop(self.magic, user, digest), None, IMailboxPOP3)
@@ -214,7 +225,7 @@ class DemoPop3Server(POP3):
 
 
 @implementer(IServerFactoryPOP3)
-class DemoPop3Factory(ServerFactory):
+class DemoPop3Factory(ServerFactory[DemoPop3Server]):
     """Builds `DemoPop3Server`s sharing one portal.
 
     It provides `IServerFactoryPOP3` because only then does Twisted's CAPA list ``SASL``.
@@ -225,14 +236,16 @@ class DemoPop3Factory(ServerFactory):
 
     def __init__(self, portal: Portal) -> None:
         self.portal = portal
-        self.challengers: dict[bytes, Callable[[], IChallengeResponse]] = {
+        # IChallengeResponse makers (CramMD5Credentials has the methods without declaring it)
+        self.challengers: dict[bytes, Callable[[], Any]] = {
             b"PLAIN": PLAINCredentials,
             b"LOGIN": LOGINCredentials,
             b"CRAM-MD5": partial(CramMD5Credentials, b"popbridge.invalid"),
         }
 
-    def buildProtocol(self, addr: IAddress) -> DemoPop3Server:
+    def buildProtocol(self, addr: IAddress | None) -> DemoPop3Server:
         protocol = super().buildProtocol(addr)
+        assert protocol is not None  # Factory.buildProtocol makes one of `protocol`
         protocol.portal = self.portal
         return protocol
 
