@@ -30,9 +30,9 @@ from popbridge.directory import MemoryDirectory  # noqa: E402
 from popbridge.directory.ldap_search import UserFacts  # noqa: E402
 from popbridge.ledger.memory import MemoryLedger  # noqa: E402
 from popbridge.lookup.policy import PolicyResponder  # noqa: E402
+from popbridge.metrics.counters import Counters  # noqa: E402
 from popbridge.senders.map import SenderMap, SenderRules  # noqa: E402
 from popbridge.senders.owners import SenderOwners  # noqa: E402
-from popbridge.metrics.counters import Counters  # noqa: E402
 from popbridge.verdict import Verdicts  # noqa: E402
 from popbridge.wire.policy import PolicyDecoder, PolicyRequest  # noqa: E402
 

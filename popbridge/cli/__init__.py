@@ -13,9 +13,9 @@ from typing import Any, NoReturn
 from twisted.python import usage
 
 from popbridge.config import ConfigError, load_config
-from popbridge.settings import Config
-from popbridge.log import OBSERVERS
 from popbridge.ledger.spec import parse_store
+from popbridge.log import OBSERVERS
+from popbridge.settings import Config
 
 
 class RunOptions(usage.Options):

@@ -11,11 +11,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from popbridge.settings import LedgerConfig
+from popbridge.daemon.stores import Store, open_store
 from popbridge.ledger import LedgerStoreError, Login
 from popbridge.ledger.spec import parse_store
 from popbridge.ledger.sqlite import SqliteLedger
-from popbridge.daemon.stores import Store, open_store
+from popbridge.settings import LedgerConfig
 
 
 def migrate_store(source: str, target: str, ttl: float, reactor: Any) -> "Deferred[int]":

@@ -1,4 +1,4 @@
-"""The configuration file: one TOML file read into frozen dataclasses.
+"""The configuration file: one TOML file read into the frozen dataclasses of `popbridge.settings`.
 
 Every error is a `ConfigError` whose message names the file and the key, for example
 ``popbridge.toml: [[lookup]] #2 listen: ...``. Unknown keys are errors too: a misspelt key that

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from popbridge.config.reader import Reader
-from popbridge.settings import SendersConfig
 from popbridge.senders.map import MAX_MAP_BYTES, SenderMap, SenderMapError, SenderRules, parse_sender_map
+from popbridge.settings import SendersConfig
 
 SENDERS_KEYS = ("map", "ldap_attributes", "domains")
 _ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")  # an LDAP attribute name (RFC 4512 descr)

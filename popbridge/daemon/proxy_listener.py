@@ -5,15 +5,15 @@ from typing import Any
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 
-from popbridge.settings import ProxyConfig
+from popbridge.daemon.listener import Listener
 from popbridge.directory import IDirectory
 from popbridge.ledger import ILoginRecorder
-from popbridge.daemon.listener import Listener
+from popbridge.metrics.counters import Counters
 from popbridge.proxy import proxy_factory
 from popbridge.proxy.backend import backend_connector
 from popbridge.proxy.routing import UserRouter
 from popbridge.proxy.trusted_proxy import TrustedProxyHeaderFactory
-from popbridge.metrics.counters import Counters
+from popbridge.settings import ProxyConfig
 from popbridge.tls import ServerCertificate
 
 

@@ -23,20 +23,20 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
 
 from popbridge.config import ConfigError, load_config
-from popbridge.senders.map import SenderRules
-from popbridge.settings import Config, ProxyConfig, SendersConfig
+from popbridge.daemon import sd_notify
+from popbridge.daemon.listener import Listener
+from popbridge.daemon.proxy_listener import proxy_listener
+from popbridge.daemon.stores import open_store
 from popbridge.directory import IDirectory, ldap_directory
 from popbridge.feed import feed_site
 from popbridge.ledger import ILedger
-from popbridge.metrics.ledger import MeasuredLedger
-from popbridge.daemon.stores import open_store
-from popbridge.daemon import sd_notify
-from popbridge.daemon.listener import Listener
 from popbridge.lookup import control_factory, lookup_factory
-from popbridge.metrics.http import metrics_site
-from popbridge.daemon.proxy_listener import proxy_listener
-from popbridge.senders.owners import SenderOwners
 from popbridge.metrics.counters import Counters
+from popbridge.metrics.http import metrics_site
+from popbridge.metrics.ledger import MeasuredLedger
+from popbridge.senders.map import SenderRules
+from popbridge.senders.owners import SenderOwners
+from popbridge.settings import Config, ProxyConfig, SendersConfig
 from popbridge.tls import TlsFileError
 from popbridge.tls.reload import CertificateReloader
 from popbridge.verdict import Verdicts

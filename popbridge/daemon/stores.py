@@ -17,13 +17,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from popbridge.settings import LedgerConfig
 from popbridge.ledger import IRestorableLedger, LedgerStoreError
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.ledger.redis import RedisLedger, redis_client
 from popbridge.ledger.spec import parse_store
 from popbridge.ledger.sqlite import SqliteLedger
 from popbridge.metrics.counters import Counters
+from popbridge.settings import LedgerConfig
 
 REDIS_THREADS = 10  # concurrent Redis calls; lookups beyond this wait (within their deadline)
 NOT_STORED = "ledger_not_stored"  # counter: logins kept in memory only after a failed write

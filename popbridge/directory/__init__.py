@@ -38,9 +38,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
 
-from popbridge.settings import LdapConfig
 from popbridge.directory.ldap_search import ConnectionPool, Found, UserFacts, ldap_connector, search_user
 from popbridge.metrics import Metrics
+from popbridge.settings import LdapConfig
 
 __all__ = ["FALLBACK", "NOT_FOUND", "IDirectory", "LdapDirectory", "MemoryDirectory", "UserFacts", "ldap_directory"]
 

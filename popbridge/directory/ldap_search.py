@@ -21,8 +21,8 @@ from ldap3 import BASE, NONE, NO_ATTRIBUTES, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
-from popbridge.settings import LdapConfig
 from popbridge.senders.map import is_address, sender_key
+from popbridge.settings import LdapConfig
 
 T = TypeVar("T")
 

@@ -19,10 +19,10 @@ from twisted.web.http import Request as HTTPRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from popbridge.settings import FeedConfig
 from popbridge.feed.rules import RECORD, AfterAuthGuard, FeedRules
 from popbridge.ledger import ILedger
 from popbridge.metrics.counters import Counters
+from popbridge.settings import FeedConfig
 from popbridge.wire.dovecot_policy import ALLOW_ANSWER, MAX_BODY, PolicyRequest, PolicyRequestError, decode_policy_request
 
 WARN_INTERVAL = 60.0  # seconds between two warnings for the same reason

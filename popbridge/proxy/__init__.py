@@ -7,12 +7,12 @@ from pathlib import Path
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 
-from popbridge.settings import ProxyConfig
 from popbridge.ledger import ILoginRecorder
+from popbridge.metrics.counters import Counters
 from popbridge.proxy.backend import BackendConnector
 from popbridge.proxy.session import LoginProxy
 from popbridge.proxy.settings import OpenSessions, Router, SessionSettings, SessionTls
-from popbridge.metrics.counters import Counters
+from popbridge.settings import ProxyConfig
 from popbridge.tls import ServerCertificate, backend_hostname, backend_tls_options
 from popbridge.wire.imap4 import Imap4LoginWatcher
 from popbridge.wire.login import LoginWatcher, TlsOptions

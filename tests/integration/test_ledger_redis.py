@@ -16,10 +16,10 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from popbridge.settings import LookupConfig
 from popbridge.ledger import LedgerUnavailable, new_session
 from popbridge.ledger.redis import RedisLedger, redis_client
 from popbridge.ledger.sqlite import SqliteLedger
+from popbridge.settings import LookupConfig
 from tests.unit.test_ledger_behaviour import *  # noqa: F401,F403  the shared behaviour suite
 from tests.unit.test_ledger_behaviour import TTL, direct_call, result, users
 

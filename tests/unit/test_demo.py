@@ -21,9 +21,9 @@ from twisted.logger import capturedLogs
 from twisted.test import iosim
 
 from popbridge.config import load_config
-from popbridge.settings import Config, DemoConfig
 from popbridge.demo import DemoDirectoryError, demo_instructions, write_demo_config
 from popbridge.demo.backend import DemoPop3Server, demo_backend_factory
+from popbridge.settings import Config, DemoConfig
 
 DEMO = DemoConfig(listen="tcp:port=11110:interface=127.0.0.1", users={"alice": "wonderland", "bob": "builder"})
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)

@@ -15,15 +15,15 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from popbridge.config import parse_config
-from popbridge.settings import FeedConfig
+from popbridge.daemon.service import build_service
 from popbridge.directory import MemoryDirectory
-from popbridge.feed import feed_site
 from popbridge.directory.ldap_search import UserFacts
+from popbridge.feed import feed_site
 from popbridge.ledger import LedgerUnavailable, Login
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.metrics import Metrics
-from popbridge.daemon.service import build_service
 from popbridge.metrics.counters import Counters
+from popbridge.settings import FeedConfig
 from popbridge.verdict import Status, Verdict, Verdicts
 from popbridge.wire.dovecot_policy import ALLOW_ANSWER, MAX_BODY
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from popbridge.daemon import sd_notify
 from popbridge.config import parse_config
+from popbridge.daemon import sd_notify
 from popbridge.daemon.service import build_service
 
 DOCUMENT = {

@@ -31,14 +31,14 @@ from twisted.logger import (
 )
 from twisted.python.failure import Failure
 
-from popbridge.fast.transports import fast_sockets
-from popbridge.log import classic_text, enable_debugging
 from popbridge.daemon.proxy_listener import proxy_listener
-from popbridge.metrics.counters import Counters
-from popbridge.tls.reload import CertificateReloader
 from popbridge.daemon.workers.channel import WorkerChannel
 from popbridge.daemon.workers.remote import RemoteDirectory, RemoteLedger
 from popbridge.daemon.workers.settings import WorkerSettings
+from popbridge.fast.transports import fast_sockets
+from popbridge.log import classic_text, enable_debugging
+from popbridge.metrics.counters import Counters
+from popbridge.tls.reload import CertificateReloader
 
 
 class Worker:

@@ -5,12 +5,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 
-from popbridge.settings import Config, ProxyConfig
 from popbridge.daemon.listener import Listener
 from popbridge.daemon.service import Daemon, ListenerKey
 from popbridge.daemon.workers.fleet import Fleet
 from popbridge.daemon.workers.metrics import FleetRegistry
 from popbridge.daemon.workers.sockets import SharedSocket
+from popbridge.settings import Config, ProxyConfig
 
 
 class SplitDaemon(Daemon):

@@ -38,14 +38,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from popbridge.directory import IDirectory
-from popbridge.ledger import ILedger
-from popbridge.log import debugging, log_descriptor
-from popbridge.metrics.counters import Counters
 from popbridge.daemon.workers.channel import MainChannel, Start
 from popbridge.daemon.workers.metrics import WorkerReports
 from popbridge.daemon.workers.settings import WorkerSettings, WorkerSocket
 from popbridge.daemon.workers.sockets import SharedSocket
+from popbridge.directory import IDirectory
+from popbridge.ledger import ILedger
+from popbridge.log import debugging, log_descriptor
+from popbridge.metrics.counters import Counters
 
 FIRST_DELAY = 1.0  # seconds before a dead worker is restarted
 MAX_DELAY = 60.0

@@ -18,9 +18,9 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from popbridge.daemon.workers.channel import EndSession, Facts, Record
 from popbridge.directory import FALLBACK, IDirectory, UserFacts, _FromFacts
 from popbridge.ledger import ILoginRecorder, Login, SessionId
-from popbridge.daemon.workers.channel import EndSession, Facts, Record
 
 
 @implementer(ILoginRecorder)

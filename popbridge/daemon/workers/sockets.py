@@ -18,8 +18,8 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFacto
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from popbridge.settings import ProxyConfig
 from popbridge.daemon.listener import Listener
+from popbridge.settings import ProxyConfig
 
 
 class _NoAccept(Factory):
