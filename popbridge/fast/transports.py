@@ -23,7 +23,7 @@ returned unchanged.
 """
 
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import main, tcp, unix
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -32,46 +32,52 @@ from twisted.internet.posixbase import PosixReactorBase
 
 from popbridge.fast import twisted_is_tested
 
+if TYPE_CHECKING:  # what the mixins are mixed into, so their attribute reads are checked
+    _Connection = tcp.Connection
+    _UnixServer = unix.Server
+else:
+    _Connection = _UnixServer = object
 
-class WriteThrough:
+
+class WriteThrough(_Connection):
     """Mixed into a Twisted socket transport (before it): send at once when nothing waits."""
 
     def write(self, data: bytes) -> None:
         if (
             data
-            and self._tempDataLen == 0  # type: ignore[attr-defined]
-            and self.offset == len(self.dataBuffer)  # type: ignore[attr-defined]
-            and self.connected  # type: ignore[attr-defined]
-            and not self.disconnecting  # type: ignore[attr-defined]
-            and not self._writeDisconnected  # type: ignore[attr-defined]
-            and not self.TLS  # type: ignore[attr-defined]  # startTLS: the TLS layer writes
+            and self._tempDataLen == 0
+            and self.offset == len(self.dataBuffer)
+            and self.connected
+            and not self.disconnecting
+            and not self._writeDisconnected
+            and not self.TLS  # startTLS: the TLS layer writes
             and not getattr(self, "_sendmsgQueue", None)  # Unix: descriptors ride with the next write
         ):
             try:
-                sent = self.socket.send(data)  # type: ignore[attr-defined]
+                sent = self.socket.send(data)
             except OSError:  # a full buffer waits for doWrite; an error, doWrite reports it
                 sent = 0
             if sent == len(data):
                 return
             data = data[sent:]
-        super().write(data)  # type: ignore[misc]
+        super().write(data)
 
 
-class PlainRecv:
+class PlainRecv(_UnixServer):
     """Mixed into `unix.Server`: ``recv`` unless the protocol takes passed file descriptors."""
 
-    def doRead(self) -> ConnectionLost | ConnectionDone | None:
-        if IFileDescriptorReceiver.providedBy(self.protocol):  # type: ignore[attr-defined]
-            return super().doRead()  # type: ignore[misc]
+    def doRead(self) -> ConnectionLost | ConnectionDone | None:  # type: ignore[override]  # tcp._AbortingMixin's doRead is a lambda it assigns
+        if IFileDescriptorReceiver.providedBy(self.protocol):
+            return super().doRead()
         try:
-            data = self.socket.recv(self.bufferSize)  # type: ignore[attr-defined]
+            data = self.socket.recv(self.bufferSize)
         except BlockingIOError:
             return None
         except OSError:
             return main.CONNECTION_LOST
         if not data:
             return main.CONNECTION_DONE
-        return self._dataReceived(data)  # type: ignore[attr-defined]
+        return self._dataReceived(data)
 
 
 class TCPServer(WriteThrough, tcp.Server):
@@ -82,7 +88,7 @@ class TCPClient(WriteThrough, tcp.Client):
     pass
 
 
-class UNIXServer(WriteThrough, PlainRecv, unix.Server):  # type: ignore[misc]  # tcp._AbortingMixin's doRead is a lambda it assigns
+class UNIXServer(WriteThrough, PlainRecv, unix.Server):
     pass
 
 
