@@ -1,7 +1,7 @@
 """The ledger: which client addresses logged in recently, as whom, over which protocol.
 
 One interface, three stores: memory (`memory.py`), SQLite (`sqlite.py`, the durable default)
-and Redis (`redis.py`, shared by several nodes); `stores.py` builds the configured one. Every
+and Redis (`redis.py`, shared by several nodes); `popbridge.daemon.stores` builds the configured one. Every
 method returns a Deferred so a store may do I/O; the memory store answers at once. Addresses given to a ledger
 are raw peer addresses: the ledger normalises them with `popbridge.addresses.client_key`.
 
