@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import load
-from bench.mail import USERS, Machine, Metered, PhaseCost, paced_probe, percentile, policy_requests, user
+from bench.mail import USERS, Machine, Metered, PhaseCost, median, paced_probe, percentile, policy_requests, user
 from bench.peers import BenchDovecot, Nginx, tree_cpu
 from tests.integration.servers import (
     FeedPopbridge,
@@ -223,10 +222,6 @@ class FeedBench:
             if label == "reports":
                 self.report_rate = (self.feed.feed_count("report", "recorded") - before) / duration
             self.latency[label] = (percentile(latencies, 50), percentile(latencies, 99))
-
-
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
 
 
 def table(bench: FeedBench, args: argparse.Namespace, skipped: list[str]) -> str:

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 from twisted.internet.task import Clock  # noqa: E402
 
-from popbridge.config import LookupConfig  # noqa: E402
+from popbridge.settings import LookupConfig  # noqa: E402
 from popbridge.directory import MemoryDirectory  # noqa: E402
 from popbridge.directory.ldap_search import UserFacts  # noqa: E402
 from popbridge.ledger.memory import MemoryLedger  # noqa: E402

@@ -93,11 +93,7 @@ def _ledger(reader: Reader, table: Mapping[str, Any]) -> LedgerConfig:
             reader.fail(where, key, "only for a \"redis://\", \"rediss://\" or \"redis+sentinel://\" store")
     password = ""
     if "redis_password_file" in table:
-        path = reader.string(where, table, "redis_password_file")
-        try:
-            password = Path(path).read_text().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            reader.fail(where, "redis_password_file", f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
+        password = reader.secret_file(where, table, "redis_password_file")
     prefix = int(reader.number(where, table, "ipv6_prefix", LedgerConfig.ipv6_prefix, minimum=1, integer=True))
     if prefix > 128:
         reader.fail(where, "ipv6_prefix", f"{prefix} is not a prefix length (1-128)")

@@ -1,7 +1,6 @@
 """The ``[[feed]]`` tables: logins learned from Dovecot's auth-policy requests, no proxy in between."""
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -53,12 +52,7 @@ def _api_key(reader: Reader, where: str, table: Mapping[str, Any]) -> str:
             reader.fail(where, "api_key", "must be a string")
         key, name = str(table["api_key"]), "api_key"
     elif "api_key_file" in table:
-        path = reader.string(where, table, "api_key_file")
-        try:
-            key = Path(path).read_text().rstrip("\r\n")  # editors add a final newline
-        except (OSError, UnicodeDecodeError) as e:
-            reader.fail(where, "api_key_file", f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
-        name = "api_key_file"
+        key, name = reader.secret_file(where, table, "api_key_file"), "api_key_file"
     else:
         return ""
     # HTTP trims a header value and cannot carry control characters: such a key could never match

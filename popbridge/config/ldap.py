@@ -1,7 +1,6 @@
 """The ``[ldap]`` table: directory look-ups for exempt users and per-user backends."""
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,13 +62,9 @@ def _bind_password(reader: Reader, where: str, table: Mapping[str, Any]) -> str:
         return str(table["bind_password"])
     if "bind_password_file" not in table:
         return ""
-    path = reader.string(where, table, "bind_password_file")
-    try:
-        password = Path(path).read_text().rstrip("\r\n")  # editors add a final newline
-    except (OSError, UnicodeDecodeError) as e:
-        reader.fail(where, "bind_password_file", f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
+    password = reader.secret_file(where, table, "bind_password_file")
     if not password:
-        reader.fail(where, "bind_password_file", f"{path} is empty")
+        reader.fail(where, "bind_password_file", f"{table['bind_password_file']} is empty")
     return password
 
 

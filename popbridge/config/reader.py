@@ -5,6 +5,7 @@ import ipaddress
 import pwd
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from ldap3.core.exceptions import LDAPException
@@ -51,6 +52,15 @@ class Reader:
         if not isinstance(value, str) or not value:
             self.fail(where, key, "must be a non-empty string")
         return value
+
+    def secret_file(self, where: str, table: Mapping[str, Any], key: str) -> str:
+        """The secret in the file `key` names, without the final newline editors add; a complaint
+        names the key and the path, never the content."""
+        path = self.string(where, table, key)
+        try:
+            return Path(path).read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            self.fail(where, key, f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
 
     def choice(self, where: str, table: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
         value = self.string(where, table, key)

@@ -54,6 +54,8 @@ class FeedRules:
             return "failed"
         if request.protocol not in self.protocols:
             return "other_protocol"
+        if not request.login:  # Dovecot sends "" when it never learned a user name; nobody to record
+            return "no_user"
         if not request.remote:
             return "no_address"
         if self.ignored(request.remote):
@@ -79,9 +81,11 @@ class AfterAuthGuard:
 
     It arms on the first report (proof that ``auth_policy_report_after_auth`` is on, so a wrong
     password would show up as a failed report). Then every login recorded at an ``allow`` is
-    remembered for `window` seconds; a failed report for the same (address, login, protocol) in
-    that time means an ``allow`` came before a password check: the guard trips for good and the
-    caller revokes that address.
+    remembered until its report, for at most `window` seconds; a failed report for the same
+    (address, login, protocol) in that time means an ``allow`` came before a password check: the
+    guard trips for good and the caller revokes that address. A successful report settles the
+    ``allow`` before it, so the same user mistyping a password a moment later (another device
+    behind the same NAT) is not taken for the trap.
     """
 
     window: float = 30.0
@@ -106,10 +110,8 @@ class AfterAuthGuard:
         self.armed = True
         while self._recent and next(iter(self._recent.values())) < now - self.window:
             self._recent.popitem(last=False)
-        if request.success:
-            return False
-        if self._recent.pop(_key(request), None) is None:
-            return False
+        if self._recent.pop(_key(request), None) is None or request.success:
+            return False  # a success settles its allow: a later wrong password is another attempt
         self.tripped = True
         return True
 

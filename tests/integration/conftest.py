@@ -1,4 +1,5 @@
 """Fixtures for the integration tests: private Dovecot and Postfix, and the popbridge daemon.
+Courier, Cyrus, Exim and Sendmail come from Debian roots: `require_debian_root`.
 
 The real servers need root (Dovecot and Postfix drop privileges to their own users) and the
 Debian packages. Without them these tests skip with a message naming what is missing, except
@@ -12,10 +13,11 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import pytest
 
+from .debian_root import RootSpec, RootUnavailable, ensure_root
 from .login_burst import BurstDovecot
 from .servers import Dovecot, Popbridge, Postfix, Redis, ServerError, StartPopbridge, find_binary, short_directory
 from .tls_support import TlsCertificates, TlsDovecot
@@ -60,12 +62,24 @@ def missing_requirements(*binaries: str, root: bool = True) -> list[str]:
 def require(*binaries: str, root: bool = True) -> None:
     """Skip the test if something is missing; under CI=true fail instead."""
     reasons = missing_requirements(*binaries, root=root)
-    if not reasons:
-        return
-    message = "real-server test needs: " + "; ".join(reasons)
+    if reasons:
+        unavailable("real-server test needs: " + "; ".join(reasons))
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the test for `message`; under CI=true fail instead."""
     if os.environ.get("CI", "").lower() in ("true", "1"):
         pytest.fail(f"{message} (CI=true: a missing real server is a failure, not a skip)", pytrace=False)
     pytest.skip(message)
+
+
+def require_debian_root(spec: RootSpec) -> list[Path]:
+    """The layers of `spec`'s Debian root (see debian_root.py), built now if this machine has
+    none yet; a root that cannot be built skips the test, or fails it under CI=true."""
+    try:
+        return ensure_root(spec)
+    except RootUnavailable as e:
+        unavailable(f"Debian root {spec.name} unavailable: {e}")
 
 
 class Startable(Protocol):
@@ -101,7 +115,7 @@ def dovecot() -> Iterator[Dovecot]:
 def burst_dovecot() -> Iterator[Dovecot]:
     """A Dovecot like `dovecot`, sized for hundreds of concurrent logins (tests marked wallclock)."""
     require("dovecot", "doveadm")
-    server = _started(BurstDovecot(users=USERS, trusted_networks=("127.0.0.1/32",)))
+    server = started(BurstDovecot(users=USERS, trusted_networks=("127.0.0.1/32",)))
     assert isinstance(server, Dovecot)
     yield server
     server.cleanup()

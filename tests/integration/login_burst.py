@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .servers import Dovecot, Popbridge, ServerError
+from .servers import Dovecot, Popbridge, ServerError, wait_until
 
 CLIENT_TIMEOUT = 30.0  # seconds one client waits for one answer
 USERS = ("alice", "bob", "carol", "dave", "erin")  # the Dovecot fixture's users, password "<user>-pw"
@@ -171,3 +171,22 @@ def check_authorised(clients: list[BurstClient], burst: Burst, held: dict[str, s
     for source, users in held.items():
         problems += [f"{source} is held as {user!r}, a login Dovecot never made" for user in users if (source, user) not in backend]
     return problems
+
+
+def settled_check(
+    clients: list[BurstClient], burst: Burst, daemon: Popbridge, dovecot: Dovecot, since: int, timeout: float = 5
+) -> tuple[dict[str, set[str]], list[str]]:
+    """What `daemon` holds and `check_authorised`'s problems with it, once they are gone or
+    `timeout` seconds have passed: Dovecot writes its log through a separate process, so a login
+    it made may show there a moment after the client was told."""
+    held: dict[str, set[str]] = {}
+
+    def settled() -> bool:
+        held.update(recorded_users(daemon))
+        return not check_authorised(clients, burst, held, dovecot_logins(dovecot, since))
+
+    try:
+        wait_until(settled, "Dovecot's log to show every held login", timeout=timeout)
+    except ServerError:
+        pass
+    return held, check_authorised(clients, burst, held, dovecot_logins(dovecot, since))

@@ -1048,21 +1048,7 @@ backend = "tcp:host=127.0.0.1:port={self.backend_port}"
 forward_client_address = {forward}
 {self.proxy_extra}
 {self._imap_proxy_config()}
-[[lookup]]
-protocol = "policy"
-listen = "unix:address={self.policy_socket}:mode=666"
-
-[[lookup]]
-protocol = "socketmap"
-listen = "unix:address={self.socketmap_socket}:mode=666"
-
-[[lookup]]
-protocol = "whoson"
-listen = "unix:address={self.whoson_socket}:mode=666"
-
-[control]
-listen = "unix:address={self.control_socket}:mode=600"
-{self.extra_config}"""
+{self._lookup_tables()}"""
 
     def _imap_proxy_config(self) -> str:
         if self.imap_backend_port is None:
@@ -1101,10 +1087,31 @@ forward_client_address = {forward}
             raise ServerError(f"{e}\npopbridge output:\n{_tail(self.log.path)}") from None
         return self
 
+    def _lookup_tables(self) -> str:
+        """The lookup and control tables every daemon here has, then `extra_config`."""
+        return f"""[[lookup]]
+protocol = "policy"
+listen = "unix:address={self.policy_socket}:mode=666"
+
+[[lookup]]
+protocol = "socketmap"
+listen = "unix:address={self.socketmap_socket}:mode=666"
+
+[[lookup]]
+protocol = "whoson"
+listen = "unix:address={self.whoson_socket}:mode=666"
+
+[control]
+listen = "unix:address={self.control_socket}:mode=600"
+{self.extra_config}"""
+
+    def _tcp_ports(self) -> list[int]:
+        """The ports the daemon listens on for clients, waited for at start."""
+        return [self.port] if self.imap_port is None else [self.port, self.imap_port]
+
     def _listening(self) -> bool:
         sockets = (self.policy_socket, self.socketmap_socket, self.whoson_socket, self.control_socket)
-        ports = [self.port] if self.imap_port is None else [self.port, self.imap_port]
-        return all(tcp_listening(self.host, port) for port in ports) and all(
+        return all(tcp_listening(self.host, port) for port in self._tcp_ports()) and all(
             unix_connectable(path) for path in sockets
         )
 
@@ -1187,27 +1194,10 @@ api_key = "{self.api_key}"
 ttl = {self.ttl}
 store = "{self.store}"
 {feeds}
-[[lookup]]
-protocol = "policy"
-listen = "unix:address={self.policy_socket}:mode=666"
+{self._lookup_tables()}"""
 
-[[lookup]]
-protocol = "socketmap"
-listen = "unix:address={self.socketmap_socket}:mode=666"
-
-[[lookup]]
-protocol = "whoson"
-listen = "unix:address={self.whoson_socket}:mode=666"
-
-[control]
-listen = "unix:address={self.control_socket}:mode=600"
-{self.extra_config}"""
-
-    def _listening(self) -> bool:
-        sockets = (self.policy_socket, self.socketmap_socket, self.whoson_socket, self.control_socket)
-        return all(tcp_listening(self.host, port) for port in self.feed_ports.values()) and all(
-            unix_connectable(path) for path in sockets
-        )
+    def _tcp_ports(self) -> list[int]:
+        return list(self.feed_ports.values())
 
     def dovecot_settings(self, name: str, *checks: str) -> str:
         """dovecot.conf lines that send feed `name` Dovecot's auth-policy requests (README's
@@ -1256,6 +1246,19 @@ def pop3_login(port: int, source: str, user: str, password: str, host: str = "12
         return reply
     finally:
         pop.close()
+
+
+def netstring(text: str) -> bytes:
+    return b"%d:%s," % (len(text.encode()), text.encode())
+
+
+def socketmap_answer(socket_path: Path | str, key: str, name: str = "access") -> bytes:
+    """One socketmap query (`name` `key`) on a connection of its own; the netstring answered."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(socket_path))
+        s.sendall(netstring(f"{name} {key}"))
+        return s.recv(4096)
 
 
 def policy_action(socket_path: Path | str, address: str, timeout: float = 10.0, **attributes: str) -> str:

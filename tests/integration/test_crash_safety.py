@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from .login_burst import Burst, BurstClient, check_authorised, dovecot_logins, draw_clients, recorded_users, run_burst
-from .servers import Dovecot, Popbridge, Redis, ServerError, wait_until
+from .login_burst import Burst, BurstClient, draw_clients, run_burst, settled_check
+from .servers import Dovecot, Popbridge, Redis
 from .test_ledger_restarts import started
 
 pytestmark = [pytest.mark.realserver, pytest.mark.wallclock]
@@ -58,17 +58,7 @@ def verified(
     clients: list[BurstClient], burst: Burst, daemon: Popbridge, dovecot: Dovecot, mark: int, seed: int, store: str, kill_at: int
 ) -> None:
     """Assert what `daemon` holds after the kill, and print the seed's figures."""
-    held: dict[str, set[str]] = {}
-
-    def settled() -> bool:  # Dovecot writes its log through a separate process
-        held.update(recorded_users(daemon))
-        return not check_authorised(clients, burst, held, dovecot_logins(dovecot, mark))
-
-    try:
-        wait_until(settled, "Dovecot's log to show every held login", timeout=5)
-    except ServerError:
-        pass
-    problems = check_authorised(clients, burst, held, dovecot_logins(dovecot, mark))
+    held, problems = settled_check(clients, burst, daemon, dovecot, mark)
     wrong = {client.source for client in clients if not client.right_password}
     print(
         f"crash {store} seed {seed}: killed at success line {kill_at}; {len(burst.told)} told, "

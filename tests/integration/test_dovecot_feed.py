@@ -29,7 +29,7 @@ import pytest
 
 from popbridge.ledger.redis import redis_client
 
-from .conftest import MASTER_USERS, USERS, _started, require
+from .conftest import MASTER_USERS, USERS, require, started
 from .imap_clients import BoundIMAP4, curl_imap, imap_login
 from .servers import Dovecot, FeedPopbridge, Popbridge, Postfix, ServerError, curl_pop3, free_port, pop3_login, wait_until
 
@@ -87,7 +87,7 @@ def site(postfix: Postfix, policy_socket: Path) -> Iterator[Site]:
     try:
         daemon.start()
         for name, (_, checks) in FEEDS.items():
-            server = _started(
+            server = started(
                 Dovecot(users=USERS, master_users=MASTER_USERS, extra_config=daemon.dovecot_settings(name, *checks))
             )
             assert isinstance(server, Dovecot)
@@ -245,7 +245,7 @@ def test_one_daemon_proxies_one_server_and_takes_the_feed_of_another(dovecot: Do
     )
     try:
         daemon.start()
-        _started(other)
+        started(other)
         pop3_login(daemon.port, "127.0.0.98", "alice", "alice-pw")  # through the proxy
         imap_login(other.imap_port, "127.0.0.99", "bob", "bob-pw")  # straight to the other Dovecot
         wait_until(lambda: [login["user"] for login in daemon.logins("127.0.0.99")] == ["bob"], "the report")

@@ -1,31 +1,40 @@
-"""The relay recipes in README's "Deploying" section, against the real daemon.
+"""The relay recipes in README's "Deploying" section, in real relays, against the real daemon.
 
-Postfix: the main.cf lines are cut out of README.md here and put into a real Postfix verbatim
-(only the socket path is moved to this test's directory), so README and test cannot drift.
-Sendmail and Exim are not installed here: what they rely on on the wire is tested instead,
-over the daemon's real unix sockets.
+Each recipe is cut out of README.md here and put into a real relay, so README and test cannot
+drift: Postfix's policy and socketmap lines into a private Postfix (the socketmap path moved to
+this test's directory), Sendmail's .mc lines into a sendmail.cf built by m4, Exim's ACL lines
+into acl_smtp_rcpt. Sendmail and Exim run from Debian roots of their own (debian_root.py),
+where popbridge's socket directory is mounted at /run/popbridge: their recipes go in unchanged. Every recipe must let a client relay after its POP3 login through popbridge,
+refuse it before, and refuse or defer (never accept) while popbridge is stopped, crashed (its
+socket file left behind) or hung (SIGSTOP: the kernel still accepts connections).
 """
 
 from __future__ import annotations
 
+import re
+import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
-from .conftest import require
+from .chrooted_relays import Exim, Sendmail, rcpt_code
+from .conftest import require, require_debian_root
+from .debian_root import COURIER_EXIM, CYRUS_SENDMAIL
 from .servers import Dovecot, Popbridge, Postfix, Redis, ServerError, pop3_login
 
 pytestmark = pytest.mark.realserver
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-RELAY_DENIED, ACCEPTED, DEFERRED = 554, 250, 450
+ACCEPTED, DEFERRED = 250, 450
 INBOUND = "inbound.example"  # a relay_domains domain: mail for it is not a relay attempt
 
 
-def readme_main_cf(name: str) -> str:
-    """The lines of the README block that starts with ``# main.cf: popbridge NAME``."""
+def readme_block(first_line: str) -> str:
+    """The fenced block in README's Deploying section whose first line is `first_line`."""
     deploying = README.read_text().split("\n## Deploying\n", 1)[1].split("\n## ", 1)[0]
     blocks: list[list[str]] = []
     block: list[str] | None = None  # the lines of the fenced block we are in, if any
@@ -37,117 +46,194 @@ def readme_main_cf(name: str) -> str:
             block = None
         elif block is not None:
             block.append(line)
-    for first, *lines in filter(None, blocks):
-        if first == f"# main.cf: popbridge {name}":
+    for lines in blocks:
+        if lines and lines[0] == first_line:
             return "\n".join(lines) + "\n"
-    raise AssertionError(f"README.md Deploying has no '# main.cf: popbridge {name}' block")
+    raise AssertionError(f"README.md Deploying has no block starting '{first_line}'")
+
+
+class Relay(Protocol):
+    port: int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one README recipe is started, and what its relay answers RCPT TO while popbridge is
+    stopped, crashed or hung (README's "When something is down" table says the same)."""
+
+    start: Callable[[list[object], Dovecot], tuple[Popbridge, Relay]]
+    refused_before: int
+    down: dict[str, int]
 
 
 @pytest.fixture
-def relay() -> Iterator[list[object]]:
+def started() -> Iterator[list[object]]:
     """Servers a test starts, stopped and removed afterwards in reverse order."""
-    started: list[object] = []
-    yield started
-    for server in reversed(started):
+    servers: list[object] = []
+    yield servers
+    for server in reversed(servers):
         if isinstance(server, Popbridge):
+            if server.process is not None and server.process.poll() is None:
+                server.process.send_signal(signal.SIGCONT)  # a hung daemon must hear SIGTERM
             print(f"--- popbridge output:\n{server.output()}")
+        elif isinstance(server, (Exim, Sendmail)):
+            print(f"--- {server.name} log:\n{server.log_text()}")
         server.cleanup()  # type: ignore[attr-defined]
 
 
-def start_postfix(relay: list[object], main_cf: str, unused_policy: Path) -> Postfix:
-    require("postfix", "postmap")
-    postfix = Postfix(policy_socket=unused_policy, main_extra=main_cf)  # a later line wins in main.cf
-    relay.append(postfix)
-    try:
-        return postfix.start()
-    except ServerError as e:
-        pytest.fail(f"Postfix with README's lines did not start: {e}", pytrace=False)
-
-
-def start_popbridge(relay: list[object], dovecot: Dovecot, **options: object) -> Popbridge:
+def _popbridge(started: list[object], dovecot: Dovecot, **options: object) -> Popbridge:
     daemon = Popbridge(backend_port=dovecot.port, **options)  # type: ignore[arg-type]
-    relay.append(daemon)
+    started.append(daemon)
     return daemon.start()
 
 
-def test_readme_policy_lines_let_a_pop3_client_relay_and_defer_what_popbridge_cannot_judge(
-    relay: list[object], dovecot: Dovecot, tmp_path: Path
-) -> None:
-    main_cf = readme_main_cf("policy")
+def _relay(started: list[object], server: Postfix | Exim | Sendmail) -> Postfix | Exim | Sendmail:
+    started.append(server)
+    try:
+        return server.start()
+    except ServerError as e:
+        pytest.fail(f"{type(server).__name__} with README's lines did not start: {e}", pytrace=False)
+
+
+def postfix_policy(started: list[object], dovecot: Dovecot) -> tuple[Popbridge, Relay]:
+    require("postfix", "postmap")
+    main_cf = readme_block("# main.cf: popbridge policy")
     assert "{ default_action = DEFER 4.3.0 POP-before-SMTP check unavailable }" in main_cf
-    postfix = start_postfix(relay, main_cf + f"relay_domains = {INBOUND}\n", tmp_path / "unused.sock")
+    main_cf += f"relay_domains = {INBOUND}\n"
+    postfix = _relay(started, Postfix(policy_socket=Path("/nonexistent/unused.sock"), main_extra=main_cf))
     # unix:private/popbridge is relative to the queue directory, as inside Debian's chroot
-    daemon = start_popbridge(relay, dovecot, policy_socket=postfix.directory / "queue" / "private" / "popbridge")
-    assert postfix.rcpt_code("127.0.0.21") == RELAY_DENIED
-    pop3_login(daemon.port, "127.0.0.21", "alice", "alice-pw")
-    assert postfix.rcpt_code("127.0.0.21") == ACCEPTED
-    daemon.stop()
-    assert postfix.rcpt_code("127.0.0.21") == DEFERRED  # default_action: retried, not refused
-    assert postfix.rcpt_code("127.0.0.22", recipient=f"someone@{INBOUND}") == ACCEPTED  # inbound mail never waits
-    assert postfix.rcpt_code("127.0.0.1") == ACCEPTED  # mynetworks still relays
+    daemon = _popbridge(started, dovecot, policy_socket=postfix.directory / "queue" / "private" / "popbridge")
+    return daemon, postfix
 
 
-def test_readme_policy_lines_defer_a_relay_attempt_when_the_store_is_down(
-    relay: list[object], dovecot: Dovecot, own_redis: Redis, tmp_path: Path
+def postfix_socketmap(started: list[object], dovecot: Dovecot) -> tuple[Popbridge, Relay]:
+    require("postfix", "postmap")
+    daemon = _popbridge(started, dovecot)
+    main_cf = readme_block("# main.cf: popbridge socketmap")
+    assert "proxy:socketmap:unix:/run/popbridge/socketmap.sock:access" in main_cf
+    main_cf = main_cf.replace("/run/popbridge/socketmap.sock", str(daemon.socketmap_socket))
+    return daemon, _relay(started, Postfix(policy_socket=daemon.policy_socket, main_extra=main_cf))
+
+
+def sendmail_socketmap(started: list[object], dovecot: Dovecot) -> tuple[Popbridge, Relay]:
+    layers = require_debian_root(CYRUS_SENDMAIL)
+    daemon = _popbridge(started, dovecot)
+    mc = readme_block("dnl sendmail.mc: popbridge socketmap")
+    assert "local:/run/popbridge/socketmap.sock" in mc and daemon.socketmap_socket.name == "socketmap.sock"
+    return daemon, _relay(started, Sendmail(layers, binds={"/run/popbridge": daemon.directory}, mc=mc))
+
+
+def exim_whoson(started: list[object], dovecot: Dovecot) -> tuple[Popbridge, Relay]:
+    layers = require_debian_root(COURIER_EXIM)
+    daemon = _popbridge(started, dovecot)
+    acl = readme_block("# exim4.conf: popbridge WHOSON, in acl_smtp_rcpt before the relay check")
+    assert "${readsocket{/run/popbridge/whoson.sock}" in acl and daemon.whoson_socket.name == "whoson.sock"
+    return daemon, _relay(started, Exim(layers, binds={"/run/popbridge": daemon.directory}, acl=acl))
+
+
+RECIPES = {
+    # Postfix: default_action DEFER after permit_auth_destination: a relay attempt popbridge
+    # cannot judge is retried (450), never refused, and inbound mail never asks popbridge
+    "postfix-policy": Recipe(postfix_policy, 554, {"stopped": 450, "crashed": 450, "hung": 450}),
+    # Postfix socketmap: an unreachable or silent map is 451 (silent: after Postfix's fixed 100 s)
+    "postfix-socketmap": Recipe(postfix_socketmap, 554, {"stopped": 451, "crashed": 451, "hung": 451}),
+    # Sendmail: -T<TMPF> turns every lookup failure into 451, -d5s bounds a silent popbridge
+    "sendmail-socketmap": Recipe(sendmail_socketmap, 550, {"stopped": 451, "crashed": 451, "hung": 451}),
+    # Exim: ${readsocket} fails to its empty fail string, so the ordinary relay check refuses
+    "exim-whoson": Recipe(exim_whoson, 550, {"stopped": 550, "crashed": 550, "hung": 550}),
+}
+
+
+def bring_down(daemon: Popbridge, outage: str) -> None:
+    assert daemon.process is not None
+    if outage == "stopped":
+        daemon.stop()
+    elif outage == "crashed":
+        daemon.process.kill()  # SIGKILL: the socket files stay behind, nobody listens
+        daemon.process.wait(timeout=10)
+        assert daemon.socketmap_socket.exists() and daemon.whoson_socket.exists()
+    else:
+        daemon.process.send_signal(signal.SIGSTOP)  # connections queue, nothing is answered
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_readme_recipe_relays_only_after_a_pop3_login(
+    name: str, started: list[object], dovecot: Dovecot
 ) -> None:
-    postfix = start_postfix(relay, readme_main_cf("policy"), tmp_path / "unused.sock")
+    recipe = RECIPES[name]
+    daemon, relay = recipe.start(started, dovecot)
+    assert rcpt_code(relay.port, "127.0.0.31") == recipe.refused_before
+    pop3_login(daemon.port, "127.0.0.31", "alice", "alice-pw")
+    assert rcpt_code(relay.port, "127.0.0.31") == ACCEPTED
+    assert rcpt_code(relay.port, "127.0.0.32") == recipe.refused_before  # another address never logged in
+    assert rcpt_code(relay.port, "127.0.0.1") == ACCEPTED  # the relay's own clients are unaffected
+
+
+@pytest.mark.parametrize("outage", ("stopped", "crashed", "hung"))
+@pytest.mark.parametrize("name", RECIPES)
+def test_readme_recipe_never_relays_while_popbridge_is_down(
+    name: str, outage: str, started: list[object], dovecot: Dovecot
+) -> None:
+    recipe = RECIPES[name]
+    daemon, relay = recipe.start(started, dovecot)
+    pop3_login(daemon.port, "127.0.0.33", "bob", "bob-pw")
+    assert rcpt_code(relay.port, "127.0.0.33") == ACCEPTED
+    bring_down(daemon, outage)
+    assert rcpt_code(relay.port, "127.0.0.33") == recipe.down[outage]
+    if outage != "hung":  # a hung lookup costs the relay's whole timeout: one RCPT is enough
+        assert rcpt_code(relay.port, "127.0.0.34") == recipe.down[outage]
+    assert rcpt_code(relay.port, "127.0.0.1") == ACCEPTED
+
+
+def test_readme_policy_recipe_never_delays_inbound_mail_while_popbridge_is_down(
+    started: list[object], dovecot: Dovecot
+) -> None:
+    daemon, relay = postfix_policy(started, dovecot)
+    daemon.stop()
+    assert rcpt_code(relay.port, "127.0.0.22") == DEFERRED
+    assert rcpt_code(relay.port, "127.0.0.22", recipient=f"someone@{INBOUND}") == ACCEPTED
+
+
+def test_readme_policy_recipe_defers_a_relay_attempt_when_the_store_is_down(
+    started: list[object], dovecot: Dovecot, own_redis: Redis
+) -> None:
+    require("postfix", "postmap")
+    postfix = _relay(started, Postfix(policy_socket=Path("/nonexistent/unused.sock"),
+                                      main_extra=readme_block("# main.cf: popbridge policy")))
     socket_path = postfix.directory / "queue" / "private" / "popbridge"
-    daemon = start_popbridge(relay, dovecot, policy_socket=socket_path, store=own_redis.url)
+    daemon = _popbridge(started, dovecot, policy_socket=socket_path, store=own_redis.url)
     pop3_login(daemon.port, "127.0.0.28", "alice", "alice-pw")
-    assert postfix.rcpt_code("127.0.0.28") == ACCEPTED
+    assert rcpt_code(postfix.port, "127.0.0.28") == ACCEPTED
     own_redis.stop()
-    assert postfix.rcpt_code("127.0.0.28") == DEFERRED  # tempfail_action: DEFER, not DEFER_IF_PERMIT's 554
-    assert postfix.rcpt_code("127.0.0.29") == DEFERRED
+    assert rcpt_code(postfix.port, "127.0.0.28") == DEFERRED  # tempfail_action: DEFER, not DEFER_IF_PERMIT's 554
+    assert rcpt_code(postfix.port, "127.0.0.29") == DEFERRED
 
 
-def test_readme_socketmap_lines_let_a_pop3_client_relay(relay: list[object], dovecot: Dovecot, tmp_path: Path) -> None:
-    daemon = start_popbridge(relay, dovecot)
-    main_cf = readme_main_cf("socketmap").replace("/run/popbridge/socketmap.sock", str(daemon.socketmap_socket))
-    assert "proxy:socketmap:unix:" in main_cf
-    postfix = start_postfix(relay, main_cf, daemon.policy_socket)
-    assert postfix.rcpt_code("127.0.0.22") == RELAY_DENIED
-    pop3_login(daemon.port, "127.0.0.22", "bob", "bob-pw")
-    assert postfix.rcpt_code("127.0.0.22") == ACCEPTED
-    assert postfix.rcpt_code("127.0.0.23") == RELAY_DENIED
-
-
-def exchange(path: Path, request: bytes, half_close: bool) -> bytes:
-    """Send `request`, optionally shut down writing (as Exim does), and read until EOF or a
-    complete netstring-free answer; returns every byte received."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+def test_readme_sendmail_recipe_asks_for_an_ipv6_client_by_its_bare_address(
+    started: list[object], dovecot: Dovecot
+) -> None:
+    """Sendmail writes an IPv6 client as `IPv6:2001:db8::7`; the recipe must ask popbridge for
+    `2001:db8::7`. No IPv6 client can connect here, so Sendmail's own rule tester (-bt) runs
+    the recipe for one, against a popbridge that learnt that address by a WHOSON update."""
+    layers = require_debian_root(CYRUS_SENDMAIL)
+    daemon = Popbridge(backend_port=dovecot.port, extra_config="""
+[[lookup]]
+protocol = "whoson"
+listen = "unix:address=updates.sock:mode=600"
+allow_updates = true
+""")
+    started.append(daemon)
+    daemon.start()
+    with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
-        s.connect(str(path))
-        s.sendall(request)
-        if half_close:
-            s.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := s.recv(4096):
-            received += chunk
-        return received
-
-
-def test_exim_readsocket_gets_the_whole_whoson_answer_then_eof(relay: list[object], dovecot: Dovecot) -> None:
-    daemon = start_popbridge(relay, dovecot)
-    pop3_login(daemon.port, "127.0.0.24", "alice", "alice-pw")
-    # ${readsocket}: the request as README writes it, then half-close, then read to EOF
-    assert exchange(daemon.whoson_socket, b"QUERY 127.0.0.24\n\n", half_close=True) == b"+alice\r\n\r\n"
-    assert exchange(daemon.whoson_socket, b"QUERY 127.0.0.25\n\n", half_close=True) == b"-\r\n\r\n"
-
-
-def netstring(text: str) -> bytes:
-    return b"%d:%s," % (len(text), text.encode())
-
-
-def test_sendmail_socketmap_user_map_answers_on_one_kept_connection(relay: list[object], dovecot: Dovecot) -> None:
-    daemon = start_popbridge(relay, dovecot)
-    pop3_login(daemon.port, "127.0.0.26", "carol", "carol-pw")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # Sendmail keeps its map connection
-        s.settimeout(10)
-        s.connect(str(daemon.socketmap_socket))
-        for key, answer in (("127.0.0.26", "OK carol"), ("127.0.0.27", "NOTFOUND ")):
-            s.sendall(netstring(f"user {key}"))
-            expected = netstring(answer)
-            received = b""
-            while len(received) < len(expected):
-                received += s.recv(4096)
-            assert received == expected
+        s.connect(str(daemon.directory / "updates.sock"))
+        s.sendall(b"LOGIN 2001:db8::7 alice\r\n\r\n")
+        assert s.recv(64).startswith(b"+")
+    sendmail = _relay(started, Sendmail(layers, binds={"/run/popbridge": daemon.directory},
+                                        mc=readme_block("dnl sendmail.mc: popbridge socketmap")))
+    answers = {}
+    for client in ("IPv6:2001:DB8::7", "IPv6:2001:db8::8"):
+        tested = sendmail.chroot.run_with_input(
+            f".D{{client_addr}}{client}\nLocal_check_rcpt <someone@outside.example>\n", "sendmail", "-bt")
+        answers[client] = re.findall(r"Local_check_rcpt returns: (.*)", tested)
+    assert answers == {"IPv6:2001:DB8::7": ["$# OK"], "IPv6:2001:db8::8": ["< ? >"]}

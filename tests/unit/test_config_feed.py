@@ -2,24 +2,18 @@
 
 import pytest
 
-from popbridge.config import ConfigError, load_config
 from popbridge.settings import FeedConfig
+
+from .test_config import error as config_error
+from .test_config import load
 
 LOOKUP = '[[lookup]]\nprotocol = "policy"\nlisten = "unix:address=/tmp/p"\n'
 FEED = '[[feed]]\nprotocol = "dovecot"\nlisten = "tcp:port=8998:interface=127.0.0.1"\n'
 SECRET = "feed-key-not-for-logs"
 
 
-def load(tmp_path, text):
-    path = tmp_path / "popbridge.toml"
-    path.write_text(text)
-    return load_config(path)
-
-
 def error(tmp_path, text) -> str:
-    with pytest.raises(ConfigError) as e:
-        load(tmp_path, text)
-    message = str(e.value)
+    message = config_error(tmp_path, text)
     assert SECRET not in message
     return message
 

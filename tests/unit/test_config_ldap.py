@@ -2,8 +2,9 @@
 
 import pytest
 
-from popbridge.config import ConfigError, load_config
 from popbridge.settings import LdapConfig
+
+from .test_config import error, load
 
 POLICY = '[[lookup]]\nprotocol = "policy"\nlisten = "unix:address=/tmp/p"\n'
 LDAP = """
@@ -12,18 +13,6 @@ url = "ldap://ldap.example.org"
 base = "dc=example,dc=org"
 """
 SECRET = "hunter2-not-for-logs"
-
-
-def load(tmp_path, text):
-    path = tmp_path / "popbridge.toml"
-    path.write_text(text)
-    return load_config(path)
-
-
-def error(tmp_path, text) -> str:
-    with pytest.raises(ConfigError) as e:
-        load(tmp_path, text)
-    return str(e.value)
 
 
 def test_minimal_ldap_table_gets_the_documented_defaults(tmp_path) -> None:

@@ -132,6 +132,7 @@ def test_ipv6_clients_are_grouped_by_the_ledger_prefix() -> None:
         ({"remote": "127.0.0.1"}, "ignored"),
         ({"remote": "::ffff:127.0.0.1"}, "ignored"),
         ({"remote": ""}, "no_address"),
+        ({"login": ""}, "no_user"),
     ],
 )
 def test_a_report_that_is_not_a_mail_login_records_nothing_and_is_counted(change: dict, outcome: str) -> None:
@@ -307,6 +308,16 @@ def test_a_failed_report_for_another_login_does_not_trip_the_guard() -> None:
     feed.post("report", REPORT | {"login": "bob", "success": False})
     feed.clock.advance(31)
     feed.post("report", REPORT | {"success": False})  # the allow is older than the guard's window
+    feed.post("allow", ALLOW | {"remote": "192.0.2.9"})
+    assert [login.user for login in feed.logins("192.0.2.9")] == ["alice"]
+
+
+def test_a_wrong_password_after_a_reported_success_does_not_trip_the_guard() -> None:
+    feed = armed(Feed(record_on="after_auth"))
+    feed.post("allow", ALLOW)  # after the password check (auth_policy_check_before_auth = no)
+    feed.post("report", REPORT)
+    feed.post("report", REPORT | {"success": False})  # another device behind the same address mistypes
+    assert [login.user for login in feed.logins("192.0.2.7")] == ["alice"]
     feed.post("allow", ALLOW | {"remote": "192.0.2.9"})
     assert [login.user for login in feed.logins("192.0.2.9")] == ["alice"]
 

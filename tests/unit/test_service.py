@@ -70,10 +70,10 @@ listen = "unix:address=/tmp/pb-whoson:mode=660"
 """
 
 
-def started(tmp_path, text=CONFIG):
+def started(tmp_path, text=CONFIG, reactor=None):
     path = tmp_path / "popbridge.toml"
     path.write_text(text)
-    reactor = MemoryReactorClock()
+    reactor = reactor or MemoryReactorClock()
     daemon = build_service(load_config(path), reactor)
     daemon.privilegedStartService()
     daemon.startService()
@@ -174,12 +174,7 @@ backend = "tcp:host=127.0.0.1:port=110"
 
 
 def test_a_listener_added_by_a_reload_on_a_taken_port_is_retried_while_the_rest_serves(tmp_path):
-    path = tmp_path / "popbridge.toml"
-    path.write_text(CONFIG)
-    reactor = TakenPortReactor(taken=1110)
-    daemon = build_service(load_config(path), reactor)
-    daemon.privilegedStartService()
-    daemon.startService()
+    daemon, reactor, path = started(tmp_path, reactor=TakenPortReactor(taken=1110))
     try:
         path.write_text(CONFIG + PROXY)
         with capturedLogs() as events:
@@ -198,12 +193,7 @@ def test_a_listener_added_by_a_reload_on_a_taken_port_is_retried_while_the_rest_
 
 
 def test_a_listener_removed_while_it_waits_to_bind_stops_trying(tmp_path):
-    path = tmp_path / "popbridge.toml"
-    path.write_text(CONFIG)
-    reactor = TakenPortReactor(taken=1110)
-    daemon = build_service(load_config(path), reactor)
-    daemon.privilegedStartService()
-    daemon.startService()
+    daemon, reactor, path = started(tmp_path, reactor=TakenPortReactor(taken=1110))
     try:
         path.write_text(CONFIG + PROXY)
         daemon.reload()
@@ -216,11 +206,16 @@ def test_a_listener_removed_while_it_waits_to_bind_stops_trying(tmp_path):
         daemon.stopService()
 
 
-def test_a_changed_proxy_whose_certificate_vanished_keeps_running_with_its_old_settings(tmp_path):
+def served_certificate(tmp_path):
+    """The proxy table lines for a certificate and key written to served.crt and served.key."""
     certificate = trustme.CA().issue_cert("localhost")
     certificate.cert_chain_pems[0].write_to_path(str(tmp_path / "served.crt"))
     certificate.private_key_pem.write_to_path(str(tmp_path / "served.key"))
-    tls = f'tls_certificate = "{tmp_path}/served.crt"\ntls_key = "{tmp_path}/served.key"\n'
+    return f'tls_certificate = "{tmp_path}/served.crt"\ntls_key = "{tmp_path}/served.key"\n'
+
+
+def test_a_changed_proxy_whose_certificate_vanished_keeps_running_with_its_old_settings(tmp_path):
+    tls = served_certificate(tmp_path)
     daemon, reactor, path = started(tmp_path, CONFIG + PROXY + tls)
     try:
         path.write_text(CONFIG + PROXY + tls + "require_tls = true\n")
@@ -247,10 +242,7 @@ def test_listeners_queue_a_burst_of_connections_unless_the_endpoint_names_a_back
 
 
 def test_a_removed_proxys_certificate_is_not_read_again(tmp_path):
-    certificate = trustme.CA().issue_cert("localhost")
-    certificate.cert_chain_pems[0].write_to_path(str(tmp_path / "served.crt"))
-    certificate.private_key_pem.write_to_path(str(tmp_path / "served.key"))
-    tls = f'tls_certificate = "{tmp_path}/served.crt"\ntls_key = "{tmp_path}/served.key"\n'
+    tls = served_certificate(tmp_path)
     daemon, reactor, path = started(tmp_path, CONFIG + PROXY + tls)
     try:
         path.write_text(CONFIG)
