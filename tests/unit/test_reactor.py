@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from popbridge.reactor import PopbridgeReactor
+from popbridge.fast.reactor import PopbridgeReactor
 
 
 class Reader:
