@@ -1,7 +1,7 @@
 """One proxied mail session: the client connection, its backend leg, and the login in between.
 
 The glue knows no protocol grammar: a `LoginWatcher` turns bytes into actions and this class
-carries them out in order. Its one rule of its own is *record before release*: when the watcher
+carries them out in order. Its lifecycle is one `Phase`, moved only along `TRANSITIONS`. Its one rule of its own is *record before release*: when the watcher
 reports a successful login, nothing further reaches either side until the ledger has stored it,
 so a client that sends mail right after fetching always finds its record. If the ledger cannot
 store it, the client is told so and disconnected; the login is not half-trusted.
@@ -9,6 +9,7 @@ store it, the client is told so and disconnected; the login is not half-trusted.
 
 from collections import deque
 from collections.abc import Callable
+from enum import Enum, auto
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
@@ -38,6 +39,36 @@ from popbridge.wire.login import (
 )
 
 
+class Phase(Enum):
+    """Where a session is in its life; `TRANSITIONS` lists the moves allowed from each phase."""
+
+    STARTING = auto()  # the client connection is not made yet
+    REFUSED = auto()  # over the per-client session limit: told so and closed, never admitted
+    WATCHING = auto()  # before the login: the watcher reads both sides and its actions are carried out
+    RECORDING = auto()  # the ledger is storing a login: no action is carried out
+    AWAITING_STORE = auto()  # the same, with a store that writes to disk or network: both sides paused
+    ROUTING = auto()  # a login waits while its backend is chosen: no action is carried out
+    SPLICED = auto()  # after the login: a plain byte pipe
+    UNSPLICED = auto()  # both halves of the pipe are closing; bytes still in flight pass on
+    HUNG_UP = auto()  # popbridge ended the session before the login: input is read, never obeyed
+    CLOSED = auto()  # the client connection is gone
+
+
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.STARTING: frozenset({Phase.WATCHING, Phase.REFUSED}),
+    Phase.REFUSED: frozenset({Phase.CLOSED}),
+    Phase.WATCHING: frozenset({Phase.RECORDING, Phase.ROUTING, Phase.SPLICED, Phase.HUNG_UP, Phase.CLOSED}),
+    Phase.RECORDING: frozenset({Phase.AWAITING_STORE, Phase.WATCHING, Phase.HUNG_UP, Phase.CLOSED}),
+    Phase.AWAITING_STORE: frozenset({Phase.WATCHING, Phase.HUNG_UP, Phase.CLOSED}),
+    Phase.ROUTING: frozenset({Phase.WATCHING, Phase.HUNG_UP, Phase.CLOSED}),
+    Phase.SPLICED: frozenset({Phase.UNSPLICED, Phase.CLOSED}),
+    Phase.UNSPLICED: frozenset({Phase.CLOSED}),
+    Phase.HUNG_UP: frozenset({Phase.HUNG_UP, Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
+ENDED = frozenset({Phase.REFUSED, Phase.HUNG_UP, Phase.CLOSED})  # what still arrives is not obeyed
+
+
 class LoginProxy(Protocol):
     """Faces the mail client; owns the backend leg and the watcher until the pipe is spliced."""
 
@@ -56,19 +87,14 @@ class LoginProxy(Protocol):
         self._watcher_for, self._backend_connector = watcher_for, backend
         self._ledger, self._counters, self._clock = ledger, counters, clock
         self._settings = settings = settings or SessionSettings()  # each gets its own OpenSessions
-        self._tls_settings, self._tls = settings.tls, False
-        self._admitted = False
+        self._tls_settings = settings.tls
+        self._tls = False  # the client leg is TLS (recorded with the login)
+        self._phase = Phase.STARTING
         self._backend: BackendLeg | None = None
         self._actions: deque[Action] = deque()
-        self._recording = False
-        self._spliced = False
-        self._splice_ended = False
-        self._routing = False  # a login waits while its backend is chosen
-        self._paused_for_record = False
         self._deadlines: SessionDeadlines | None = None  # idle and login limits, once admitted
         self._target: str | None = None  # the backend in use: None is the listener's default
         self._session: tuple[str, str, SessionId] | None = None  # (client host, user, its id) once recorded
-        self._closed = False
         self._to_backend = self._to_client = 0  # bytes moved after the login
 
     def connectionMade(self) -> None:
@@ -78,11 +104,12 @@ class LoginProxy(Protocol):
         self._counters.count(f"{self._watcher.protocol}_connections")
         if self._tls_settings.implicit:
             self._start_client_tls()
-        self._admitted = self._settings.sessions.admit(self._client, self)
-        if not self._admitted:
+        if not self._settings.sessions.admit(self._client, self):
             self.log.warn("{protocol} client {client} refused: too many sessions", protocol=self._watcher.protocol, client=self._client)
-            self._hang_up(self._watcher.goodbye("too many connections, try again later"))
+            self._enter(Phase.REFUSED)
+            self._say_goodbye(self._watcher.goodbye("too many connections, try again later"))
             return
+        self._enter(Phase.WATCHING)
         self._counters.metrics.session_opened(self._watcher.protocol)
         self.transport.pauseProducing()  # nothing is read until the backend answers
         self._deadlines = SessionDeadlines(
@@ -91,8 +118,17 @@ class LoginProxy(Protocol):
         self._connecting_since = self._counters.metrics.now()
         self._backend_connector.connect(self)
 
+    def _enter(self, phase: Phase) -> None:
+        if phase not in TRANSITIONS[self._phase]:
+            raise RuntimeError(f"session cannot go from {self._phase.name} to {phase.name}")
+        self._phase = phase
+
+    @property
+    def logged_in(self) -> bool:
+        return self._phase is Phase.SPLICED or self._phase is Phase.UNSPLICED
+
     def backend_connected(self, leg: BackendLeg) -> None:
-        if self._closed:
+        if self._phase in ENDED:
             leg.transport.loseConnection()
             return
         metrics = self._counters.metrics
@@ -101,7 +137,7 @@ class LoginProxy(Protocol):
         self.transport.resumeProducing()
 
     def backend_unreachable(self, failure: Failure) -> None:
-        if self._closed:
+        if self._phase in ENDED:
             return
         self._counters.metrics.backend_unreachable(self._watcher.protocol)
         self.log.error(
@@ -113,7 +149,7 @@ class LoginProxy(Protocol):
     # -- data from either side ----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._spliced:
+        if self._phase is Phase.SPLICED or self._phase is Phase.UNSPLICED:
             self._backend.transport.write(data)  # type: ignore[union-attr]
             self._to_backend += len(data)  # published once, at the end (popbridge.metrics)
             self._deadlines.active()  # type: ignore[union-attr]
@@ -123,14 +159,14 @@ class LoginProxy(Protocol):
         self._feed(self._watcher.feed_client, data)
 
     def backendDataReceived(self, data: bytes) -> None:
-        if self._spliced:
+        if self._phase is Phase.SPLICED or self._phase is Phase.UNSPLICED:
             self.transport.write(data)
             self._to_client += len(data)
             return
         self._feed(self._watcher.feed_backend, data)
 
     def _feed(self, feed: Callable[[bytes], list[Action]], data: bytes) -> None:
-        if self._closed:  # hung up: what still arrives is read, never obeyed
+        if self._phase in ENDED:  # hung up: what still arrives is read, never obeyed
             return
         try:
             actions = feed(data)
@@ -142,7 +178,7 @@ class LoginProxy(Protocol):
         self._carry_out()
 
     def _carry_out(self) -> None:
-        while self._actions and not self._recording and not self._routing and not self._closed:
+        while self._actions and self._phase is Phase.WATCHING:
             action = self._actions.popleft()
             if isinstance(action, ToBackend):
                 self._backend.transport.write(action.data)  # type: ignore[union-attr]
@@ -166,31 +202,30 @@ class LoginProxy(Protocol):
     # -- the login ----------------------------------------------------------------------
 
     def _record(self, login: LoginSucceeded) -> None:
-        self._recording = True
+        self._enter(Phase.RECORDING)
         session = new_session()
         recorded: Deferred[object] = self._ledger.record(
             self._client, login.user, self._watcher.protocol, session, tls=self._tls
         )
         recorded.addCallbacks(self._recorded, self._not_recorded, callbackArgs=(login, session))
-        if self._recording and not self._closed:  # a store that writes to disk or network: hold both sides
-            self._paused_for_record = True
+        if self._phase is Phase.RECORDING:  # a store that writes to disk or network: hold both sides
+            self._enter(Phase.AWAITING_STORE)
             self._pause_both()
 
     def _recorded(self, _: object, login: LoginSucceeded, session: SessionId) -> None:
         self._session = (self._client, login.user, session)
         self._log_login("succeeded", login.user, login.method)
-        self._recording = False
-        if self._closed:  # the client left while the store was writing: its ttl starts now
+        if self._phase in ENDED:  # the client left while the store was writing: its ttl starts now
             self._end_session()
             return
-        if self._paused_for_record:
-            self._paused_for_record = False
+        paused = self._phase is Phase.AWAITING_STORE
+        self._enter(Phase.WATCHING)
+        if paused:
             self._resume_both()
         self._carry_out()
 
     def _not_recorded(self, failure: Failure) -> None:
         self.log.failure("could not record a login from {client}", failure, client=self._client)
-        self._recording = False
         self._hang_up(self._watcher.goodbye("login could not be recorded, try again later"))
 
     # -- routing ------------------------------------------------------------------------
@@ -198,13 +233,13 @@ class LoginProxy(Protocol):
     def _route(self, user: str) -> None:
         router = self._settings.router
         assert router is not None
-        self._routing = True
+        self._enter(Phase.ROUTING)
         router.route_for(user).addCallback(self._routed, user).addErrback(
             lambda failure: self.log.failure("routing {user} failed", failure, user=user)
         )
 
     def _routed(self, route: "tuple[str, BackendConnector] | None", user: str) -> None:
-        if self._closed:
+        if self._phase in ENDED:
             return
         target = route[0] if route else None
         switch = target != self._target
@@ -216,7 +251,8 @@ class LoginProxy(Protocol):
                 old.detach()
                 old.transport.loseConnection()
             (route[1] if route else self._backend_connector).connect(self)
-        self._routing = False
+        if self._phase is Phase.ROUTING:  # not hung up by a new backend that failed at once
+            self._enter(Phase.WATCHING)
         self._actions.extendleft(reversed(self._watcher.route_decided(switch)))
         self._carry_out()
 
@@ -230,7 +266,7 @@ class LoginProxy(Protocol):
 
     def _splice(self, leftovers: Authenticated) -> None:
         assert self._backend is not None
-        self._spliced = True
+        self._enter(Phase.SPLICED)
         self._deadlines.logged_in(self._settings.idle_after_login)  # type: ignore[union-attr]
         self._backend.transport.write(leftovers.client_data)
         self.transport.write(leftovers.backend_data)
@@ -242,9 +278,12 @@ class LoginProxy(Protocol):
         A TLS transport postpones its close while a producer is registered with it, and the
         splice registers each side on the other: unregister first, or a TLS peer never hears EOF.
         """
-        if self._splice_ended:
+        if self._phase is not Phase.SPLICED:
             return
-        self._splice_ended = True
+        self._enter(Phase.UNSPLICED)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
         for transport in (self.transport, self._backend.transport):  # type: ignore[union-attr]
             transport.unregisterProducer()  # type: ignore[attr-defined]
             transport.loseConnection()
@@ -265,9 +304,9 @@ class LoginProxy(Protocol):
     # -- endings ------------------------------------------------------------------------
 
     def _idle_too_long(self) -> None:
-        when = "after" if self._spliced else "before"
+        when = "after" if self.logged_in else "before"
         self.log.warn("{protocol} client {client} idle {when} login: closed", protocol=self._watcher.protocol, client=self._client, when=when)
-        if self._spliced:  # mid-session the protocol's state is unknown: just close both
+        if self.logged_in:  # mid-session the protocol's state is unknown: just close both
             self._end_splice()
         else:
             self._hang_up(self._watcher.goodbye("idle for too long"))
@@ -283,19 +322,19 @@ class LoginProxy(Protocol):
         if self._deadlines is not None:
             self._deadlines.stop()
 
-    @property
-    def logged_in(self) -> bool:
-        return self._spliced
-
     def shut_down(self) -> None:
         """The daemon is stopping: a goodbye before the login, a plain close after it."""
-        if self._spliced:
+        if self.logged_in:
             self._end_splice()
         else:
             self._hang_up(self._watcher.goodbye("server shutting down, try again later"))
 
     def _hang_up(self, last_words: bytes) -> None:
-        self._closed = True
+        if self._phase is not Phase.CLOSED and self._phase is not Phase.REFUSED:
+            self._enter(Phase.HUNG_UP)
+        self._say_goodbye(last_words)
+
+    def _say_goodbye(self, last_words: bytes) -> None:
         self._stop_deadlines()
         self.transport.write(last_words)
         self.transport.loseConnection()
@@ -303,15 +342,15 @@ class LoginProxy(Protocol):
             self._backend.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self._closed = True
+        phase = self._phase
+        self._enter(Phase.CLOSED)
         self._stop_deadlines()
-        if self._admitted:
-            self._admitted = False
+        if phase is not Phase.REFUSED:
             self._settings.sessions.release(self._client, self)
             self._counters.metrics.session_closed(self._watcher.protocol, self._to_backend, self._to_client)
-        if self._spliced:
-            self._end_splice()
-        elif self._backend is not None:
+        if phase is Phase.SPLICED:
+            self._close_pipe()
+        elif phase is not Phase.UNSPLICED and self._backend is not None:
             self._backend.transport.loseConnection()
         self._end_session()
 
@@ -324,10 +363,10 @@ class LoginProxy(Protocol):
         ended.addErrback(lambda f: self.log.failure("could not end the session of {client}", f, client=host))
 
     def backendConnectionLost(self, reason: Failure) -> None:
-        if self._spliced:
+        if self.logged_in:
             self._end_splice()
             return
-        if self._closed or self._watcher.farewell_seen:
+        if self._phase in ENDED or self._watcher.farewell_seen:
             self.transport.loseConnection()
             return
         # before the login: say why, to the operator and in the protocol's words to the client
