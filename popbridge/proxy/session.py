@@ -101,7 +101,7 @@ class LoginProxy(Protocol):
         self._peer = self.transport.getPeer()
         self._client = getattr(self._peer, "host", "")
         self._watcher = self._watcher_for(self._peer)
-        self._counters.count(f"{self._watcher.protocol}_connections")
+        self._counters.metrics.connection(self._watcher.protocol)
         if self._tls_settings.implicit:
             self._start_client_tls()
         if not self._settings.sessions.admit(self._client, self):
@@ -257,7 +257,6 @@ class LoginProxy(Protocol):
         self._carry_out()
 
     def _log_login(self, outcome: str, user: str, method: str) -> None:
-        self._counters.count(f"login_{outcome}")
         self._counters.metrics.login(self._watcher.protocol, method, outcome)
         self.log.info(
             "login {outcome}: user {user!r} from {client} via {protocol} {method}",

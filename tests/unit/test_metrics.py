@@ -246,6 +246,25 @@ def test_popbridge_stats_reports_the_numbers_metrics_serves():
     assert metrics == dict(counters.metrics.samples())
 
 
+def test_stats_events_are_read_off_the_metrics_and_metrics_gains_no_name():
+    metrics = Metrics()
+    metrics.connection("pop3")
+    metrics.connection("pop3")
+    metrics.login("pop3", "USER", "succeeded")
+    metrics.login("imap4", "LOGIN", "failed")
+    metrics.lookup_answered("policy", "authorised", metrics.now())
+    metrics.lookup_answered("policy", "unknown", metrics.now())
+    metrics.control_request("stats")
+    metrics.not_stored(3)
+    assert metrics.events() == {
+        "pop3_connections": 2, "login_succeeded": 1, "login_failed": 1, "lookup_policy": 2,
+        "control_stats": 1, "ledger_not_stored": 3,
+    }
+    assert Metrics().events() == {}
+    exposed = metrics.exposition().decode()
+    assert "popbridge_connections" not in exposed and "popbridge_control_requests" not in exposed
+
+
 def test_directory_cache_hits_misses_and_ldap_errors_are_counted():
     clock, ldap, metrics = Clock(), MockLdap(), Metrics()
     directory = LdapDirectory(CONFIG, ConnectionPool(ldap.connect, 2), lambda f, *a: maybeDeferred(f, *a), clock, metrics=metrics)
