@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from popbridge.ledger import ILedger, IRestorableLedger, Login, new_session
+from popbridge.ledger import IImmediateLedger, ILedger, IRestorableLedger, Login, new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.ledger.sqlite import SqliteLedger
 
@@ -63,6 +63,15 @@ def users(ledger: ILedger, address: str) -> list[str]:
 def test_every_store_provides_the_interface(ledger):
     assert verifyObject(ILedger, ledger)
     assert verifyObject(IRestorableLedger, ledger)
+
+
+def test_a_store_that_answers_at_once_answers_as_lookup_does(ledger):
+    if not IImmediateLedger.providedBy(ledger):
+        pytest.skip("this store has to wait for its server (Redis)")
+    assert verifyObject(IImmediateLedger, ledger)
+    ledger.record("::ffff:192.0.2.7", "alice", "pop3")
+    assert ledger.lookup_now("192.0.2.7") == result(ledger.lookup("192.0.2.7")) != []
+    assert ledger.lookup_now("not an address") == []
 
 
 def test_record_fires_with_the_stored_login(ledger, clock):

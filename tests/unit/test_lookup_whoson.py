@@ -8,9 +8,10 @@ from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
+from zope.interface import implementer_only
 
 from popbridge.config import LookupConfig
-from popbridge.ledger import LedgerUnavailable, Login
+from popbridge.ledger import IRestorableLedger, LedgerUnavailable, Login
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
 from popbridge.stats import Counters
@@ -19,9 +20,8 @@ from popbridge.verdict import Verdicts
 CONFIG = LookupConfig("whoson", "unix:address=/tmp/whoson")
 
 
+@implementer_only(IRestorableLedger)  # a store that has to wait (Redis), not one answering from memory
 class BrokenLedger(MemoryLedger):
-    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
-
     def lookup(self, address: str) -> "Deferred[list[Login]]":
         return fail(LedgerUnavailable("store down"))
 

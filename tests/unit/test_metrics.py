@@ -9,11 +9,12 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.test.requesthelper import DummyRequest
+from zope.interface import implementer_only
 
 from popbridge.config import LookupConfig, ProxyConfig
 from popbridge.directory import LdapDirectory
 from popbridge.ldap_search import ConnectionPool
-from popbridge.ledger import LedgerUnavailable, Login
+from popbridge.ledger import IImmediateLedger, IRestorableLedger, LedgerUnavailable, Login
 from popbridge.ledger.measured import MeasuredLedger
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import control_factory, lookup_factory
@@ -153,9 +154,8 @@ def test_lookups_are_counted_by_what_the_answer_meant_and_timed():
     assert samples['popbridge_lookup_seconds_count{protocol="policy"}'] == 2
 
 
+@implementer_only(IRestorableLedger)  # a store that has to wait (Redis), not one answering from memory
 class DownLedger(MemoryLedger):
-    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
-
     def lookup(self, address: str) -> "Deferred[list[Login]]":
         return fail(LedgerUnavailable("store down"))
 
@@ -185,6 +185,15 @@ def test_store_calls_are_timed_and_failures_counted_without_changing_the_result(
     assert samples['popbridge_store_errors_total{operation="lookup"}'] == 1
     assert samples.get('popbridge_store_errors_total{operation="record"}', 0) == 0
     assert samples['popbridge_store_seconds_count{operation="record"}'] == 1
+
+
+def test_lookups_answered_at_once_are_timed_as_store_lookups():
+    metrics = Metrics()
+    ledger = MeasuredLedger(MemoryLedger(Clock(), ttl=1800), metrics)
+    assert IImmediateLedger.providedBy(ledger)
+    assert ledger.lookup_now("192.0.2.7") == []
+    assert dict(metrics.samples())['popbridge_store_seconds_count{operation="lookup"}'] == 1
+    assert not IImmediateLedger.providedBy(MeasuredLedger(DownLedger(Clock(), ttl=1800), metrics))
 
 
 def test_measured_ledger_passes_the_ttl_through_both_ways():
