@@ -18,7 +18,7 @@ import pytest
 
 from .imap_clients import BoundIMAP4, close, imap_login
 from .servers import BoundPOP3, Dovecot, Popbridge, Postfix, ServerError, pop3_login, stop_process, wait_until
-from .test_ledger_restarts import policy
+from .servers import policy_action as policy  # the helper moved to servers.py on main
 
 pytestmark = pytest.mark.realserver
 
