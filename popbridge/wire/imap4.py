@@ -37,8 +37,7 @@ handlers are in one table (`Turn`).
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from functools import partial
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from popbridge.wire.imap4_syntax import (
     CRLF,
@@ -99,13 +98,17 @@ class State(Enum):
 
 
 class Turn(NamedTuple):
-    """One row of the state table. Backend responses are read in every state (a tagged or
-    untagged one is judged by `_on_response`); a state also reads the client's next piece
-    (`client`, None: the client's bytes wait) and takes the backend's ``+`` (`continuation`,
-    None: a continuation is a protocol error)."""
+    """One row of the state table (`Imap4LoginWatcher.TURNS`).
 
-    client: Callable[[], list[Action] | None] | None
-    continuation: Callable[[bytes], list[Action]] | None
+    Backend responses are read in every state (tagged and untagged ones are judged by
+    `_on_response`). A state may also read the client's next line (`line`, given the line and
+    its raw bytes) or the literal it announced (`literal`); with neither, the client's bytes
+    wait. `continuation` takes the backend's ``+``; without it a ``+`` is a protocol error.
+    """
+
+    line: "Callable[[Imap4LoginWatcher, bytes, bytes], list[Action]] | None" = None
+    literal: "Callable[[Imap4LoginWatcher], list[Action] | None] | None" = None
+    continuation: "Callable[[Imap4LoginWatcher, bytes], list[Action]] | None" = None
 
 
 @dataclass
@@ -119,7 +122,10 @@ class _Command:
 
 
 class Imap4LoginWatcher(PreLoginWatcher[State]):
-    """Fed client and backend bytes; returns the actions the glue carries out, in order."""
+    """Fed client and backend bytes; returns the actions the glue carries out, in order.
+
+    What each state waits for and which method reads it: `TURNS`, at the end of the class.
+    """
 
     protocol = "imap4"
     error = ImapProtocolError
@@ -137,21 +143,6 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
         route_logins: bool = False,
     ) -> None:
         super().__init__(client_address, tls, max_line, max_pending, max_bad_commands, route_logins)
-        self._turns: dict[Enum, Turn] = {
-            State.GREETING: Turn(None, None),
-            State.PROBE: Turn(None, None),
-            State.READY: Turn(partial(self._client_line, self._new_command), None),
-            State.CLIENT_LITERAL: Turn(self._literal_bytes, None),
-            State.CLIENT_LINE: Turn(partial(self._client_line, self._command_text), None),
-            State.CONTINUATION: Turn(None, self._literal_invited),
-            State.RESPONSE: Turn(None, None),
-            State.SASL_SERVER: Turn(None, self._challenged),
-            State.SASL_CLIENT: Turn(partial(self._client_line, self._sasl_response), None),
-            State.HOLD: Turn(None, None),
-            State.REPLAY_CHALLENGE: Turn(None, self._replayed_challenge),
-            State.DISCARD_LITERAL: Turn(self._discarded_literal, None),
-            State.DISCARD_LINE: Turn(partial(self._client_line, self._discarded_line), None),
-        }
         self._max_literal = max_literal
         self._probe_tag = b""  # the tag of popbridge's own command that is out
         self._offered: set[bytes] | None = None  # the backend's capabilities, once it listed them
@@ -175,8 +166,10 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
         response = self._take_response()
         if response is not None:
             return self._on_response(*response)
-        client = self._turns[self.state].client
-        return None if client is None else client()
+        turn = self.TURNS[self.state]
+        if turn.line is not None:
+            return self._client_line(turn.line)
+        return None if turn.literal is None else turn.literal(self)
 
     def _take_response(self) -> tuple[bytes, bytes] | None:
         """One whole backend response (server literals included): (raw bytes, first line)."""
@@ -197,14 +190,14 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
 
     # -- client commands ----------------------------------------------------------------
 
-    def _client_line(self, handle: Callable[[bytes, bytes], list[Action]]) -> list[Action] | None:
+    def _client_line(self, handle: "Callable[[Imap4LoginWatcher, bytes, bytes], list[Action]]") -> list[Action] | None:
         """The client's next line, to `handle` as (line without terminator, raw bytes)."""
         taken = self._take_line(self._client, 0)
         if taken is None:
             return None
         line, end = taken
         raw, self._client = self._client[:end], self._client[end:]
-        return handle(line, raw)
+        return handle(self, line, raw)
 
     def _take_literal(self) -> bytes | None:
         if len(self._client) < self._literal:
@@ -381,10 +374,10 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
         if self.state is State.HOLD:
             raise ImapProtocolError("backend spoke out of turn")
         if line.startswith(b"+"):
-            continuation = self._turns[self.state].continuation
+            continuation = self.TURNS[self.state].continuation
             if continuation is None:
                 raise ImapProtocolError("backend sent an unexpected continuation")
-            return continuation(raw)
+            return continuation(self, raw)
         if line.startswith(b"* "):
             return self._untagged(raw, line)
         tag, _, rest = line.partition(b" ")
@@ -499,6 +492,24 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
 
     def _resuming_held_login(self) -> None:
         self._command = self._held_command
+
+    # -- the state table: built once, for every session ---------------------------------
+
+    TURNS: ClassVar[dict[Enum, Turn]] = {
+        State.GREETING: Turn(),
+        State.PROBE: Turn(),
+        State.READY: Turn(line=_new_command),
+        State.CLIENT_LITERAL: Turn(literal=_literal_bytes),
+        State.CLIENT_LINE: Turn(line=_command_text),
+        State.CONTINUATION: Turn(continuation=_literal_invited),
+        State.RESPONSE: Turn(),
+        State.SASL_SERVER: Turn(continuation=_challenged),
+        State.SASL_CLIENT: Turn(line=_sasl_response),
+        State.HOLD: Turn(),
+        State.REPLAY_CHALLENGE: Turn(continuation=_replayed_challenge),
+        State.DISCARD_LITERAL: Turn(literal=_discarded_literal),
+        State.DISCARD_LINE: Turn(line=_discarded_line),
+    }
 
 
 def _fully_sent(command: _Command, state: State) -> bool:

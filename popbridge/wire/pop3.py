@@ -33,7 +33,7 @@ this module holds POP3's grammar, one state table (`Turn`) from each state to it
 import re
 from collections.abc import Callable
 from enum import Enum, auto
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from popbridge.wire.login import (
     Action,
@@ -77,14 +77,18 @@ class State(Enum):
 
 
 class Turn(NamedTuple):
-    """One row of the state table: whose line the state waits for, and what reads it."""
+    """One row of the state table (`Pop3LoginWatcher.TURNS`): whose line the state waits for,
+    and the method that reads it."""
 
     client: bool  # a client line (the backend must be silent), else a backend line
-    handle: Callable[[bytes], list[Action]]
+    handle: "Callable[[Pop3LoginWatcher, bytes], list[Action]]"
 
 
 class Pop3LoginWatcher(PreLoginWatcher[State]):
-    """Fed client and backend bytes; returns the actions the glue carries out, in order."""
+    """Fed client and backend bytes; returns the actions the glue carries out, in order.
+
+    What each state waits for and which method reads it: `TURNS`, at the end of the class.
+    """
 
     protocol = "pop3"
     error = Pop3ProtocolError
@@ -101,17 +105,6 @@ class Pop3LoginWatcher(PreLoginWatcher[State]):
         route_logins: bool = False,
     ) -> None:
         super().__init__(client_address, tls, max_line, max_pending, max_bad_commands, route_logins)
-        self._turns: dict[Enum, Turn] = {
-            State.GREETING: Turn(False, self._status_line),
-            State.PROBE: Turn(False, self._status_line),
-            State.READY: Turn(True, self._command),
-            State.REPLY: Turn(False, self._status_line),
-            State.MULTILINE: Turn(False, self._multiline_line),
-            State.SASL_SERVER: Turn(False, self._challenge),
-            State.SASL_CLIENT: Turn(True, self._sasl_response),
-            State.HOLD: Turn(False, self._out_of_turn),
-            State.REPLAY_CHALLENGE: Turn(False, self._replayed_challenge),
-        }
         self._on_status: StatusHandler = self._after_greeting  # reads the outstanding command's status
         self._status_after_switch: StatusHandler = _relay  # a held command's, while a new backend greets
         self._keep_line: Callable[[bytes], bool] = _everything  # which lines of a multi-line answer show
@@ -132,7 +125,7 @@ class Pop3LoginWatcher(PreLoginWatcher[State]):
         return f"-ERR [SYS/TEMP] popbridge: {reason}\r\n".encode()
 
     def _step(self) -> list[Action] | None:
-        turn = self._turns[self.state]
+        turn = self.TURNS[self.state]
         if turn.client and self._backend:
             raise Pop3ProtocolError("backend spoke out of turn")
         buffer = self._client if turn.client else self._backend
@@ -144,7 +137,7 @@ class Pop3LoginWatcher(PreLoginWatcher[State]):
             self._client = self._client[end:]
         else:
             self._backend = self._backend[end:]
-        return turn.handle(line)
+        return turn.handle(self, line)
 
     # -- client commands ----------------------------------------------------------------
 
@@ -391,6 +384,20 @@ class Pop3LoginWatcher(PreLoginWatcher[State]):
     def _after_xclient(self, line: bytes, ok: bool) -> list[Action]:
         notice = [] if ok else [BackendNotice(f"backend refused XCLIENT: {line[:80]!r}")]
         return [*notice, *self._release_greeting()]
+
+    # -- the state table: built once, for every session ---------------------------------
+
+    TURNS: ClassVar[dict[Enum, Turn]] = {
+        State.GREETING: Turn(False, _status_line),
+        State.PROBE: Turn(False, _status_line),
+        State.READY: Turn(True, _command),
+        State.REPLY: Turn(False, _status_line),
+        State.MULTILINE: Turn(False, _multiline_line),
+        State.SASL_SERVER: Turn(False, _challenge),
+        State.SASL_CLIENT: Turn(True, _sasl_response),
+        State.HOLD: Turn(False, _out_of_turn),
+        State.REPLAY_CHALLENGE: Turn(False, _replayed_challenge),
+    }
 
 
 StatusHandler = Callable[[bytes, bool], list[Action]]
