@@ -30,29 +30,26 @@ Like the POP3 watcher, it stands between client and backend until the login succ
   address before the client's first command (Dovecot honours it from login_trusted_networks).
 
 After the login it emits `Authenticated` and becomes a plain pipe (IDLE, COMPRESS, FETCH...).
-What it shares with POP3 is the pre-login core's (popbridge/wire/prelogin.py); each state's
-handlers are in one table (`Turn`).
+What it shares with POP3 is the pre-login core's (popbridge/wire/prelogin.py); the command
+outstanding, with its LOGIN checks, is an `imap4_command.ImapCommand`; each state's handlers
+are in one table (`Turn`).
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import ClassVar, NamedTuple
 
 from popbridge.wire.imap4_syntax import (
     CRLF,
     NONSYNC_LIMIT_LITERAL_MINUS,
-    CommandPart,
     Literal,
     ImapSyntaxError,
-    LiteralData,
     capabilities_in,
     client_capabilities,
     id_command,
     id_fields,
     is_tag,
     literal_at_end,
-    login_arguments,
     quoted,
     without_capability_code,
     without_forwarding_fields,
@@ -67,9 +64,10 @@ from popbridge.wire.login import (
     ToBackend,
     ToClient,
 )
+from popbridge.wire.imap4_command import ImapCommand
 from popbridge.wire.prelogin import PreLoginWatcher
 from popbridge.wire.routing import HeldLogin
-from popbridge.wire.sasl import AmbiguousLogin, SaslUserReader, checked_name, valid_mechanism
+from popbridge.wire.sasl import AmbiguousLogin, SaslUserReader, valid_mechanism
 
 PROBE_TAG = b"popbridge0"  # our own ID command; client commands only start after it is done
 STARTTLS_TAG = b"popbridge1"  # our own STARTTLS towards the backend
@@ -111,16 +109,6 @@ class Turn(NamedTuple):
     continuation: "Callable[[Imap4LoginWatcher, bytes], list[Action]] | None" = None
 
 
-@dataclass
-class _Command:
-    tag: bytes
-    verb: bytes
-    line: bytes = b""  # the first line as sent, to replay a routed login
-    parts: list[CommandPart] = field(default_factory=list)  # kept for LOGIN only, to read the user
-    size: int = 0
-    sasl: SaslUserReader | None = None
-
-
 class Imap4LoginWatcher(PreLoginWatcher[State]):
     """Fed client and backend bytes; returns the actions the glue carries out, in order.
 
@@ -146,8 +134,8 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
         self._max_literal = max_literal
         self._probe_tag = b""  # the tag of popbridge's own command that is out
         self._offered: set[bytes] | None = None  # the backend's capabilities, once it listed them
-        self._command: _Command | None = None  # the client command outstanding
-        self._held_command: _Command | None = None  # the routed login, while a new backend greets
+        self._command: ImapCommand | None = None  # the client command outstanding
+        self._held_command: ImapCommand | None = None  # the routed login, while a new backend greets
         self._literal = 0  # bytes of the literal the client is sending or about to send
         self._hidden_continuation = False  # popbridge made the client's {n+} a {n}: its "+" is ours
 
@@ -262,7 +250,7 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
             return self._refuse(tag + b" NO [PRIVACYREQUIRED] TLS is required to log in here: use STARTTLS\r\n")
         if verb == b"ID":
             return self._client_id(tag, arguments)
-        self._command = _Command(tag, verb, line=raw)
+        self._command = ImapCommand(tag, verb, line=raw)
         if verb == b"AUTHENTICATE":
             return self._authenticate(arguments, raw)
         try:
@@ -272,7 +260,7 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
             refused = self._refuse(tag + b" BAD popbridge: " + str(e).encode() + CRLF)
             return refused + self._discard_rest(literal_at_end(line, self._max_literal))
         if verb == b"LOGIN" and self._holding.enabled and self.state is State.RESPONSE:
-            user, _ = _login_identity(self._command)  # a one-line LOGIN: the user is known now
+            user, _ = self._command.identity()  # a one-line LOGIN: the user is known now
             if user:
                 return self._hold_login(HeldLogin(user, raw))
         return sent
@@ -306,21 +294,8 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
     def _grow(self, part: bytes, announced: Literal | None = None) -> None:
         """Add a part (line text, or a literal's bytes while in CLIENT_LITERAL) to the command;
         `announced` is the literal a line announces."""
-        command = self._command
-        assert command is not None
-        command.size += len(part)
-        if command.size > self._max_pending:
-            raise ImapProtocolError("command too long")
-        if command.verb == b"LOGIN":
-            first_line = not command.parts
-            command.parts.append(LiteralData(part) if self.state is State.CLIENT_LITERAL else part)
-            in_literal = self.state is State.CLIENT_LITERAL
-            try:  # a literal announced must fit where the next word goes
-                _checked_login(command.parts + [LiteralData(b"")] * (announced is not None), complete=not in_literal and announced is None)
-            except AmbiguousLogin as e:
-                if first_line:
-                    raise
-                raise ImapProtocolError(str(e)) from None
+        assert self._command is not None
+        self._command.grow(part, self.state is State.CLIENT_LITERAL, announced is not None, self._max_pending)
 
     def _authenticate(self, arguments: bytes, raw: bytes) -> list[Action]:
         """``tag AUTHENTICATE mechanism [initial-response]``: refused with BAD, forwarded, or
@@ -360,7 +335,7 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
             fields = without_forwarding_fields(id_fields(arguments))
         except ImapSyntaxError:
             return self._refuse(tag + b" BAD popbridge: malformed ID\r\n")
-        self._command, self.state = _Command(tag, b"ID"), State.RESPONSE
+        self._command, self.state = ImapCommand(tag, b"ID"), State.RESPONSE
         return [ToBackend(id_command(tag, fields))]
 
     def _capabilities(self, raw: bytes) -> bytes:
@@ -404,7 +379,7 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
             self._count_bad()
         if command.verb not in (b"LOGIN", b"AUTHENTICATE"):
             return [ToClient(self._capabilities(raw))]
-        user, method = _login_identity(command)
+        user, method = command.identity()
         if status != b"OK":
             return [LoginFailed(user, method), ToClient(raw)]
         return self._authenticated(LoginSucceeded(user, method), ToClient(self._capabilities(raw)))
@@ -512,7 +487,7 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
     }
 
 
-def _fully_sent(command: _Command, state: State) -> bool:
+def _fully_sent(command: ImapCommand, state: State) -> bool:
     """Whether the client's side of a LOGIN / AUTHENTICATE was all sent when the OK came.
 
     An OK while a literal or a SASL response is still owed answers nothing the client said:
@@ -523,24 +498,3 @@ def _fully_sent(command: _Command, state: State) -> bool:
     if command.verb == b"AUTHENTICATE":
         return state is State.SASL_SERVER and command.sasl is not None and command.sasl.responses > 0
     return True
-
-
-def _checked_login(parts: list[CommandPart], complete: bool) -> None:
-    """Raise `AmbiguousLogin` unless `parts` are (the start of) a well-formed LOGIN whose
-    user is a clean UTF-8 name."""
-    try:
-        arguments = login_arguments(parts, complete)
-        if arguments:
-            checked_name(arguments[0].decode("utf-8"))
-    except ImapSyntaxError as e:
-        raise AmbiguousLogin(str(e)) from None
-    except UnicodeDecodeError:
-        raise AmbiguousLogin("user names must be UTF-8") from None
-
-
-def _login_identity(command: _Command) -> tuple[str, str]:
-    """(user, method) of a LOGIN or AUTHENTICATE command; the user may be ""."""
-    if command.sasl is not None:
-        return command.sasl.user, f"AUTHENTICATE {command.sasl.mechanism}"
-    arguments = login_arguments(command.parts, complete=False)  # checked as it arrived
-    return (arguments[0].decode("utf-8") if arguments else ""), "LOGIN"
