@@ -109,14 +109,13 @@ class Turn(NamedTuple):
     continuation: "Callable[[Imap4LoginWatcher, bytes], list[Action]] | None" = None
 
 
-class Imap4LoginWatcher(PreLoginWatcher[State]):
+class Imap4LoginWatcher(PreLoginWatcher):
     """Fed client and backend bytes; returns the actions the glue carries out, in order.
 
     What each state waits for and which method reads it: `TURNS`, at the end of the class.
     """
 
     protocol = "imap4"
-    error = ImapProtocolError
     GREETING, READY, HOLD = State.GREETING, State.READY, State.HOLD
     REPLAY_CHALLENGE, AUTHENTICATED = State.REPLAY_CHALLENGE, State.AUTHENTICATED
 
@@ -149,6 +148,9 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
             return super()._run()
         except ImapSyntaxError as e:
             raise ImapProtocolError(str(e)) from None
+
+    def _error(self, message: str) -> LoginProtocolError:
+        return ImapProtocolError(message)
 
     def _step(self) -> list[Action] | None:
         response = self._take_response()
@@ -487,7 +489,7 @@ class Imap4LoginWatcher(PreLoginWatcher[State]):
     }
 
 
-def _fully_sent(command: ImapCommand, state: State) -> bool:
+def _fully_sent(command: ImapCommand, state: Enum) -> bool:
     """Whether the client's side of a LOGIN / AUTHENTICATE was all sent when the OK came.
 
     An OK while a literal or a SASL response is still owed answers nothing the client said:

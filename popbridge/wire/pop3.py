@@ -84,14 +84,13 @@ class Turn(NamedTuple):
     handle: "Callable[[Pop3LoginWatcher, bytes], list[Action]]"
 
 
-class Pop3LoginWatcher(PreLoginWatcher[State]):
+class Pop3LoginWatcher(PreLoginWatcher):
     """Fed client and backend bytes; returns the actions the glue carries out, in order.
 
     What each state waits for and which method reads it: `TURNS`, at the end of the class.
     """
 
     protocol = "pop3"
-    error = Pop3ProtocolError
     GREETING, READY, HOLD = State.GREETING, State.READY, State.HOLD
     REPLAY_CHALLENGE, AUTHENTICATED = State.REPLAY_CHALLENGE, State.AUTHENTICATED
 
@@ -123,6 +122,9 @@ class Pop3LoginWatcher(PreLoginWatcher[State]):
     def goodbye(self, reason: str) -> bytes:
         """The last line popbridge itself sends before it closes a session (RFC 3206 code)."""
         return f"-ERR [SYS/TEMP] popbridge: {reason}\r\n".encode()
+
+    def _error(self, message: str) -> LoginProtocolError:
+        return Pop3ProtocolError(message)
 
     def _step(self) -> list[Action] | None:
         turn = self.TURNS[self.state]

@@ -14,12 +14,12 @@ the same things around their own grammar; this class does them once:
 - the switch to a plain pipe (`Authenticated`) with the bytes still in flight.
 
 A watcher is a subclass with its own `State` enum, naming the core's five landmarks as class
-attributes (GREETING, READY, HOLD, REPLAY_CHALLENGE, AUTHENTICATED), its own error type, and a
-table from each state to its handler, consulted by `_step`.
+attributes (GREETING, READY, HOLD, REPLAY_CHALLENGE, AUTHENTICATED), its own error type
+(`_error`), and a table from each state to its handler, consulted by `_step`.
 """
 
 from enum import Enum
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar
 
 from popbridge.wire.login import (
     Action,
@@ -33,14 +33,10 @@ from popbridge.wire.login import (
 )
 from popbridge.wire.routing import HeldLogin, LoginHold
 
-S = TypeVar("S", bound=Enum)
-
-
-class PreLoginWatcher(Generic[S]):
+class PreLoginWatcher:
     """What both watchers do before the login; a subclass supplies the grammar (`_step`)."""
 
     protocol: ClassVar[str]
-    error: ClassVar[type[LoginProtocolError]]  # the one error type of the subclass's format
     GREETING: ClassVar[Enum]  # waiting for the backend's greeting
     READY: ClassVar[Enum]  # no command outstanding: the client's next command may go
     HOLD: ClassVar[Enum]  # a login waits while its backend is chosen
@@ -75,7 +71,7 @@ class PreLoginWatcher(Generic[S]):
             return [ToBackend(data)]
         self._client += data
         if len(self._client) > self._max_pending:
-            raise self.error("too much input before login")
+            raise self._error("too much input before login")
         return self._run()
 
     def feed_backend(self, data: bytes) -> list[Action]:
@@ -93,6 +89,10 @@ class PreLoginWatcher(Generic[S]):
             actions += step
         return actions
 
+    def _error(self, message: str) -> LoginProtocolError:
+        """The format's one error type (`Pop3ProtocolError`, `ImapProtocolError`)."""
+        raise NotImplementedError
+
     def _step(self) -> list[Action] | None:
         """Handle the next piece of input the current state waits for; None until it is there."""
         raise NotImplementedError
@@ -102,11 +102,11 @@ class PreLoginWatcher(Generic[S]):
         end = buffer.find(b"\n", start, start + self._max_line + 1)
         if end < 0:
             if len(buffer) - start > self._max_line:
-                raise self.error(f"line over {self._max_line} bytes")
+                raise self._error(f"line over {self._max_line} bytes")
             return None
         line = buffer[start:end].removesuffix(b"\r")
         if b"\r" in line or b"\0" in line:
-            raise self.error("CR or NUL inside a line")
+            raise self._error("CR or NUL inside a line")
         return line, end + 1
 
     # -- the bad-command budget ---------------------------------------------------------
@@ -115,7 +115,7 @@ class PreLoginWatcher(Generic[S]):
         """Refused and failed commands, failed logins included, up to `max_bad_commands`."""
         self._bad += 1
         if self._bad > self._max_bad:
-            raise self.error("too many bad commands")
+            raise self._error("too many bad commands")
 
     def _refuse(self, answer: bytes) -> list[Action]:
         self._count_bad()
