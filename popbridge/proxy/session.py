@@ -1,10 +1,12 @@
 """One proxied mail session: the client connection, its backend leg, and the login in between.
 
 The glue knows no protocol grammar: a `LoginWatcher` turns bytes into actions and this class
-carries them out in order. Its lifecycle is one `Phase`, moved only along `TRANSITIONS`. Its one rule of its own is *record before release*: when the watcher
+carries them out in order. Its one rule of its own is *record before release*: when the watcher
 reports a successful login, nothing further reaches either side until the ledger has stored it,
 so a client that sends mail right after fetching always finds its record. If the ledger cannot
 store it, the client is told so and disconnected; the login is not half-trusted.
+
+Where a session is in its life is one `Phase`, which moves only along `TRANSITIONS`.
 """
 
 from collections import deque
@@ -119,6 +121,7 @@ class LoginProxy(Protocol):
         self._backend_connector.connect(self)
 
     def _enter(self, phase: Phase) -> None:
+        """Move to `phase`; a move `TRANSITIONS` does not allow is popbridge's bug, never a peer's."""
         if phase not in TRANSITIONS[self._phase]:
             raise RuntimeError(f"session cannot go from {self._phase.name} to {phase.name}")
         self._phase = phase
