@@ -69,6 +69,9 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.CLOSED: frozenset(),
 }
 ENDED = frozenset({Phase.REFUSED, Phase.HUNG_UP, Phase.CLOSED})  # what still arrives is not obeyed
+# Read for every proxied chunk: a module global costs what the old flag did (~3 ns more, where
+# `Phase.SPLICED` costs 60 ns or more: an attribute of the Enum class).
+_SPLICED, _UNSPLICED = Phase.SPLICED, Phase.UNSPLICED
 
 
 class LoginProxy(Protocol):
@@ -152,7 +155,7 @@ class LoginProxy(Protocol):
     # -- data from either side ----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._phase is Phase.SPLICED or self._phase is Phase.UNSPLICED:
+        if self._phase is _SPLICED or self._phase is _UNSPLICED:
             self._backend.transport.write(data)  # type: ignore[union-attr]
             self._to_backend += len(data)  # published once, at the end (popbridge.metrics)
             self._deadlines.active()  # type: ignore[union-attr]
@@ -162,7 +165,7 @@ class LoginProxy(Protocol):
         self._feed(self._watcher.feed_client, data)
 
     def backendDataReceived(self, data: bytes) -> None:
-        if self._phase is Phase.SPLICED or self._phase is Phase.UNSPLICED:
+        if self._phase is _SPLICED or self._phase is _UNSPLICED:
             self.transport.write(data)
             self._to_client += len(data)
             return
