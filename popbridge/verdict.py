@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from popbridge.directory import IDirectory
-from popbridge.ledger import ILedger, Login
+from popbridge.ledger import IImmediateLedger, ILedger, Login
 from popbridge.senders.map import SenderRules, sender_key
 from popbridge.senders.owners import SenderOwners
 
@@ -68,15 +68,15 @@ class Verdicts:
         self, ledger: ILedger, directory: IDirectory | None = None, senders: SenderOwners | None = None
     ) -> None:
         self._ledger, self._directory = ledger, directory
+        self._immediate: IImmediateLedger | None = IImmediateLedger(ledger, None)  # a ledger that answers at once
         self.senders = senders or SenderOwners(SenderRules())  # no [senders]: nobody owns anything
 
     def instant(self, address: str, exempt: bool = False) -> Verdict | None:
         """The verdict at once when the ledger answers from memory and no directory question
         is needed; None when only `for_address` can tell (Redis, or an exempt question)."""
-        lookup_now = getattr(self._ledger, "lookup_now", None)
-        if lookup_now is None or (exempt and self._directory is not None):
+        if self._immediate is None or (exempt and self._directory is not None):
             return None
-        logins = lookup_now(address)
+        logins = self._immediate.lookup_now(address)
         return Verdict(Status.AUTHORISED, logins[0].user, tuple(logins)) if logins else UNKNOWN
 
     async def for_address(self, address: str, exempt: bool = False) -> Verdict:

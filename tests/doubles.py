@@ -14,8 +14,9 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from zope.interface import implementer_only
 
-from popbridge.ledger import LedgerUnavailable, Login
+from popbridge.ledger import IRestorableLedger, LedgerUnavailable, Login
 from popbridge.ledger.memory import MemoryLedger
 
 
@@ -34,11 +35,10 @@ def direct_call(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
     return maybeDeferred(function, *args)
 
 
+@implementer_only(IRestorableLedger)  # a store that has to wait (Redis), not one answering from memory
 class UnavailableLedger(MemoryLedger):
     """A store that is down (Redis unreachable): every lookup and listing fails with
-    LedgerUnavailable. It has no synchronous lookup, as a store that has to wait has none."""
-
-    lookup_now = None
+    LedgerUnavailable. It is no IImmediateLedger, as a store that has to wait is none."""
 
     def lookup(self, address: str) -> Deferred[list[Login]]:
         return fail(LedgerUnavailable("store down"))

@@ -12,7 +12,7 @@ import pytest
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from popbridge.ledger import ILedger, IRestorableLedger, Login, new_session
+from popbridge.ledger import IImmediateLedger, ILedger, IRestorableLedger, Login, new_session
 
 from tests.doubles import result
 
@@ -36,6 +36,14 @@ class LedgerBehaviour:
     def test_every_store_provides_the_interface(self, ledger):
         assert verifyObject(ILedger, ledger)
         assert verifyObject(IRestorableLedger, ledger)
+
+    def test_a_store_that_answers_at_once_answers_as_lookup_does(self, ledger):
+        if not IImmediateLedger.providedBy(ledger):
+            pytest.skip("this store has to wait for its server (Redis)")
+        assert verifyObject(IImmediateLedger, ledger)
+        ledger.record("::ffff:192.0.2.7", "alice", "pop3")
+        assert ledger.lookup_now("192.0.2.7") == result(ledger.lookup("192.0.2.7")) != []
+        assert ledger.lookup_now("not an address") == []
 
     def test_record_fires_with_the_stored_login(self, ledger, clock):
         login = result(ledger.record("192.0.2.7", "alice", "pop3", tls=True))

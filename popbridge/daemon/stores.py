@@ -26,7 +26,6 @@ from popbridge.metrics.counters import Counters
 from popbridge.settings import LedgerConfig
 
 REDIS_THREADS = 10  # concurrent Redis calls; lookups beyond this wait (within their deadline)
-NOT_STORED = "ledger_not_stored"  # counter: logins kept in memory only after a failed write
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,6 @@ def open_store(config: LedgerConfig, reactor: Any, counters: Counters | None = N
 
 def _count(counters: Counters | None, logins: int) -> None:
     if counters is not None:
-        counters.events[NOT_STORED] += logins
         counters.metrics.not_stored(logins)
 
 

@@ -2,8 +2,10 @@
 
 One interface, three stores: memory (`memory.py`), SQLite (`sqlite.py`, the durable default)
 and Redis (`redis.py`, shared by several nodes); `popbridge.daemon.stores` builds the configured one. Every
-method returns a Deferred so a store may do I/O; the memory store answers at once. Addresses given to a ledger
-are raw peer addresses: the ledger normalises them with `popbridge.addresses.client_key`.
+method returns a Deferred so a store may do I/O; the memory store answers at once, and the stores
+that keep every login in memory (memory, SQLite) are also an `IImmediateLedger`. Addresses given
+to a ledger are raw peer addresses: each call normalises its address once, at the store's entry
+(`keyed.KeyedStore`, with `popbridge.addresses.client_key`), and the store works on that key.
 
 Liveness rule (DESIGN.md): a login authorises its address for `ttl` seconds after it was
 recorded; while a proxy session that made it is still open it stays live, and the `ttl`
@@ -85,12 +87,7 @@ class ILedger(ILoginRecorder):
     ttl = Attribute("seconds a login authorises its address after it was made or its session ended")
 
     def lookup(address: str) -> "Deferred[list[Login]]":
-        """The live logins on `address`, newest first; [] for unknown or non-IP addresses.
-
-        Stores that keep their logins in memory (memory, SQLite's mirror) also offer
-        ``lookup_now(address) -> list[Login]``, the same answer without a Deferred, which
-        lookups use to answer a relay without any Deferred machinery.
-        """
+        """The live logins on `address`, newest first; [] for unknown or non-IP addresses."""
 
     def logins() -> "Deferred[list[Login]]":
         """Every live login, for the control socket."""
@@ -100,6 +97,14 @@ class ILedger(ILoginRecorder):
 
     def purge() -> "Deferred[int]":
         """Drop expired logins (run periodically); fires with how many addresses were forgotten."""
+
+
+class IImmediateLedger(ILedger):
+    """A ledger that keeps every live login in memory (memory, SQLite's mirror), so it can
+    answer a lookup at once: relay lookups use it to answer without any Deferred machinery."""
+
+    def lookup_now(address: str) -> "list[Login]":
+        """What `lookup(address)` would fire with, returned directly."""
 
 
 class IRestorableLedger(ILedger):

@@ -6,12 +6,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from popbridge.addresses import client_key
-from popbridge.ledger import IRestorableLedger, Login, SessionId
+from popbridge.ledger import IImmediateLedger, IRestorableLedger, Login, SessionId
 from popbridge.ledger.table import LoginTable, TableReads
 
 
-@implementer(IRestorableLedger)
+@implementer(IRestorableLedger, IImmediateLedger)
 class MemoryLedger(TableReads):
     """A `LoginTable` behind the ILedger interface; every Deferred has already fired.
 
@@ -23,23 +22,17 @@ class MemoryLedger(TableReads):
         self._clock, self._ipv6_prefix = clock, ipv6_prefix
         self._table = LoginTable(ttl)
 
-    def record(
-        self, address: str, user: str, protocol: str, session: SessionId | None = None, tls: bool = False
+    def _record(
+        self, key: str, user: str, protocol: str, session: SessionId | None, tls: bool
     ) -> "Deferred[Login | None]":
-        key = client_key(address, self._ipv6_prefix)
-        if key is None:
-            return succeed(None)
         return succeed(self._table.record(key, user, protocol, self._clock.seconds(), session, tls))
 
-    def end_session(self, address: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
-        key = client_key(address, self._ipv6_prefix)
-        if key is not None:
-            self._table.end_session(key, user, protocol, session, self._clock.seconds())
+    def _end_session(self, key: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
+        self._table.end_session(key, user, protocol, session, self._clock.seconds())
         return succeed(None)
 
-    def revoke(self, address: str) -> "Deferred[int]":
-        key = client_key(address, self._ipv6_prefix)
-        return succeed(self._table.revoke(key) if key else 0)
+    def _revoke(self, key: str) -> "Deferred[int]":
+        return succeed(self._table.revoke(key))
 
     def purge(self) -> "Deferred[int]":
         return succeed(self._table.purge(self._clock.seconds()))

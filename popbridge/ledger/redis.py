@@ -54,8 +54,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from popbridge.addresses import client_key
 from popbridge.ledger import IRestorableLedger, LedgerUnavailable, Login, SessionId
+from popbridge.ledger.keyed import KeyedStore
 from popbridge.ledger.spec import SENTINEL_SCHEME, parse_sentinel
 from popbridge.ledger.table import newest_first
 
@@ -110,7 +110,7 @@ def redis_client(url: str, password: str, timeout: float) -> Redis:
 
 
 @implementer(IRestorableLedger)
-class RedisLedger:
+class RedisLedger(KeyedStore):
     log = Logger()
 
     def __init__(
@@ -179,12 +179,9 @@ class RedisLedger:
 
     # -- ILedger ---------------------------------------------------------------------------
 
-    def record(
-        self, address: str, user: str, protocol: str, session: SessionId | None = None, tls: bool = False
+    def _record(
+        self, key: str, user: str, protocol: str, session: SessionId | None, tls: bool
     ) -> "Deferred[Login | None]":
-        key = client_key(address, self._ipv6_prefix)
-        if key is None:
-            return succeed(None)
         now, name = self._clock.seconds(), (key, user, protocol)
         pairs = self._login(name, now, tls)
         lease_until = now
@@ -206,7 +203,7 @@ class RedisLedger:
         self._open[session] = (name, tls)
         return result
 
-    def end_session(self, address: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
+    def _end_session(self, key: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
         if session not in self._open:  # revoked since, or never stored
             return succeed(None)
         name, tls = self._open.pop(session)
@@ -215,10 +212,7 @@ class RedisLedger:
         ending = self._write(name[0], now, must_exist=lease, delete=lease, pairs=self._login(name, now, tls))
         return self._call("end session", self._write_many, [ending]).addCallback(lambda _: None)
 
-    def lookup(self, address: str) -> "Deferred[list[Login]]":
-        key = client_key(address, self._ipv6_prefix)
-        if key is None:
-            return succeed([])
+    def _lookup(self, key: str) -> "Deferred[list[Login]]":
         reading = self._call("lookup", self._redis.hgetall, self._prefix + key)
         return reading.addCallback(lambda fields: newest_first(self._live(key, fields)))
 
@@ -227,13 +221,10 @@ class RedisLedger:
             lambda hashes: newest_first(login for key, fields in hashes for login in self._live(key, fields))
         )
 
-    def revoke(self, address: str) -> "Deferred[int]":
-        key = client_key(address, self._ipv6_prefix)
-        if key is None:
-            return succeed(0)
+    def _revoke(self, key: str) -> "Deferred[int]":
         for session in [session for session, (name, _) in self._open.items() if name[0] == key]:
             del self._open[session]
-        return self._call("revoke", self._revoke, self._prefix + key)
+        return self._call("revoke", self._delete_address, self._prefix + key)
 
     def purge(self) -> "Deferred[int]":
         """Nothing to do: Redis drops each address when its hash's TTL runs out."""
@@ -274,7 +265,7 @@ class RedisLedger:
             self._write_script(keys=[key], args=args, client=pipe)
         return [int(result) for result in pipe.execute()]
 
-    def _revoke(self, key: str) -> int:
+    def _delete_address(self, key: str) -> int:
         """Deletes the address's hash; counts its logins (the fields that are not session leases)."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.hkeys(key)

@@ -42,8 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from popbridge.addresses import client_key
-from popbridge.ledger import IRestorableLedger, LedgerStoreError, Login, SessionId
+from popbridge.ledger import IImmediateLedger, IRestorableLedger, LedgerStoreError, Login, SessionId
 from popbridge.ledger.table import LoginTable, TableReads
 
 RunBlocking = Callable[..., "Deferred[Any]"]  # run_blocking(f, *args) runs f(*args) off the reactor
@@ -73,7 +72,7 @@ class _Change:
     done: "Deferred[None]" = field(default_factory=Deferred)
 
 
-@implementer(IRestorableLedger)
+@implementer(IRestorableLedger, IImmediateLedger)
 class SqliteLedger(TableReads):
     log = Logger()
 
@@ -160,25 +159,18 @@ class SqliteLedger(TableReads):
 
     # -- ILedger ---------------------------------------------------------------------------
 
-    def record(
-        self, address: str, user: str, protocol: str, session: SessionId | None = None, tls: bool = False
+    def _record(
+        self, key: str, user: str, protocol: str, session: SessionId | None, tls: bool
     ) -> "Deferred[Login | None]":
-        key = client_key(address, self._ipv6_prefix)
-        if key is None:
-            return succeed(None)
         login = self._table.record(key, user, protocol, self._clock.seconds(), session, tls)
         written = self._write(UPSERT, _row(login), login)
         return written.addCallback(lambda _: login)
 
-    def end_session(self, address: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
-        key = client_key(address, self._ipv6_prefix)
-        changed = self._table.end_session(key, user, protocol, session, self._clock.seconds()) if key else None
+    def _end_session(self, key: str, user: str, protocol: str, session: SessionId) -> "Deferred[None]":
+        changed = self._table.end_session(key, user, protocol, session, self._clock.seconds())
         return self._write(UPSERT, _row(changed)) if changed else succeed(None)
 
-    def revoke(self, address: str) -> "Deferred[int]":
-        key = client_key(address, self._ipv6_prefix)
-        if key is None:
-            return succeed(0)
+    def _revoke(self, key: str) -> "Deferred[int]":
         removed = self._table.revoke(key)
         return self._write("DELETE FROM logins WHERE client = ?", (key,)).addCallback(lambda _: removed)
 

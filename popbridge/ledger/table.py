@@ -2,7 +2,7 @@
 
 It is synchronous and takes `now` from its caller, so the memory store can wrap it in fired
 Deferreds and the SQLite store can answer every lookup from it without waiting on disk while
-it writes each change behind. Keys are normalised client addresses (the caller normalises).
+it writes each change behind. Keys are normalised client addresses (`popbridge.ledger.keyed`).
 
 It is deliberately a plain dict, not a `cachetools` cache: the mirror must hold *every* live
 login, since a lookup never falls through to disk; a cache that evicted a live entry to stay
@@ -18,8 +18,8 @@ from typing import Final
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from popbridge.addresses import client_key
 from popbridge.ledger import Login, SessionId
+from popbridge.ledger.keyed import KeyedStore
 
 # One login as the table keeps it: user, protocol, when, the ids of its open sessions, tls. A
 # plain tuple of strings and numbers, not a Login: the garbage collector stops tracking such
@@ -110,9 +110,9 @@ class LoginTable:
         return bool(row[OPEN]) or now < row[WHEN] + self.ttl
 
 
-class TableReads:
+class TableReads(KeyedStore):
     """The reads (and the ttl) of a store that keeps every live login in a LoginTable (memory,
-    SQLite's mirror): they never wait, so `lookup_now` lets lookups skip Deferreds altogether."""
+    SQLite's mirror): they never wait, so such a store is an `IImmediateLedger`."""
 
     _table: LoginTable
     _clock: IReactorTime
@@ -127,19 +127,16 @@ class TableReads:
         """A new ttl (SIGHUP) applies at once to every login, old ones too: expiry is computed."""
         self._table.ttl = seconds
 
-    def lookup(self, address: str) -> "Deferred[list[Login]]":
-        return succeed(self._current(address))
+    def _lookup(self, key: str) -> "Deferred[list[Login]]":
+        return succeed(self._table.lookup(key, self._clock.seconds()))
 
     def lookup_now(self, address: str) -> list[Login]:
-        """`lookup` without a Deferred (see Verdicts.instant)."""
-        return self._current(address)
+        """`lookup` without a Deferred (IImmediateLedger, see Verdicts.instant)."""
+        key = self.key(address)
+        return self._table.lookup(key, self._clock.seconds()) if key is not None else []
 
     def logins(self) -> "Deferred[list[Login]]":
         return succeed(self._table.logins(self._clock.seconds()))
-
-    def _current(self, address: str) -> list[Login]:
-        key = client_key(address, self._ipv6_prefix)
-        return self._table.lookup(key, self._clock.seconds()) if key else []
 
 
 def _login(key: str, row: Row) -> Login:

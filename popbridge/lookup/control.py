@@ -45,7 +45,7 @@ class ControlResponder:
         if isinstance(request, ControlMalformed):
             self.log.warn("control request refused: {error}", error=request.error)
             return error_reply(request.error)
-        self.counters.count(f"control_{request.command}")
+        self.counters.metrics.control_request(request.command)
         try:
             return ok_reply(**await self._serve(request))
         except Exception as e:

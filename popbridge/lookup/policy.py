@@ -40,7 +40,6 @@ class PolicyResponder:
 
     def __call__(self, request: PolicyRequest) -> "bytes | Deferred[bytes]":
         metrics, started = self.counters.metrics, self.counters.metrics.now()
-        self.counters.count("lookup_policy")
         client = request.get("client_address")
         if not client:
             if debugging():

@@ -52,7 +52,6 @@ class SocketmapResponder:
 
     def __call__(self, request: SocketmapRequest) -> "bytes | Deferred[bytes]":
         metrics, started = self.counters.metrics, self.counters.metrics.now()
-        self.counters.count("lookup_socketmap")
         if request.map_name not in MAPS:
             self.log.warn("socketmap query for unknown map {map!r}", map=request.map_name)
             return answered(metrics, "socketmap", ("refused", encode_perm("unknown map")), started)

@@ -52,12 +52,10 @@ class WhosonResponder:
             except Exception:  # the waiting path below logs it and answers *
                 verdict = None
             if verdict is not None:
-                self.counters.count("lookup_whoson")
                 return answered(metrics, "whoson", self._query_answer(request, verdict), started)
         return measured(metrics, "whoson", self._answer(request), started)
 
     async def _answer(self, request: WhosonEvent) -> Answer:
-        self.counters.count("lookup_whoson")
         if isinstance(request, WhosonMalformed):
             self.log.warn("whoson request refused: {reason}", reason=request.reason)
             return "refused", encode_error(request.reason)

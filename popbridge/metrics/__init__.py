@@ -12,9 +12,14 @@ Why it looks like this:
   and exported per scrape; what other threads touch (LDAP) stays prometheus-client's.
 - `samples()` is what ``popbridge stats`` prints: the same registry, so the control socket and
   ``/metrics`` cannot disagree.
+- One counting system: the plain event counts ``popbridge stats`` has always shown
+  (``login_succeeded``, ``lookup_policy``, ``pop3_connections``...) are read off these tallies by
+  `events()`, never counted a second time. Connections and control requests, which /metrics
+  never showed, have tallies of their own that are not registered, so /metrics is unchanged.
 """
 
 import time
+from collections import Counter as EventCounts
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -73,12 +78,22 @@ class Metrics:
         self._not_stored = Counter(
             "popbridge_ledger_not_stored", "Logins kept in memory only after a failed durable write", registry=r
         )
+        # for `events()` only: popbridge stats has always shown them, /metrics never has
+        self._connections = TallyCounter("popbridge_connections", "Client connections to a proxy", ("protocol",))
+        self._control = TallyCounter("popbridge_control_requests", "Control socket requests", ("command",))
         self._ldap = Counter(
             "popbridge_ldap_lookups", "Directory look-ups by result: hit (fresh cache), miss (asked LDAP), "
             "error (LDAP failed or timed out; a stale answer or the fallback served)", ["result"], registry=r,
         )
 
     # -- what happened -------------------------------------------------------------------
+
+    def connection(self, protocol: str) -> None:
+        """A client connected to a proxy (admitted or not)."""
+        self._connections.inc((protocol,))
+
+    def control_request(self, command: str) -> None:
+        self._control.inc((command,))
 
     def login(self, protocol: str, method: str, outcome: str) -> None:
         self._logins.inc((protocol, method or "unknown", outcome))
@@ -135,6 +150,24 @@ class Metrics:
         self.live(len(logins), len({login.client for login in logins}))
 
     # -- reading -------------------------------------------------------------------------
+
+    def events(self) -> EventCounts[str]:
+        """The plain counts ``popbridge stats`` shows under "events", derived from the tallies:
+        ``PROTOCOL_connections``, ``login_OUTCOME``, ``lookup_PROTOCOL`` (answered lookups),
+        ``control_COMMAND`` and ``ledger_not_stored``; names never counted are absent."""
+        events: EventCounts[str] = EventCounts()
+        for (protocol,), count in self._connections.values():
+            events[f"{protocol}_connections"] += int(count)
+        for (_, _, outcome), count in self._logins.values():
+            events[f"login_{outcome}"] += int(count)
+        for (protocol, _), count in self._lookups.values():
+            events[f"lookup_{protocol}"] += int(count)
+        for (command,), count in self._control.values():
+            events[f"control_{command}"] += int(count)
+        not_stored = self.registry.get_sample_value("popbridge_ledger_not_stored_total")
+        if not_stored:
+            events["ledger_not_stored"] = int(not_stored)
+        return events
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

@@ -2,16 +2,17 @@
 
 A decorator rather than code in each store: memory, SQLite and Redis are measured the same way,
 and the stores stay about storage. The result of each call passes through unchanged, failures
-included, so callers still answer their temporary failure.
+included, so callers still answer their temporary failure. It provides `IImmediateLedger` when
+its store does, and times `lookup_now` as a ``lookup`` like any other.
 """
 
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
-from popbridge.ledger import ILedger, Login, SessionId
+from popbridge.ledger import IImmediateLedger, ILedger, Login, SessionId
 from popbridge.metrics import Metrics
 
 
@@ -19,6 +20,8 @@ from popbridge.metrics import Metrics
 class MeasuredLedger:
     def __init__(self, store: ILedger, metrics: Metrics) -> None:
         self._store, self._metrics = store, metrics
+        if IImmediateLedger.providedBy(store):
+            alsoProvides(self, IImmediateLedger)
 
     @property
     def ttl(self) -> float:
@@ -38,6 +41,17 @@ class MeasuredLedger:
 
     def lookup(self, address: str) -> "Deferred[list[Login]]":
         return self._measure("lookup", self._store.lookup, address)
+
+    def lookup_now(self, address: str) -> list[Login]:
+        """Only called when the store is an IImmediateLedger (and so, then, is this)."""
+        started = self._metrics.now()
+        try:
+            logins: list[Login] = self._store.lookup_now(address)  # type: ignore[attr-defined]
+        except Exception:
+            self._metrics.store_call("lookup", started, failed=True)
+            raise
+        self._metrics.store_call("lookup", started, failed=False)
+        return logins
 
     def logins(self) -> "Deferred[list[Login]]":
         return self._measure("logins", self._store.logins)

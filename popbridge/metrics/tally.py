@@ -32,6 +32,10 @@ class _TallyValues(Collector):
     def _add(self, labels: Labels, amount: float) -> None:
         self._values[labels] = self._values.get(labels, 0) + amount
 
+    def values(self) -> Iterator[tuple[Labels, float]]:
+        """Each label set counted so far, with its number."""
+        return iter(self._values.items())
+
     def collect(self) -> Iterator[Metric]:
         family = self.family(self._name, self._documentation, labels=list(self._labels))
         for labels, value in sorted(self._values.items()):

@@ -30,44 +30,44 @@ Like the POP3 watcher, it stands between client and backend until the login succ
   address before the client's first command (Dovecot honours it from login_trusted_networks).
 
 After the login it emits `Authenticated` and becomes a plain pipe (IDLE, COMPRESS, FETCH...).
+What it shares with POP3 is the pre-login core's (popbridge/wire/prelogin.py); the command
+outstanding, with its LOGIN checks, is an `imap4_command.ImapCommand`; each state's handlers
+are in one table (`Turn`).
 """
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from enum import Enum, auto
+from typing import ClassVar, NamedTuple
 
 from popbridge.wire.imap4_syntax import (
     CRLF,
     NONSYNC_LIMIT_LITERAL_MINUS,
-    CommandPart,
     Literal,
     ImapSyntaxError,
-    LiteralData,
     capabilities_in,
     client_capabilities,
     id_command,
     id_fields,
     is_tag,
     literal_at_end,
-    login_arguments,
     quoted,
     without_capability_code,
     without_forwarding_fields,
 )
 from popbridge.wire.login import (
     Action,
-    Authenticated,
     BackendNotice,
     LoginFailed,
     LoginProtocolError,
     LoginSucceeded,
-    StartBackendTls,
-    StartClientTls,
     TlsOptions,
     ToBackend,
     ToClient,
 )
-from popbridge.wire.routing import HeldLogin, LoginHold
-from popbridge.wire.sasl import AmbiguousLogin, SaslUserReader, checked_name, valid_mechanism
+from popbridge.wire.imap4_command import ImapCommand
+from popbridge.wire.prelogin import PreLoginWatcher
+from popbridge.wire.routing import HeldLogin
+from popbridge.wire.sasl import AmbiguousLogin, SaslUserReader, valid_mechanism
 
 PROBE_TAG = b"popbridge0"  # our own ID command; client commands only start after it is done
 STARTTLS_TAG = b"popbridge1"  # our own STARTTLS towards the backend
@@ -80,7 +80,7 @@ class ImapProtocolError(LoginProtocolError):
 
 class State(Enum):
     GREETING = auto()  # waiting for the backend's greeting
-    PROBE = auto()  # our own ID is out; client commands wait
+    PROBE = auto()  # our own STARTTLS or ID is out; client commands wait
     READY = auto()  # no command outstanding: the next client line starts one
     CLIENT_LITERAL = auto()  # reading the bytes of a literal from the client
     CLIENT_LINE = auto()  # reading the rest of a command line after a literal
@@ -95,25 +95,29 @@ class State(Enum):
     AUTHENTICATED = auto()  # a plain pipe
 
 
-CLIENT_TURN = (
-    State.READY, State.CLIENT_LITERAL, State.CLIENT_LINE, State.SASL_CLIENT, State.DISCARD_LITERAL, State.DISCARD_LINE,
-)
+class Turn(NamedTuple):
+    """One row of the state table (`Imap4LoginWatcher.TURNS`).
+
+    Backend responses are read in every state (tagged and untagged ones are judged by
+    `_on_response`). A state may also read the client's next line (`line`, given the line and
+    its raw bytes) or the literal it announced (`literal`); with neither, the client's bytes
+    wait. `continuation` takes the backend's ``+``; without it a ``+`` is a protocol error.
+    """
+
+    line: "Callable[[Imap4LoginWatcher, bytes, bytes], list[Action]] | None" = None
+    literal: "Callable[[Imap4LoginWatcher], list[Action] | None] | None" = None
+    continuation: "Callable[[Imap4LoginWatcher, bytes], list[Action]] | None" = None
 
 
-@dataclass
-class _Command:
-    tag: bytes
-    verb: bytes
-    line: bytes = b""  # the first line as sent, to replay a routed login
-    parts: list[CommandPart] = field(default_factory=list)  # kept for LOGIN only, to read the user
-    size: int = 0
-    sasl: SaslUserReader | None = None
+class Imap4LoginWatcher(PreLoginWatcher):
+    """Fed client and backend bytes; returns the actions the glue carries out, in order.
 
-
-class Imap4LoginWatcher:
-    """Fed client and backend bytes; returns the actions the glue carries out, in order."""
+    What each state waits for and which method reads it: `TURNS`, at the end of the class.
+    """
 
     protocol = "imap4"
+    GREETING, READY, HOLD = State.GREETING, State.READY, State.HOLD
+    REPLAY_CHALLENGE, AUTHENTICATED = State.REPLAY_CHALLENGE, State.AUTHENTICATED
 
     def __init__(
         self,
@@ -125,74 +129,41 @@ class Imap4LoginWatcher:
         max_bad_commands: int = 5,
         route_logins: bool = False,
     ) -> None:
-        self._forward_address = client_address
-        self._tls, self.tls_active = tls, tls.active
-        self._max_line, self._max_literal, self._max_pending = max_line, max_literal, max_pending
-        self._max_bad, self._bad = max_bad_commands, 0
-        self._client, self._backend = b"", b""
-        self.state = State.GREETING
-        self._greeting = b""
-        self._probe_tag = b""
-        self.farewell_seen = False  # the backend said BYE: the client needs no goodbye of ours
-        self._offered: set[bytes] | None = None  # the backend greeting's capabilities, if it listed them
-        self._command: _Command | None = None
+        super().__init__(client_address, tls, max_line, max_pending, max_bad_commands, route_logins)
+        self._max_literal = max_literal
+        self._probe_tag = b""  # the tag of popbridge's own command that is out
+        self._offered: set[bytes] | None = None  # the backend's capabilities, once it listed them
+        self._command: ImapCommand | None = None  # the client command outstanding
+        self._held_command: ImapCommand | None = None  # the routed login, while a new backend greets
         self._literal = 0  # bytes of the literal the client is sending or about to send
         self._hidden_continuation = False  # popbridge made the client's {n+} a {n}: its "+" is ours
-        self._unsent_response = b""  # an initial response kept for the backend's first challenge
-        self._holding = LoginHold(route_logins)
 
     def goodbye(self, reason: str) -> bytes:
         return b"* BYE [UNAVAILABLE] popbridge: " + reason.encode() + CRLF
 
     # -- input --------------------------------------------------------------------------
 
-    def feed_client(self, data: bytes) -> list[Action]:
-        if self.state is State.AUTHENTICATED:
-            return [ToBackend(data)]
-        self._client += data
-        if len(self._client) > self._max_pending:
-            raise ImapProtocolError("too much input before login")
-        return self._run()
-
-    def feed_backend(self, data: bytes) -> list[Action]:
-        if self.state is State.AUTHENTICATED:
-            return [ToClient(data)]
-        self._backend += data
-        return self._run()
-
     def _run(self) -> list[Action]:
-        actions: list[Action] = []
         try:
-            while self.state is not State.AUTHENTICATED:
-                response = self._take_response()
-                if response is not None:
-                    actions += self._on_response(*response)
-                    continue
-                step = self._client_step() if self.state in CLIENT_TURN else None
-                if step is None:
-                    break
-                actions += step
+            return super()._run()
         except ImapSyntaxError as e:
             raise ImapProtocolError(str(e)) from None
-        return actions
 
-    # -- framing ------------------------------------------------------------------------
+    def _error(self, message: str) -> LoginProtocolError:
+        return ImapProtocolError(message)
 
-    def _take_segment(self, buffer: bytes, start: int) -> tuple[bytes, int] | None:
-        """The line at `start` (terminator removed) and where the next one begins."""
-        end = buffer.find(b"\n", start, start + self._max_line + 1)
-        if end < 0:
-            if len(buffer) - start > self._max_line:
-                raise ImapProtocolError(f"line over {self._max_line} bytes")
-            return None
-        line = buffer[start:end].removesuffix(b"\r")
-        if b"\r" in line or b"\0" in line:
-            raise ImapProtocolError("CR or NUL inside a line")
-        return line, end + 1
+    def _step(self) -> list[Action] | None:
+        response = self._take_response()
+        if response is not None:
+            return self._on_response(*response)
+        turn = self.TURNS[self.state]
+        if turn.line is not None:
+            return self._client_line(turn.line)
+        return None if turn.literal is None else turn.literal(self)
 
     def _take_response(self) -> tuple[bytes, bytes] | None:
         """One whole backend response (server literals included): (raw bytes, first line)."""
-        first = self._take_segment(self._backend, 0)
+        first = self._take_line(self._backend, 0)
         if first is None:
             return None
         line, position = first
@@ -200,7 +171,7 @@ class Imap4LoginWatcher:
         while not line.startswith(b"+") and (literal := literal_at_end(segment, self._max_pending)):
             if len(self._backend) < position + literal.size:
                 return None
-            following = self._take_segment(self._backend, position + literal.size)
+            following = self._take_line(self._backend, position + literal.size)
             if following is None:
                 return None
             segment, position = following
@@ -209,37 +180,48 @@ class Imap4LoginWatcher:
 
     # -- client commands ----------------------------------------------------------------
 
-    def _client_step(self) -> list[Action] | None:
-        if self.state in (State.CLIENT_LITERAL, State.DISCARD_LITERAL):
-            if len(self._client) < self._literal:
-                return None
-            data, self._client = self._client[: self._literal], self._client[self._literal :]
-            if self.state is State.DISCARD_LITERAL:
-                self.state = State.DISCARD_LINE
-                return []
-            self._grow(data)
-            self.state = State.CLIENT_LINE
-            return [ToBackend(data)]
-        taken = self._take_segment(self._client, 0)
+    def _client_line(self, handle: "Callable[[Imap4LoginWatcher, bytes, bytes], list[Action]]") -> list[Action] | None:
+        """The client's next line, to `handle` as (line without terminator, raw bytes)."""
+        taken = self._take_line(self._client, 0)
         if taken is None:
             return None
         line, end = taken
         raw, self._client = self._client[:end], self._client[end:]
-        if self.state is State.DISCARD_LINE:
-            return self._discard_rest(literal_at_end(line, self._max_literal))
-        if self.state is State.SASL_CLIENT:
-            assert self._command is not None and self._command.sasl is not None
-            sasl = self._command.sasl
-            first = sasl.responses == 0
-            self.state = State.SASL_SERVER
-            if sasl.client_response(line) is not None:
-                return [ToBackend(b"*" + CRLF)]  # refused: cancel, and the backend answers BAD
-            if first and self._holding.routable(sasl):
-                return self._hold_login(HeldLogin(sasl.user, self._command.line, raw))
-            return [ToBackend(raw)]
-        if self.state is State.CLIENT_LINE:
-            return self._command_text(line, raw)
-        return self._new_command(line, raw)
+        return handle(self, line, raw)
+
+    def _take_literal(self) -> bytes | None:
+        if len(self._client) < self._literal:
+            return None
+        data, self._client = self._client[: self._literal], self._client[self._literal :]
+        return data
+
+    def _literal_bytes(self) -> list[Action] | None:
+        data = self._take_literal()
+        if data is None:
+            return None
+        self._grow(data)
+        self.state = State.CLIENT_LINE
+        return [ToBackend(data)]
+
+    def _discarded_literal(self) -> list[Action] | None:
+        if self._take_literal() is None:
+            return None
+        self.state = State.DISCARD_LINE
+        return []
+
+    def _discarded_line(self, line: bytes, raw: bytes) -> list[Action]:
+        return self._discard_rest(literal_at_end(line, self._max_literal))
+
+    def _sasl_response(self, line: bytes, raw: bytes) -> list[Action]:
+        assert self._command is not None and self._command.sasl is not None
+        sasl = self._command.sasl
+        first = sasl.responses == 0
+        self.state = State.SASL_SERVER
+        if sasl.client_response(line) is not None:
+            return [ToBackend(b"*" + CRLF)]  # refused: cancel, and the backend answers BAD
+        if first and self._holding.routable(sasl):
+            return self._hold_login(HeldLogin(sasl.user, self._command.line, raw))
+        return [ToBackend(raw)]
 
     def _discard_rest(self, literal: Literal | None) -> list[Action]:
         """Drop what the client still sends of a command that is over: a literal it sent
@@ -256,27 +238,31 @@ class Imap4LoginWatcher:
         if not is_tag(tag) or not verb:
             if literal_at_end(line, self._max_literal):
                 raise ImapProtocolError("literal after an invalid command")
-            return self._bad_command(b"* BAD popbridge: missing or invalid tag\r\n")
+            return self._refuse(b"* BAD popbridge: missing or invalid tag\r\n")
         verb = verb.upper()
         if verb == b"STARTTLS":
-            return self._starttls(tag)
+            return self._client_tls(
+                tag + b" OK Begin TLS negotiation now\r\n",
+                already_active=tag + b" BAD TLS is already active\r\n",
+                not_offered=tag + b" BAD STARTTLS is not offered here\r\n",
+            )
         if verb in (b"LOGIN", b"AUTHENTICATE") and self._tls.required and not self.tls_active:
             if literal_at_end(line, self._max_literal):
                 raise ImapProtocolError("TLS is required to log in here")
-            return self._bad_command(tag + b" NO [PRIVACYREQUIRED] TLS is required to log in here: use STARTTLS\r\n")
+            return self._refuse(tag + b" NO [PRIVACYREQUIRED] TLS is required to log in here: use STARTTLS\r\n")
         if verb == b"ID":
             return self._client_id(tag, arguments)
-        self._command = _Command(tag, verb, line=raw)
+        self._command = ImapCommand(tag, verb, line=raw)
         if verb == b"AUTHENTICATE":
             return self._authenticate(arguments, raw)
         try:
             sent = self._command_text(line, raw)
         except AmbiguousLogin as e:
             self.state, self._command = State.READY, None
-            refused = self._bad_command(tag + b" BAD popbridge: " + str(e).encode() + CRLF)
+            refused = self._refuse(tag + b" BAD popbridge: " + str(e).encode() + CRLF)
             return refused + self._discard_rest(literal_at_end(line, self._max_literal))
         if verb == b"LOGIN" and self._holding.enabled and self.state is State.RESPONSE:
-            user, _ = _login_identity(self._command)  # a one-line LOGIN: the user is known now
+            user, _ = self._command.identity()  # a one-line LOGIN: the user is known now
             if user:
                 return self._hold_login(HeldLogin(user, raw))
         return sent
@@ -310,21 +296,8 @@ class Imap4LoginWatcher:
     def _grow(self, part: bytes, announced: Literal | None = None) -> None:
         """Add a part (line text, or a literal's bytes while in CLIENT_LITERAL) to the command;
         `announced` is the literal a line announces."""
-        command = self._command
-        assert command is not None
-        command.size += len(part)
-        if command.size > self._max_pending:
-            raise ImapProtocolError("command too long")
-        if command.verb == b"LOGIN":
-            first_line = not command.parts
-            command.parts.append(LiteralData(part) if self.state is State.CLIENT_LITERAL else part)
-            in_literal = self.state is State.CLIENT_LITERAL
-            try:  # a literal announced must fit where the next word goes
-                _checked_login(command.parts + [LiteralData(b"")] * (announced is not None), complete=not in_literal and announced is None)
-            except AmbiguousLogin as e:
-                if first_line:
-                    raise
-                raise ImapProtocolError(str(e)) from None
+        assert self._command is not None
+        self._command.grow(part, self.state is State.CLIENT_LITERAL, announced is not None, self._max_pending)
 
     def _authenticate(self, arguments: bytes, raw: bytes) -> list[Action]:
         """``tag AUTHENTICATE mechanism [initial-response]``: refused with BAD, forwarded, or
@@ -340,7 +313,7 @@ class Imap4LoginWatcher:
             refusal = sasl.initial_response(initial)
         if refusal is not None:
             self.state, self._command = State.READY, None
-            return self._bad_command(command.tag + b" BAD popbridge: " + refusal.encode() + CRLF)
+            return self._refuse(command.tag + b" BAD popbridge: " + refusal.encode() + CRLF)
         command.sasl = sasl
         if initial and (self._offered is None or b"SASL-IR" not in self._offered or self._holding.enabled):
             raw = command.tag + b" AUTHENTICATE " + mechanism + CRLF
@@ -363,32 +336,14 @@ class Imap4LoginWatcher:
         try:
             fields = without_forwarding_fields(id_fields(arguments))
         except ImapSyntaxError:
-            return self._bad_command(tag + b" BAD popbridge: malformed ID\r\n")
-        self._command, self.state = _Command(tag, b"ID"), State.RESPONSE
+            return self._refuse(tag + b" BAD popbridge: malformed ID\r\n")
+        self._command, self.state = ImapCommand(tag, b"ID"), State.RESPONSE
         return [ToBackend(id_command(tag, fields))]
-
-    def _starttls(self, tag: bytes) -> list[Action]:
-        if self.tls_active:
-            return self._bad_command(tag + b" BAD TLS is already active\r\n")
-        if not self._tls.offer_starttls:
-            return self._bad_command(tag + b" BAD STARTTLS is not offered here\r\n")
-        self.tls_active = True
-        self._client = b""  # bytes sent behind STARTTLS were sent in the clear: never obeyed
-        return [ToClient(tag + b" OK Begin TLS negotiation now\r\n"), StartClientTls()]
 
     def _capabilities(self, raw: bytes) -> bytes:
         """Capability lists as the client must see them: popbridge's STARTTLS, not the backend's."""
         before_tls = not self.tls_active
         return client_capabilities(raw, self._tls.offer_starttls and before_tls, self._tls.required and before_tls)
-
-    def _bad_command(self, answer: bytes) -> list[Action]:
-        self._count_bad()
-        return [ToClient(answer)]
-
-    def _count_bad(self) -> None:
-        self._bad += 1
-        if self._bad > self._max_bad:
-            raise ImapProtocolError("too many bad commands")
 
     # -- backend responses --------------------------------------------------------------
 
@@ -396,7 +351,10 @@ class Imap4LoginWatcher:
         if self.state is State.HOLD:
             raise ImapProtocolError("backend spoke out of turn")
         if line.startswith(b"+"):
-            return self._continuation(raw)
+            continuation = self.TURNS[self.state].continuation
+            if continuation is None:
+                raise ImapProtocolError("backend sent an unexpected continuation")
+            return continuation(self, raw)
         if line.startswith(b"* "):
             return self._untagged(raw, line)
         tag, _, rest = line.partition(b" ")
@@ -423,30 +381,27 @@ class Imap4LoginWatcher:
             self._count_bad()
         if command.verb not in (b"LOGIN", b"AUTHENTICATE"):
             return [ToClient(self._capabilities(raw))]
-        user, method = _login_identity(command)
+        user, method = command.identity()
         if status != b"OK":
             return [LoginFailed(user, method), ToClient(raw)]
-        self.state = State.AUTHENTICATED
-        leftovers = Authenticated(self._client, self._backend)
-        self._client = self._backend = b""
-        return [LoginSucceeded(user, method), ToClient(self._capabilities(raw)), leftovers]
+        return self._authenticated(LoginSucceeded(user, method), ToClient(self._capabilities(raw)))
 
-    def _continuation(self, raw: bytes) -> list[Action]:
-        if self.state is State.REPLAY_CHALLENGE:
-            self.state = State.SASL_SERVER
-            return [ToBackend(self._holding.answer_challenge())]
-        if self.state is State.CONTINUATION:
-            self.state = State.CLIENT_LITERAL
-            if self._hidden_continuation:
-                self._hidden_continuation = False
-                return []
-        elif self.state is State.SASL_SERVER and self._unsent_response:
+    def _replayed_challenge(self, raw: bytes) -> list[Action]:
+        self.state = State.SASL_SERVER
+        return [ToBackend(self._holding.answer_challenge())]
+
+    def _literal_invited(self, raw: bytes) -> list[Action]:
+        self.state = State.CLIENT_LITERAL
+        if self._hidden_continuation:
+            self._hidden_continuation = False
+            return []
+        return [ToClient(raw)]
+
+    def _challenged(self, raw: bytes) -> list[Action]:
+        if self._unsent_response:
             response, self._unsent_response = self._unsent_response, b""
             return [ToBackend(response)]
-        elif self.state is State.SASL_SERVER:
-            self.state = State.SASL_CLIENT
-        else:
-            raise ImapProtocolError("backend sent an unexpected continuation")
+        self.state = State.SASL_CLIENT
         return [ToClient(raw)]
 
     def _note_capabilities(self, line: bytes) -> None:
@@ -470,10 +425,7 @@ class Imap4LoginWatcher:
         status = line[2:].partition(b" ")[0].upper()
         greeting = self._capabilities(raw)
         if status == b"PREAUTH":  # logged in without a login: pass it on, record nothing
-            self.state = State.AUTHENTICATED
-            leftovers = Authenticated(self._client, self._backend)
-            self._client = self._backend = b""
-            return [ToClient(greeting), leftovers]
+            return self._authenticated(ToClient(greeting))
         if status not in (b"OK", b"BYE") or (self._holding.replaying and status != b"OK"):
             raise ImapProtocolError(f"backend greeting is not OK, PREAUTH or BYE: {line[:40]!r}")
         self.state = State.READY
@@ -505,45 +457,39 @@ class Imap4LoginWatcher:
         if self._probe_tag == STARTTLS_TAG:
             if status != b"OK":
                 raise ImapProtocolError("the mail server refused STARTTLS")
-            self._backend = b""  # what the backend sent before its handshake is never believed
-            self._offered = None  # nor what it offered: the list changes with TLS
-            return [StartBackendTls(), *self._forward_client_address()]
+            self._offered = None  # what it offered before TLS is not believed either: the list changes
+            return [*self._backend_tls(), *self._forward_client_address()]
         notice = [] if status == b"OK" else [BackendNotice(f"backend refused ID: {line[:80]!r}")]
         return [*notice, *self._release_greeting()]
 
-    def _release_greeting(self) -> list[Action]:
-        """The client sees the greeting once the probes are done; a switched backend's
-        greeting is not shown at all (the client was greeted long ago): the held login goes."""
-        greeting, self._greeting = self._greeting, b""
-        self.state = State.READY
-        return self._replay() if self._holding.replaying else [ToClient(greeting)]
-
     # -- routing logins to the user's own backend ---------------------------------------
 
-    def _hold_login(self, held: HeldLogin) -> list[Action]:
-        """Keep the login until `route_decided`; the state it would have had is kept aside."""
-        route = self._holding.hold(held, self.state)
-        self.state = State.HOLD
-        return [route]
-
-    def route_decided(self, switch: bool) -> list[Action]:
-        assert self.state is State.HOLD
-        if not switch:
-            data, self.state = self._holding.send_on()
-            return [ToBackend(data)]
-        self._backend, self._holding.replaying, self.state = b"", True, State.GREETING
+    def _switching_backend(self) -> None:
         self._held_command = self._command  # the login command waits for the new backend
-        return []
 
-    def _replay(self) -> list[Action]:
-        """The new backend is ready: send it the held login, as if it had been there all along."""
-        command, state = self._holding.replay()
+    def _resuming_held_login(self) -> None:
         self._command = self._held_command
-        self.state = state or State.REPLAY_CHALLENGE
-        return [ToBackend(command)]
+
+    # -- the state table: built once, for every session ---------------------------------
+
+    TURNS: ClassVar[dict[Enum, Turn]] = {
+        State.GREETING: Turn(),
+        State.PROBE: Turn(),
+        State.READY: Turn(line=_new_command),
+        State.CLIENT_LITERAL: Turn(literal=_literal_bytes),
+        State.CLIENT_LINE: Turn(line=_command_text),
+        State.CONTINUATION: Turn(continuation=_literal_invited),
+        State.RESPONSE: Turn(),
+        State.SASL_SERVER: Turn(continuation=_challenged),
+        State.SASL_CLIENT: Turn(line=_sasl_response),
+        State.HOLD: Turn(),
+        State.REPLAY_CHALLENGE: Turn(continuation=_replayed_challenge),
+        State.DISCARD_LITERAL: Turn(literal=_discarded_literal),
+        State.DISCARD_LINE: Turn(line=_discarded_line),
+    }
 
 
-def _fully_sent(command: _Command, state: State) -> bool:
+def _fully_sent(command: ImapCommand, state: Enum) -> bool:
     """Whether the client's side of a LOGIN / AUTHENTICATE was all sent when the OK came.
 
     An OK while a literal or a SASL response is still owed answers nothing the client said:
@@ -554,24 +500,3 @@ def _fully_sent(command: _Command, state: State) -> bool:
     if command.verb == b"AUTHENTICATE":
         return state is State.SASL_SERVER and command.sasl is not None and command.sasl.responses > 0
     return True
-
-
-def _checked_login(parts: list[CommandPart], complete: bool) -> None:
-    """Raise `AmbiguousLogin` unless `parts` are (the start of) a well-formed LOGIN whose
-    user is a clean UTF-8 name."""
-    try:
-        arguments = login_arguments(parts, complete)
-        if arguments:
-            checked_name(arguments[0].decode("utf-8"))
-    except ImapSyntaxError as e:
-        raise AmbiguousLogin(str(e)) from None
-    except UnicodeDecodeError:
-        raise AmbiguousLogin("user names must be UTF-8") from None
-
-
-def _login_identity(command: _Command) -> tuple[str, str]:
-    """(user, method) of a LOGIN or AUTHENTICATE command; the user may be ""."""
-    if command.sasl is not None:
-        return command.sasl.user, f"AUTHENTICATE {command.sasl.mechanism}"
-    arguments = login_arguments(command.parts, complete=False)  # checked as it arrived
-    return (arguments[0].decode("utf-8") if arguments else ""), "LOGIN"

@@ -25,27 +25,29 @@ It sits between a mail client and the real POP3 server until the login succeeds:
   code is removed from the greeting clients see.
 
 After the login it emits `Authenticated` and turns into a plain pipe. Passwords, digests and
-SASL data pass through untouched and are never kept.
+SASL data pass through untouched and are never kept. Framing, the bad-command budget, routed
+logins, the greeting's release and TLS are the pre-login core's (popbridge/wire/prelogin.py);
+this module holds POP3's grammar, one state table (`Turn`) from each state to its handler.
 """
 
 import re
 from collections.abc import Callable
 from enum import Enum, auto
+from typing import ClassVar, NamedTuple
 
 from popbridge.wire.login import (
     Action,
-    Authenticated,
     BackendNotice,
     LoginFailed,
-    StartBackendTls,
-    StartClientTls,
-    TlsOptions,
     LoginProtocolError,
     LoginSucceeded,
+    StartClientTls,
+    TlsOptions,
     ToBackend,
     ToClient,
 )
-from popbridge.wire.routing import HeldLogin, LoginHold
+from popbridge.wire.prelogin import PreLoginWatcher
+from popbridge.wire.routing import HeldLogin
 from popbridge.wire.sasl import AmbiguousLogin, SaslUserReader, checked_name, valid_mechanism
 
 HIDDEN_CAPABILITIES = (b"STLS", b"XCLIENT")
@@ -63,7 +65,7 @@ class Pop3ProtocolError(LoginProtocolError):
 
 class State(Enum):
     GREETING = auto()  # waiting for the backend's greeting
-    PROBE = auto()  # our own CAPA and XCLIENT, before the client may speak
+    PROBE = auto()  # our own STLS, CAPA and XCLIENT, before the client may speak
     READY = auto()  # no command outstanding: the next client line may go
     REPLY = auto()  # a client command is out; waiting for its status line
     MULTILINE = auto()  # reading a multi-line answer up to its "." line
@@ -74,10 +76,23 @@ class State(Enum):
     AUTHENTICATED = auto()  # a plain pipe
 
 
-class Pop3LoginWatcher:
-    """Fed client and backend bytes; returns the actions the glue carries out, in order."""
+class Turn(NamedTuple):
+    """One row of the state table (`Pop3LoginWatcher.TURNS`): whose line the state waits for,
+    and the method that reads it."""
+
+    client: bool  # a client line (the backend must be silent), else a backend line
+    handle: "Callable[[Pop3LoginWatcher, bytes], list[Action]]"
+
+
+class Pop3LoginWatcher(PreLoginWatcher):
+    """Fed client and backend bytes; returns the actions the glue carries out, in order.
+
+    What each state waits for and which method reads it: `TURNS`, at the end of the class.
+    """
 
     protocol = "pop3"
+    GREETING, READY, HOLD = State.GREETING, State.READY, State.HOLD
+    REPLAY_CHALLENGE, AUTHENTICATED = State.REPLAY_CHALLENGE, State.AUTHENTICATED
 
     def __init__(
         self,
@@ -88,81 +103,57 @@ class Pop3LoginWatcher:
         max_bad_commands: int = 5,
         route_logins: bool = False,
     ) -> None:
-        self._forward_address = client_address
-        self._tls = tls
-        self.tls_active = tls.active
-        self._max_line, self._max_pending = max_line, max_pending
-        self._max_bad, self._bad = max_bad_commands, 0
-        self._answering_client = False  # the outstanding command is the client's, not a probe
-        self._holding = LoginHold(route_logins)
-        self._sasl_command = b""  # the AUTH line of the exchange in progress, for a replay
-        self._client, self._backend = b"", b""
-        self.state = State.GREETING
-        self._greeting = b""
+        super().__init__(client_address, tls, max_line, max_pending, max_bad_commands, route_logins)
+        self._on_status: StatusHandler = self._after_greeting  # reads the outstanding command's status
+        self._status_after_switch: StatusHandler = _relay  # a held command's, while a new backend greets
+        self._keep_line: Callable[[bytes], bool] = _everything  # which lines of a multi-line answer show
+        self._on_multiline_end: Callable[[], list[Action]] = _nothing  # what follows its "." line
+        self._named_user = ""  # USER's name while its answer is awaited
+        self._user: str | None = None  # the name USER set, for the PASS that follows
+        self._login_method = ""  # the login command outstanding (USER, APOP, AUTH PLAIN...)
+        self._login_user: str | SaslUserReader = ""  # its user, or the SASL exchange that names it
+        self._sasl: SaslUserReader | None = None  # the AUTH exchange in progress
+        self._sasl_command = b""  # the AUTH line of that exchange, for a replay
         self._offers_xclient = False
         self._offers_apop = False
         self._sasl_offered: set[bytes] | None = None  # the backend's CAPA SASL list, once seen
         self._capa_sasl: set[bytes] = set()  # the SASL line of a CAPA answer being read
-        self._unsent_response = b""  # an initial response kept for the backend's first challenge
-        self.farewell_seen = False  # the backend's last word (QUIT's answer, an -ERR greeting) was sent
-        self._on_status: StatusHandler = self._after_greeting
-        self._keep_line: Callable[[bytes], bool] = _everything
-        self._on_multiline_end: Callable[[], list[Action]] = lambda: []
-        self._user: str | None = None
-        self._sasl: SaslUserReader | None = None
 
     def goodbye(self, reason: str) -> bytes:
         """The last line popbridge itself sends before it closes a session (RFC 3206 code)."""
         return f"-ERR [SYS/TEMP] popbridge: {reason}\r\n".encode()
 
-    # -- input --------------------------------------------------------------------------
+    def _error(self, message: str) -> LoginProtocolError:
+        return Pop3ProtocolError(message)
 
-    def feed_client(self, data: bytes) -> list[Action]:
-        if self.state is State.AUTHENTICATED:
-            return [ToBackend(data)]
-        self._client += data
-        if len(self._client) > self._max_pending:
-            raise Pop3ProtocolError("too much input before login")
-        return self._run()
-
-    def feed_backend(self, data: bytes) -> list[Action]:
-        if self.state is State.AUTHENTICATED:
-            return [ToClient(data)]
-        self._backend += data
-        return self._run()
-
-    def _run(self) -> list[Action]:
-        actions: list[Action] = []
-        while self.state is not State.AUTHENTICATED:
-            if self.state in (State.READY, State.SASL_CLIENT):
-                if self._backend:
-                    raise Pop3ProtocolError("backend spoke out of turn")
-                taken = _split_line(self._client, self._max_line)
-                if taken is None:
-                    break
-                line, self._client = taken
-                actions += self._client_line(line)
-            else:
-                taken = _split_line(self._backend, self._max_line)
-                if taken is None:
-                    break
-                line, self._backend = taken
-                actions += self._backend_line(line)
-        return actions
-
+    def _step(self) -> list[Action] | None:
+        turn = self.TURNS[self.state]
+        if turn.client and self._backend:
+            raise Pop3ProtocolError("backend spoke out of turn")
+        buffer = self._client if turn.client else self._backend
+        taken = self._take_line(buffer, 0)
+        if taken is None:
+            return None
+        line, end = taken
+        if turn.client:
+            self._client = self._client[end:]
+        else:
+            self._backend = self._backend[end:]
+        return turn.handle(self, line)
 
     # -- client commands ----------------------------------------------------------------
 
-    def _client_line(self, line: bytes) -> list[Action]:
-        if self.state is State.SASL_CLIENT:
-            assert self._sasl is not None
-            first = self._sasl.responses == 0
-            self.state = State.SASL_SERVER
-            if self._sasl.client_response(line) is not None:
-                return [ToBackend(b"*\r\n")]  # refused: cancel, and the backend says -ERR
-            if first and self._holding.routable(self._sasl):
-                return self._hold_login(HeldLogin(self._sasl.user, self._sasl_command, line + CRLF))
-            return [ToBackend(line + CRLF)]
+    def _sasl_response(self, line: bytes) -> list[Action]:
+        assert self._sasl is not None
+        first = self._sasl.responses == 0
+        self.state = State.SASL_SERVER
+        if self._sasl.client_response(line) is not None:
+            return [ToBackend(b"*\r\n")]  # refused: cancel, and the backend says -ERR
+        if first and self._holding.routable(self._sasl):
+            return self._hold_login(HeldLogin(self._sasl.user, self._sasl_command, line + CRLF))
+        return [ToBackend(line + CRLF)]
+
+    def _command(self, line: bytes) -> list[Action]:
         verb, _, argument = line.partition(b" ")
         verb = verb.upper()
         if verb == b"STLS":
@@ -171,30 +162,30 @@ class Pop3LoginWatcher:
             return self._refuse(b"-ERR XCLIENT is not accepted from clients\r\n")
         if verb in LOGIN_VERBS and (verb != b"AUTH" or argument) and self._tls.required and not self.tls_active:
             return self._refuse(b"-ERR [AUTH] TLS is required to log in here: use STLS first\r\n")
-        self.state, self._on_status, self._answering_client = State.REPLY, _relay, True
+        self.state, self._on_status = State.REPLY, _relay
         if verb == b"CAPA":
             self._capa_sasl = set()
-            self._on_status = self._multiline(self._capability_shown, self._capabilities_added)
+            self._expect_multiline(self._capability_shown, self._capabilities_added)
         elif verb == b"USER":
             try:
                 name = _user_argument(argument)
             except AmbiguousLogin as e:
                 return self._refuse_login(e)
-            self._on_status = self._after_user(name)
+            self._named_user, self._on_status = name, self._after_user
             if self._holding.enabled:
                 return self._hold_login(HeldLogin(name, line + CRLF))
         elif verb == b"PASS":
-            self._on_status = self._after_login("USER", self._user or "")
+            self._expect_login("USER", self._user or "")
         elif verb == b"APOP":
             try:
                 name = self._apop_user(argument)
             except AmbiguousLogin as e:
                 return self._refuse_login(e)
-            self._on_status = self._after_login("APOP", name)
+            self._expect_login("APOP", name)
         elif verb == b"AUTH" and argument:
             return self._auth(line, argument)
         elif verb == b"AUTH":
-            self._on_status = self._multiline(_everything, self._back_to_ready)
+            self._expect_multiline(_everything, _nothing)
         elif verb == b"QUIT":
             self._on_status = self._after_quit
         return [ToBackend(line + CRLF)]
@@ -228,98 +219,80 @@ class Pop3LoginWatcher:
         if initial and (self._sasl_offered is None or self._holding.enabled):
             command, self._unsent_response = b"AUTH " + mechanism + CRLF, initial + CRLF
         self._sasl_command = command
-        self.state, self._on_status = State.SASL_SERVER, self._after_login(f"AUTH {sasl.mechanism}", sasl)
+        self.state = State.SASL_SERVER
+        self._expect_login(f"AUTH {sasl.mechanism}", sasl)
         if initial and self._holding.routable(sasl):
             return self._hold_login(HeldLogin(sasl.user, command))
         return [ToBackend(command)]
 
+    def _expect_login(self, method: str, user: "str | SaslUserReader") -> None:
+        self._login_method, self._login_user, self._on_status = method, user, self._after_login
+
+    def _expect_multiline(self, keep: Callable[[bytes], bool], then: Callable[[], list[Action]]) -> None:
+        """The command's +OK starts a multi-line answer: `keep` says which lines the client
+        sees (the status line too), `then` what is added before the closing dot."""
+        self._keep_line, self._on_multiline_end, self._on_status = keep, then, self._multiline_status
+
     # -- backend lines ------------------------------------------------------------------
 
-    def _backend_line(self, line: bytes) -> list[Action]:
-        if self.state is State.MULTILINE:
-            shown: list[Action] = [ToClient(line + CRLF)] if self._keep_line(line) else []
-            if line == b".":
-                self.state = State.READY
-                return self._on_multiline_end() + shown
-            return shown
-        if self.state is State.HOLD:
-            raise Pop3ProtocolError("backend spoke out of turn")
-        if self.state is State.REPLAY_CHALLENGE and (line == b"+" or line.startswith(b"+ ")):
+    def _multiline_line(self, line: bytes) -> list[Action]:
+        shown: list[Action] = [ToClient(line + CRLF)] if self._keep_line(line) else []
+        if line == b".":
+            self.state = State.READY
+            return self._on_multiline_end() + shown
+        return shown
+
+    def _out_of_turn(self, line: bytes) -> list[Action]:
+        raise Pop3ProtocolError("backend spoke out of turn")
+
+    def _replayed_challenge(self, line: bytes) -> list[Action]:
+        if _is_challenge(line):
             self.state = State.SASL_SERVER
             return [ToBackend(self._holding.answer_challenge())]
-        if self.state in (State.SASL_SERVER, State.REPLAY_CHALLENGE) and (line == b"+" or line.startswith(b"+ ")):
-            if self._unsent_response:
-                response, self._unsent_response = self._unsent_response, b""
-                self.state = State.SASL_SERVER
-                return [ToBackend(response)]
-            self.state = State.SASL_CLIENT
-            return [ToClient(line + CRLF)]
+        return self._status_line(line)
+
+    def _challenge(self, line: bytes) -> list[Action]:
+        if not _is_challenge(line):
+            return self._status_line(line)
+        if self._unsent_response:
+            response, self._unsent_response = self._unsent_response, b""
+            return [ToBackend(response)]
+        self.state = State.SASL_CLIENT
+        return [ToClient(line + CRLF)]
+
+    def _status_line(self, line: bytes) -> list[Action]:
         ok = _status(line)
-        if not ok and self._answering_client:
+        if not ok and self.state not in (State.GREETING, State.PROBE):  # a client command failed
             self._count_bad()
         self.state = State.READY
         return self._on_status(line, ok)
 
-    def _count_bad(self) -> None:
-        """Refused and failed commands, failed logins included, up to `max_bad_commands`."""
-        self._bad += 1
-        if self._bad > self._max_bad:
-            raise Pop3ProtocolError("too many bad commands")
-
-    def _refuse(self, answer: bytes) -> list[Action]:
-        self._count_bad()
-        return [ToClient(answer)]
-
-    def _multiline(self, keep: Callable[[bytes], bool], then: Callable[[], list[Action]]) -> "StatusHandler":
-        """Status handler for a command whose +OK starts a multi-line answer."""
-
-        def on_status(line: bytes, ok: bool) -> list[Action]:
-            shown: list[Action] = [ToClient(line + CRLF)] if keep(line) else []
-            if ok:
-                self.state, self._keep_line, self._on_multiline_end = State.MULTILINE, keep, then
-                return shown
-            return shown + then()
-
-        return on_status
-
-    def _back_to_ready(self) -> list[Action]:
-        return []
+    def _multiline_status(self, line: bytes, ok: bool) -> list[Action]:
+        shown: list[Action] = [ToClient(line + CRLF)] if self._keep_line(line) else []
+        if ok:
+            self.state = State.MULTILINE
+            return shown
+        return shown + self._on_multiline_end()
 
     # -- routing logins to the user's own backend ---------------------------------------
 
-    def _hold_login(self, held: HeldLogin) -> list[Action]:
-        """Keep the login until `route_decided`; the state it would have had is kept aside."""
-        route = self._holding.hold(held, self.state)
-        self.state = State.HOLD
-        return [route]
+    def _switching_backend(self) -> None:
+        self._status_after_switch, self._on_status = self._on_status, self._after_greeting
 
-    def route_decided(self, switch: bool) -> list[Action]:
-        assert self.state is State.HOLD
-        if not switch:
-            data, self.state = self._holding.send_on()
-            return [ToBackend(data)]
-        self._backend, self._holding.replaying, self._answering_client = b"", True, False
-        self._continue_with = self._on_status  # the held command's own status handler
-        self.state, self._on_status = State.GREETING, self._after_greeting
-        return []
+    def _resuming_held_login(self) -> None:
+        self._on_status = self._status_after_switch
 
-    def _replay(self) -> list[Action]:
-        """The new backend is ready: send it the held login, as if it had been there all along."""
-        command, state = self._holding.replay()
-        self._on_status, self._answering_client = self._continue_with, True
-        self.state = state or State.REPLAY_CHALLENGE
-        return [ToBackend(command)]
-
-    # -- TLS ----------------------------------------------------------------------------
+    # -- TLS and capabilities -----------------------------------------------------------
 
     def _stls(self) -> list[Action]:
-        if self.tls_active:
-            return self._refuse(b"-ERR Command not permitted when TLS active\r\n")
-        if not self._tls.offer_starttls:
-            return self._refuse(b"-ERR STLS is not offered here\r\n")
-        self.tls_active, self._user = True, None
-        self._client = b""  # bytes sent behind STLS were sent in the clear: never obeyed
-        return [ToClient(b"+OK Begin TLS negotiation\r\n"), StartClientTls()]
+        actions = self._client_tls(
+            b"+OK Begin TLS negotiation\r\n",
+            already_active=b"-ERR Command not permitted when TLS active\r\n",
+            not_offered=b"-ERR STLS is not offered here\r\n",
+        )
+        if isinstance(actions[-1], StartClientTls):
+            self._user = None  # a USER sent in the clear names no one after the handshake
+        return actions
 
     def _capability_shown(self, line: bytes) -> bool:
         """CAPA lines the client sees: never the backend's STLS or XCLIENT, and no login
@@ -342,31 +315,25 @@ class Pop3LoginWatcher:
         """popbridge's own STLS, listed just before the closing dot."""
         return [ToClient(b"STLS\r\n")] if self._tls.offer_starttls and not self.tls_active else []
 
+    # -- answers to client commands -----------------------------------------------------
+
     def _after_quit(self, line: bytes, ok: bool) -> list[Action]:
         self.farewell_seen = True
         return [ToClient(line + CRLF)]
 
-    def _after_user(self, name: str) -> "StatusHandler":
-        def on_status(line: bytes, ok: bool) -> list[Action]:
-            self._user = name if ok else None
-            return [ToClient(line + CRLF)]
+    def _after_user(self, line: bytes, ok: bool) -> list[Action]:
+        self._user = self._named_user if ok else None
+        return [ToClient(line + CRLF)]
 
-        return on_status
-
-    def _after_login(self, method: str, user: "str | SaslUserReader") -> "StatusHandler":
-        def on_status(line: bytes, ok: bool) -> list[Action]:
-            name = user if isinstance(user, str) else user.user
-            unanswered, self._unsent_response = bool(self._unsent_response), b""
-            if ok and isinstance(user, SaslUserReader) and (user.responses == 0 or unanswered or user.cancelled):
-                raise Pop3ProtocolError("backend accepted AUTH before the client's SASL response, or after a cancel")
-            if not ok:
-                return [LoginFailed(name, method), ToClient(line + CRLF)]
-            self.state = State.AUTHENTICATED
-            leftovers = Authenticated(self._client, self._backend)
-            self._client = self._backend = b""
-            return [LoginSucceeded(name, method), ToClient(line + CRLF), leftovers]
-
-        return on_status
+    def _after_login(self, line: bytes, ok: bool) -> list[Action]:
+        user = self._login_user
+        name = user if isinstance(user, str) else user.user
+        unanswered, self._unsent_response = bool(self._unsent_response), b""
+        if ok and isinstance(user, SaslUserReader) and (user.responses == 0 or unanswered or user.cancelled):
+            raise Pop3ProtocolError("backend accepted AUTH before the client's SASL response, or after a cancel")
+        if not ok:
+            return [LoginFailed(name, self._login_method), ToClient(line + CRLF)]
+        return self._authenticated(LoginSucceeded(name, self._login_method), ToClient(line + CRLF))
 
     # -- greeting and the XCLIENT probe -------------------------------------------------
 
@@ -378,7 +345,7 @@ class Pop3LoginWatcher:
                 raise Pop3ProtocolError("the user's mail server refused the connection")
             self.farewell_seen = True
             return [ToClient(greeting + CRLF)]
-        self._greeting, self._offers_xclient = greeting, offered
+        self._greeting, self._offers_xclient = greeting + CRLF, offered
         self._offers_apop = APOP_TIMESTAMP.search(greeting) is not None
         if self._tls.backend_starttls:
             self.state, self._on_status = State.PROBE, self._after_backend_stls
@@ -388,8 +355,7 @@ class Pop3LoginWatcher:
     def _after_backend_stls(self, line: bytes, ok: bool) -> list[Action]:
         if not ok:
             raise Pop3ProtocolError("the mail server refused STLS")
-        self._backend = b""  # what the backend sent before its handshake is never believed
-        return [StartBackendTls(), *self._forward_client_address()]
+        return [*self._backend_tls(), *self._forward_client_address()]
 
     def _forward_client_address(self) -> list[Action]:
         if self._forward_address is None:
@@ -398,7 +364,7 @@ class Pop3LoginWatcher:
         if self._offers_xclient:
             return self._send_xclient()
         self._capa_sasl = set()
-        self._on_status = self._multiline(self._note_xclient, self._send_xclient)
+        self._expect_multiline(self._note_xclient, self._send_xclient)
         return [ToBackend(b"CAPA\r\n")]
 
     def _note_xclient(self, line: bytes) -> bool:
@@ -421,12 +387,19 @@ class Pop3LoginWatcher:
         notice = [] if ok else [BackendNotice(f"backend refused XCLIENT: {line[:80]!r}")]
         return [*notice, *self._release_greeting()]
 
-    def _release_greeting(self) -> list[Action]:
-        """The client sees the greeting once the probes are done; a switched backend's
-        greeting is not shown at all (the client was greeted long ago): the held login goes."""
-        greeting, self._greeting = self._greeting, b""
-        self.state = State.READY
-        return self._replay() if self._holding.replaying else [ToClient(greeting + CRLF)]
+    # -- the state table: built once, for every session ---------------------------------
+
+    TURNS: ClassVar[dict[Enum, Turn]] = {
+        State.GREETING: Turn(False, _status_line),
+        State.PROBE: Turn(False, _status_line),
+        State.READY: Turn(True, _command),
+        State.REPLY: Turn(False, _status_line),
+        State.MULTILINE: Turn(False, _multiline_line),
+        State.SASL_SERVER: Turn(False, _challenge),
+        State.SASL_CLIENT: Turn(True, _sasl_response),
+        State.HOLD: Turn(False, _out_of_turn),
+        State.REPLAY_CHALLENGE: Turn(False, _replayed_challenge),
+    }
 
 
 StatusHandler = Callable[[bytes, bool], list[Action]]
@@ -454,17 +427,12 @@ def _everything(line: bytes) -> bool:
     return True
 
 
-def _split_line(buffer: bytes, max_line: int) -> tuple[bytes, bytes] | None:
-    """The first CRLF (or LF) terminated line of `buffer` without its terminator, and the rest."""
-    end = buffer.find(b"\n", 0, max_line + 1)
-    if end < 0:
-        if len(buffer) > max_line:
-            raise Pop3ProtocolError(f"line over {max_line} bytes")
-        return None
-    line = buffer[:end].removesuffix(b"\r")
-    if b"\r" in line or b"\0" in line:
-        raise Pop3ProtocolError("CR or NUL inside a line")
-    return line, buffer[end + 1 :]
+def _nothing() -> list[Action]:
+    return []
+
+
+def _is_challenge(line: bytes) -> bool:
+    return line == b"+" or line.startswith(b"+ ")
 
 
 def _status(line: bytes) -> bool:

@@ -74,7 +74,7 @@ def test_revoke_reports_how_many_logins_it_removed() -> None:
 
 def test_stats_reports_counters_logins_and_uptime() -> None:
     factory, ledger, counters, clock = setup()
-    counters.count("login_succeeded")
+    counters.metrics.login("pop3", "USER", "succeeded")
     ledger.record("192.0.2.7", "alice", "pop3")
     ledger.record("192.0.2.7", "bob", "pop3")
     ledger.record("192.0.2.8", "carol", "pop3")

@@ -4,8 +4,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
+from zope.interface import implementer_only
 
-from popbridge.ledger import LedgerUnavailable, Login, new_session
+from popbridge.ledger import IRestorableLedger, LedgerUnavailable, Login, new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
 from popbridge.metrics.counters import Counters
@@ -17,10 +18,9 @@ CONFIG = LookupConfig("policy", "unix:address=/tmp/policy")
 REQUEST = b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=%s\nclient_name=unknown\n\n"
 
 
+@implementer_only(IRestorableLedger)  # a store that has to wait (Redis), not one answering from memory
 class SlowLedger(MemoryLedger):
     """Each lookup waits until the test fires its gate."""
-
-    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
 
     gates: list[Deferred[None]]
 

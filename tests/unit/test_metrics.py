@@ -12,7 +12,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from popbridge.directory import LdapDirectory
 from popbridge.directory.ldap_search import ConnectionPool
-from popbridge.ledger import LedgerUnavailable
+from popbridge.ledger import IImmediateLedger, LedgerUnavailable
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.metrics import Metrics
@@ -167,6 +167,15 @@ def test_store_calls_are_timed_and_failures_counted_without_changing_the_result(
     assert samples['popbridge_store_seconds_count{operation="record"}'] == 1
 
 
+def test_lookups_answered_at_once_are_timed_as_store_lookups():
+    metrics = Metrics()
+    ledger = MeasuredLedger(MemoryLedger(Clock(), ttl=1800), metrics)
+    assert IImmediateLedger.providedBy(ledger)
+    assert ledger.lookup_now("192.0.2.7") == []
+    assert dict(metrics.samples())['popbridge_store_seconds_count{operation="lookup"}'] == 1
+    assert not IImmediateLedger.providedBy(MeasuredLedger(UnavailableLedger(Clock(), ttl=1800), metrics))
+
+
 def test_measured_ledger_passes_the_ttl_through_both_ways():
     store = MemoryLedger(Clock(), ttl=1800)
     ledger = MeasuredLedger(store, Metrics())
@@ -224,6 +233,25 @@ def test_popbridge_stats_reports_the_numbers_metrics_serves():
     assert metrics[LOGINS_OK] == 1
     assert metrics["popbridge_live_addresses"] == 1
     assert metrics == dict(counters.metrics.samples())
+
+
+def test_stats_events_are_read_off_the_metrics_and_metrics_gains_no_name():
+    metrics = Metrics()
+    metrics.connection("pop3")
+    metrics.connection("pop3")
+    metrics.login("pop3", "USER", "succeeded")
+    metrics.login("imap4", "LOGIN", "failed")
+    metrics.lookup_answered("policy", "authorised", metrics.now())
+    metrics.lookup_answered("policy", "unknown", metrics.now())
+    metrics.control_request("stats")
+    metrics.not_stored(3)
+    assert metrics.events() == {
+        "pop3_connections": 2, "login_succeeded": 1, "login_failed": 1, "lookup_policy": 2,
+        "control_stats": 1, "ledger_not_stored": 3,
+    }
+    assert Metrics().events() == {}
+    exposed = metrics.exposition().decode()
+    assert "popbridge_connections" not in exposed and "popbridge_control_requests" not in exposed
 
 
 def test_directory_cache_hits_misses_and_ldap_errors_are_counted():

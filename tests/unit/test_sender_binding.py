@@ -11,9 +11,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
+from zope.interface import implementer_only
 
 from popbridge.directory import FALLBACK, IDirectory, MemoryDirectory
 from popbridge.directory.ldap_search import UserFacts
+from popbridge.ledger import IRestorableLedger
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
 from popbridge.metrics.counters import Counters
@@ -41,8 +43,9 @@ class DownDirectory(MemoryDirectory):
         return succeed(FALLBACK)
 
 
+@implementer_only(IRestorableLedger)
 class WaitingLedger(MemoryLedger):
-    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
+    """A store that has to wait (Redis), not one answering from memory."""
 
 
 def request(client: str, sender: str | None) -> bytes:
