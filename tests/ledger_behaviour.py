@@ -1,7 +1,7 @@
 """The ledger behaviour every store must have, as one class of tests: each store's test module
 subclasses `LedgerBehaviour` and gives it a `ledger` fixture (the store under test) and a `clock`
 fixture (the task.Clock that store runs on). Memory and SQLite run in
-tests/unit/test_ledger_behaviour.py, Redis against a real redis-server in
+tests/unit/ledger/test_behaviour.py, Redis against a real redis-server in
 tests/integration/test_ledger_redis.py.
 
 Stores are driven by a `task.Clock` and a direct `run_blocking`, so every Deferred has fired

@@ -5,7 +5,7 @@ popbridge's hottest paths. prometheus-client's `Counter.inc` and `Histogram.obse
 per call and resolve label children by dictionary; for a lookup answered in 30 µs that was a
 sixth of its cost. These run on the reactor thread only, so a dict of numbers is enough, and a
 scrape builds the same families (names, labels, ``_total``/``_bucket``/``_sum``/``_count``)
-prometheus-client's own classes would (tests/unit/test_metrics_tally.py).
+prometheus-client's own classes would (tests/unit/metrics/test_tally.py).
 
 Metrics touched from other threads (LDAP) stay prometheus-client's.
 """

@@ -2,8 +2,8 @@
 
 import pytest
 
-from .test_config_ldap import LDAP, POLICY, load
-from .test_config_ldap import error as full_error
+from tests.unit.config.files import LDAP, POLICY, load
+from tests.unit.config.files import error as full_error
 
 
 def error(tmp_path, text) -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-WIRE = Path(__file__).resolve().parents[2] / "popbridge" / "wire"
+WIRE = Path(__file__).resolve().parents[3] / "popbridge" / "wire"
 
 
 def imported_modules(source: str) -> set[str]:

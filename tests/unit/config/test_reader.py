@@ -4,6 +4,8 @@ import pytest
 
 from popbridge.config import ConfigError, load_config
 
+from tests.unit.config.files import error, load
+
 GOOD = """
 [ledger]
 ttl = 1800
@@ -29,18 +31,6 @@ allow_updates = false
 [control]
 listen = "unix:address=/run/popbridge/control.sock:mode=600"
 """
-
-
-def load(tmp_path, text):
-    path = tmp_path / "popbridge.toml"
-    path.write_text(text)
-    return load_config(path)
-
-
-def error(tmp_path, text):
-    with pytest.raises(ConfigError) as e:
-        load(tmp_path, text)
-    return str(e.value)
 
 
 def test_the_issue_example_loads(tmp_path):

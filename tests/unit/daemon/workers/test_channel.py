@@ -17,7 +17,7 @@ from popbridge.ledger.memory import MemoryLedger
 from popbridge.metrics.counters import Counters
 from zope.interface.verify import verifyObject
 
-from .test_proxy_session import Harness
+from tests.unit.proxy.harness import Harness
 
 
 class HeldLedger(MemoryLedger):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from popbridge.wire.imap4 import Imap4LoginWatcher, ImapProtocolError
 from popbridge.wire.imap4_syntax import ImapSyntaxError, LiteralData, login_arguments, quoted
 from popbridge.wire.login import LoginFailed, LoginSucceeded
-from tests.unit.sessions import run_session
+from tests.unit.wire.sessions import run_session
 
 DOVECOT = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5] ready.\r\n"
 COURIER = b"* OK [CAPABILITY IMAP4rev1 UIDPLUS CHILDREN NAMESPACE IDLE AUTH=PLAIN AUTH=CRAM-MD5] Courier-IMAP ready.\r\n"

@@ -7,7 +7,7 @@ import pytest
 from popbridge.wire.imap4 import Imap4LoginWatcher
 from popbridge.wire.login import LoginSucceeded, RouteLogin
 from popbridge.wire.pop3 import Pop3LoginWatcher, Pop3ProtocolError
-from tests.unit.sessions import GREETING, Outcome, run_session
+from tests.unit.wire.sessions import GREETING, Outcome, run_session
 
 IMAP_GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] ready.\r\n"
 OTHER_POP3 = b"+OK other server ready.\r\n"

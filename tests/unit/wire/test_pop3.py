@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from popbridge.wire.login import LoginFailed, LoginSucceeded
 from popbridge.wire.pop3 import Pop3LoginWatcher, Pop3ProtocolError, State
-from tests.unit.sessions import GREETING, run_session
+from tests.unit.wire.sessions import GREETING, run_session
 
 
 def b64(data: bytes) -> bytes:

@@ -4,14 +4,8 @@ import pytest
 
 from popbridge.settings import LdapConfig
 
-from .test_config import error, load
+from tests.unit.config.files import LDAP, POLICY, error, load
 
-POLICY = '[[lookup]]\nprotocol = "policy"\nlisten = "unix:address=/tmp/p"\n'
-LDAP = """
-[ldap]
-url = "ldap://ldap.example.org"
-base = "dc=example,dc=org"
-"""
 SECRET = "hunter2-not-for-logs"
 
 

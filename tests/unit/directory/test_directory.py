@@ -15,8 +15,7 @@ from popbridge.directory import FALLBACK, NOT_FOUND, IDirectory, LdapDirectory, 
 from popbridge.directory.ldap_search import ConnectionPool, UserFacts
 
 from tests.doubles import direct_call, result
-
-from .ldap_mock import BIND_PASSWORD, CONFIG, MockLdap
+from tests.unit.ldap_mock import BIND_PASSWORD, CONFIG, MockLdap
 
 INJECTIONS = ["alice)(|(uid=*", "*", "alice*", "*)(memberOf=*", "alice\\", "alice\x00", "(uid=alice)", "ALICE )"]
 

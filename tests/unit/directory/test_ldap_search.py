@@ -6,7 +6,7 @@ import pytest
 
 from popbridge.directory.ldap_search import ConnectionPool, UserFacts, search_user, user_filter
 
-from .ldap_mock import CONFIG, MockLdap
+from tests.unit.ldap_mock import CONFIG, MockLdap
 
 
 def test_user_name_is_escaped_per_rfc_4515() -> None:

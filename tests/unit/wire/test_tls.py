@@ -5,7 +5,7 @@ import pytest
 from popbridge.wire.imap4 import STARTTLS_TAG, Imap4LoginWatcher, ImapProtocolError
 from popbridge.wire.login import StartBackendTls, StartClientTls, TlsOptions
 from popbridge.wire.pop3 import Pop3LoginWatcher, Pop3ProtocolError
-from tests.unit.sessions import GREETING, run_session
+from tests.unit.wire.sessions import GREETING, run_session
 
 OFFER = TlsOptions(offer_starttls=True)
 REQUIRED = TlsOptions(offer_starttls=True, required=True)

@@ -24,8 +24,7 @@ from popbridge.proxy.backend import EndpointConnector
 from popbridge.settings import LookupConfig, ProxyConfig
 from popbridge.verdict import Verdicts
 from tests.doubles import SpyEndpoint, UnavailableLedger
-
-from .ldap_mock import CONFIG, MockLdap
+from tests.unit.ldap_mock import CONFIG, MockLdap
 
 
 def sample(metrics: Metrics, name: str) -> float:

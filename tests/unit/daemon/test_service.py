@@ -286,7 +286,7 @@ import sys
 from twisted.internet.testing import MemoryReactorClock
 from popbridge.config import parse_config
 from popbridge.daemon.service import build_service
-from tests.unit.test_service import DOCUMENT
+from tests.unit.daemon.test_service import DOCUMENT
 document = dict(DOCUMENT, **({"demo": {"listen": "tcp:port=11110:interface=127.0.0.1"}} if sys.argv[1] == "demo" else {}))
 service = build_service(parse_config(document, "t.toml"), MemoryReactorClock())
 service.privilegedStartService()

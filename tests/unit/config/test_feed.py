@@ -4,8 +4,8 @@ import pytest
 
 from popbridge.settings import FeedConfig
 
-from .test_config import error as config_error
-from .test_config import load
+from tests.unit.config.files import error as config_error
+from tests.unit.config.files import load
 
 LOOKUP = '[[lookup]]\nprotocol = "policy"\nlisten = "unix:address=/tmp/p"\n'
 FEED = '[[feed]]\nprotocol = "dovecot"\nlisten = "tcp:port=8998:interface=127.0.0.1"\n'

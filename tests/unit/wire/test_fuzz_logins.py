@@ -20,7 +20,7 @@ from popbridge.wire.imap4 import Imap4LoginWatcher, ImapProtocolError
 from popbridge.wire.login import Action, Authenticated, LoginSucceeded, ToBackend, ToClient
 from popbridge.wire.pop3 import Pop3LoginWatcher, Pop3ProtocolError
 from popbridge.wire.proxy_header import V2_SIGNATURE, ProxyHeaderDecoder, ProxyHeaderError
-from tests.unit.sessions import GREETING as POP3_GREETING
+from tests.unit.wire.sessions import GREETING as POP3_GREETING
 
 
 def b64(data: bytes) -> bytes:

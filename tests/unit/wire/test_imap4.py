@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from popbridge.wire.imap4 import PROBE_TAG, Imap4LoginWatcher, ImapProtocolError
 from popbridge.wire.login import LoginFailed, LoginSucceeded
-from tests.unit.sessions import run_session
+from tests.unit.wire.sessions import run_session
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5] ready.\r\n"
 
