@@ -187,6 +187,22 @@ def test_store_calls_are_timed_and_failures_counted_without_changing_the_result(
     assert samples['popbridge_store_seconds_count{operation="record"}'] == 1
 
 
+def test_a_store_call_still_pending_is_timed_when_it_fires():
+    clock = Clock()
+    metrics = Metrics(now=clock.seconds)
+    store = MemoryLedger(clock, ttl=1800)
+    pending: Deferred[int] = Deferred()
+    store.purge = lambda: pending  # a store that writes behind, as SQLite and Redis do
+    purged: list[int] = []
+    MeasuredLedger(store, metrics).purge().addCallback(purged.append)
+    assert sample(metrics, 'popbridge_store_seconds_count{operation="purge"}') == 0
+    clock.advance(0.003)
+    pending.callback(4)
+    assert purged == [4]
+    assert sample(metrics, 'popbridge_store_seconds_count{operation="purge"}') == 1
+    assert sample(metrics, 'popbridge_store_seconds_sum{operation="purge"}') == 0.003
+
+
 def test_measured_ledger_passes_the_ttl_through_both_ways():
     store = MemoryLedger(Clock(), ttl=1800)
     ledger = MeasuredLedger(store, Metrics())
