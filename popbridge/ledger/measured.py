@@ -57,7 +57,7 @@ class MeasuredLedger:
             result: Deferred[Any] = call(*args, **kwargs)
         except Exception:
             result = fail()
-        if result.called and not result.paused and not result.callbacks:
+        if result.called and not result.paused:  # fired, and no callback of its own still waiting
             self._done(result.result, operation, started)
             return result
         return result.addBoth(self._done, operation, started)
