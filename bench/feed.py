@@ -8,7 +8,7 @@ Run as root from the repository (it starts private Dovecots as the fixtures do):
     .venv/bin/python bench/feed.py --quick    # about a minute
 
 Two tuned Dovecots with the same users: "direct" has no auth policy; "dovecot+feed" reports
-every authentication to a feed-only popbridge (README "Dovecot without a proxy":
+every authentication to a feed-only popbridge (docs/deploy/dovecot.md, "Dovecot without a proxy":
 ``auth_policy_report_after_auth = yes``, both checks off, ``record_on = "report"``).
 popbridge's proxy and nginx (when installed) sit in front of "direct"; with nginx installed,
 "dovecot+null" is a third Dovecot whose policy server is nginx answering "continue" and nothing
@@ -46,17 +46,8 @@ if str(ROOT) not in sys.path:
 from bench import load
 from bench.mail import USERS, Machine, Metered, PhaseCost, median, paced_probe, percentile, policy_requests, user
 from bench.peers import BenchDovecot, Nginx, tree_cpu
-from tests.integration.servers import (
-    FeedPopbridge,
-    Popbridge,
-    ServerError,
-    find_binary,
-    free_port,
-    short_directory,
-    stop_process,
-    tcp_connectable,
-    wait_until,
-)
+from tests.integration.servers.popbridge_daemon import FeedPopbridge, Popbridge
+from tests.integration.servers.processes import ServerError, find_binary, free_port, short_directory, stop_process, tcp_connectable, wait_until
 
 FEED_CHECKS = ("auth_policy_check_before_auth = no", "auth_policy_check_after_auth = no")
 

@@ -40,7 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.peers import BenchDovecot, _tree  # noqa: E402
-from tests.integration.servers import Popbridge, binary, wait_until  # noqa: E402
+from tests.integration.servers.popbridge_daemon import Popbridge  # noqa: E402
+from tests.integration.servers.processes import binary, wait_until  # noqa: E402
 
 IO_TIMEOUT = 15.0
 

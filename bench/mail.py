@@ -39,7 +39,9 @@ if str(ROOT) not in sys.path:
 
 from bench import load
 from bench.peers import BenchDovecot, Nginx, Perdition, TwistedRelay, tree_cpu, tree_rss
-from tests.integration.servers import Popbridge, ServerError, message_of_size
+from tests.integration.servers.clients import message_of_size
+from tests.integration.servers.popbridge_daemon import Popbridge
+from tests.integration.servers.processes import ServerError
 
 MESSAGE_SIZE = 20 * 1024 * 1024
 BENCH_USER, BENCH_PASSWORD = "bench", "bench-pw"

@@ -9,16 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.servers import (
-    Dovecot,
-    ServerError,
-    find_binary,
-    free_port,
-    short_directory,
-    stop_process,
-    tcp_connectable,
-    wait_until,
-)
+from tests.integration.servers.dovecot import Dovecot
+from tests.integration.servers.processes import ServerError, find_binary, free_port, short_directory, stop_process, tcp_connectable, wait_until
 
 HERE = Path(__file__).resolve().parent
 NGINX_MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")

@@ -37,7 +37,8 @@ from bench.mail import (
     user,
 )
 from bench.peers import BenchDovecot, tree_cpu
-from tests.integration.servers import Popbridge, message_of_size
+from tests.integration.servers.clients import message_of_size
+from tests.integration.servers.popbridge_daemon import Popbridge
 
 
 def py_spy() -> str:

@@ -15,7 +15,7 @@ Not a test: it prints a table. Run from the repository root::
    (fsynced) before `record` fires; Redis acknowledged it (with this benchmark's redis-server:
    no persistence).
 
-Redis is a private redis-server on a free loopback port (`tests/integration/servers.py`);
+Redis is a private redis-server on a free loopback port (`tests/integration/servers/redis_server.py`);
 without redis-server its rows are left out.
 """
 
@@ -35,7 +35,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.servers import Redis, find_binary, popbridge_command, unix_connectable, wait_until  # noqa: E402
+from tests.integration.servers.popbridge_daemon import popbridge_command  # noqa: E402
+from tests.integration.servers.processes import find_binary, unix_connectable, wait_until  # noqa: E402
+from tests.integration.servers.redis_server import Redis  # noqa: E402
 
 SEEDED = 200  # authorised addresses in each daemon
 

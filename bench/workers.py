@@ -43,7 +43,8 @@ if str(ROOT) not in sys.path:
 from bench import load
 from bench.mail import USERS, Machine, paced_probe, percentile, policy_requests, user
 from bench.peers import BenchDovecot, TwistedRelay, tree_cpu
-from tests.integration.servers import Popbridge, ServerError, free_port, stop_process, tcp_connectable, wait_until
+from tests.integration.servers.popbridge_daemon import Popbridge
+from tests.integration.servers.processes import ServerError, free_port, stop_process, tcp_connectable, wait_until
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,6 +1,6 @@
 """Which backend serves a user: the directory's `backend_attribute`, else the listener's default.
 
-Design (README, "Routing"): a session starts on the default backend. When the client's login
+Design (docs/ldap.md, "Routing"): a session starts on the default backend. When the client's login
 names its user before any secret is sent (POP3 USER, AUTH with an initial response or a
 first SASL response for PLAIN/LOGIN/XOAUTH2/OAUTHBEARER; IMAP LOGIN on one line,
 AUTHENTICATE likewise), the watcher holds it, and if the user lives elsewhere the session

@@ -1,8 +1,8 @@
 """A real Exim and a real Sendmail on loopback, each from its Debian root (see debian_root.py).
 
-Both relay only for 127.0.0.1 unless the README recipe under test says otherwise, keep every
+Both relay only for 127.0.0.1 unless the documented recipe under test says otherwise, keep every
 message they accept on their queue (nothing is ever delivered), and see popbridge's socket
-directory where README's recipes expect it, /run/popbridge, so a recipe goes in unchanged.
+directory where the recipes of docs/deploy/ expect it, /run/popbridge, so a recipe goes in unchanged.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from .servers import ServerError, _tail, binary, free_port, short_directory, stop_process, tcp_listening, wait_until
+from .servers import ServerError, binary, free_port, log_tail, short_directory, stop_process, tcp_listening, wait_until
 
 CONFIG = """\
 global
@@ -64,13 +64,13 @@ class Haproxy:
             )
         except ServerError as e:
             self.stop()
-            raise ServerError(f"{e}\n{_tail(self.log_path)}") from None
+            raise ServerError(f"{e}\n{log_tail(self.log_path)}") from None
         return self
 
     def _why_dead(self) -> str | None:
         assert self.process is not None
         code = self.process.poll()
-        return None if code is None else f"haproxy exited with status {code}: {_tail(self.log_path)}"
+        return None if code is None else f"haproxy exited with status {code}: {log_tail(self.log_path)}"
 
     def stop(self) -> None:
         stop_process(self.process)

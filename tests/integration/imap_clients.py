@@ -1,6 +1,6 @@
 """IMAP clients for the integration tests: imaplib bound to a chosen 127.0.0.x, curl, fetchmail.
 
-Kept apart from servers.py (the fixtures) so that the IMAP tests share one small module.
+Kept apart from servers/ (the fixtures) so that the IMAP tests share one small module.
 """
 
 from __future__ import annotations

@@ -39,6 +39,9 @@ from .scripted import (
 )
 from .servers import Dovecot, Popbridge, ServerError, free_port, tcp_listening, wait_until
 
+# every test asserts the second client's greetings each took under 1 s of real time
+pytestmark = pytest.mark.wallclock
+
 SECOND_CLIENT = "127.0.0.254"
 SYSTEM_ERRORS = ("Traceback", "Unhandled", "#critical]")
 

@@ -4,7 +4,7 @@ One popbridge daemon (SQLite store, no [[proxy]]: only [[feed]] and [[lookup]] t
 three feeds, each from a private Dovecot of its own (dovecot.conf lines from
 `FeedPopbridge.dovecot_settings` plus the checks in FEEDS):
 
-- `report`: Dovecot's default checks plus reports, recorded on reports (the README setup);
+- `report`: Dovecot's default checks plus reports, recorded on reports (the setup in docs/deploy/dovecot.md);
 - `after_auth`: ``auth_policy_check_before_auth = no``, recorded on the after-auth ``allow``;
 - `trap`: Dovecot's defaults (before-auth check on) under ``record_on = "after_auth"``, where a
   wrong password also sends an ``allow``: the guard must trip and record nothing.

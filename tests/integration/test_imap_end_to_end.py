@@ -160,6 +160,7 @@ def test_5mb_imap_fetch_through_popbridge_is_byte_identical(popbridge_daemon: St
     assert proxied == direct
 
 
+@pytest.mark.wallclock
 def test_idle_session_keeps_its_address_authorised_until_ttl_after_it_closes(
     popbridge_daemon: StartPopbridge, postfix: Postfix
 ) -> None:

@@ -220,6 +220,7 @@ def test_injection_strings_as_user_names_never_become_exempt(slapd: Slapd, start
     assert daemon.policy("127.0.0.39") == AUTHORISED
 
 
+@pytest.mark.wallclock
 def test_ldap_outage_answers_the_fallback_within_the_timeout_then_recovers(own_slapd, start_ldap_daemon) -> None:
     daemon = start_ldap_daemon(own_slapd)
     pop3_login(daemon.port, "127.0.0.40", "alice", PASSWORDS["alice"])
@@ -249,6 +250,7 @@ def test_ldap_outage_answers_the_fallback_within_the_timeout_then_recovers(own_s
     assert LDAP_BIND_PASSWORD not in log
 
 
+@pytest.mark.wallclock
 def test_a_hung_directory_costs_one_timeout_then_every_lookup_answers_at_once(own_slapd, start_ldap_daemon) -> None:
     """Issue 16, defect 4: slapd under SIGSTOP accepts connections and never answers. Postfix
     asks once per recipient; only the first look-up may wait the `timeout`, the others answer

@@ -20,8 +20,8 @@ from popbridge.config import LookupConfig
 from popbridge.ledger import LedgerUnavailable, new_session
 from popbridge.ledger.redis import RedisLedger, redis_client
 from popbridge.ledger.sqlite import SqliteLedger
-from tests.unit.test_ledger_behaviour import *  # noqa: F401,F403  the shared behaviour suite
-from tests.unit.test_ledger_behaviour import TTL, direct_call, result, users
+from tests.doubles import direct_call, result
+from tests.ledger_behaviour import TTL, LedgerBehaviour, epoch_clock, users
 
 from .conftest import require, started
 from .servers import (
@@ -37,11 +37,20 @@ def node(server: Redis, clock: Clock, ttl: float = TTL, timeout: float = 2.0) ->
 
 
 @pytest.fixture
-def ledger(redis_server: Redis, clock: Clock) -> Iterator[RedisLedger]:  # noqa: F811  replaces the suite's stores
+def clock() -> Clock:
+    return epoch_clock()
+
+
+@pytest.fixture
+def ledger(redis_server: Redis, clock: Clock) -> Iterator[RedisLedger]:
     redis_client(redis_server.url, "", 2.0).flushdb()
     store = node(redis_server, clock)
     yield store
     store.stop_refreshing()
+
+
+class TestRedisLedger(LedgerBehaviour):
+    """Every test of the shared ledger suite, against one node's Redis store."""
 
 
 @pytest.fixture
@@ -113,6 +122,7 @@ def test_a_crashed_nodes_sessions_end_ttl_after_it_was_last_seen(redis_server, c
     survivor.stop_refreshing()
 
 
+@pytest.mark.wallclock
 def test_redis_expires_the_address_itself(redis_server):
     """Real time here: the Redis TTL, not only popbridge's reading of `when`, ends a login."""
     redis_client(redis_server.url, "", 2.0).flushdb()
@@ -136,6 +146,7 @@ def test_a_dead_redis_is_unavailable_not_unknown(own_redis, clock):
     store.stop_refreshing()
 
 
+@pytest.mark.wallclock
 @pytest_twisted.ensureDeferred
 async def test_a_hung_redis_answers_unavailable_within_the_timeout_then_recovers(own_redis):
     pool = ThreadPool(1, 4, name="test-redis")
@@ -244,6 +255,7 @@ def _knows_everyone(sentinel: RedisSentinel) -> bool:
     return state is not None and state["num-other-sentinels"] == 2 and state["num-slaves"] == 1
 
 
+@pytest.mark.wallclock
 def test_a_failover_costs_tempfails_never_a_false_yes_then_service_resumes_without_a_restart(
     sentinel_group, daemon_on_sentinels
 ):

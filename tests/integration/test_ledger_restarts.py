@@ -143,6 +143,7 @@ def test_the_ttl_holds_on_both_nodes(dovecot, own_redis, daemons):
     assert policy_action(b.policy_socket, "127.0.0.42") == "action=DUNNO"
 
 
+@pytest.mark.wallclock
 def test_a_dead_redis_gives_prompt_tempfails_on_both_nodes_then_recovery(pair, own_redis):
     a, b = pair
     pop3_login(a.port, "127.0.0.43", "carol", "carol-pw")

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from .login_burst import Burst, BurstClient, draw_clients, run_burst, settled_check
-from .servers import Dovecot, Popbridge, ServerError
-from .test_relay_recipes import netstring
+from .servers import Dovecot, Popbridge, ServerError, netstring
 
 pytestmark = [pytest.mark.realserver, pytest.mark.wallclock]
 

@@ -36,6 +36,7 @@ def test_login_from_one_address_does_not_let_another_relay(popbridge_daemon: Sta
     assert postfix.rcpt_code("127.0.0.6") == RELAY_DENIED
 
 
+@pytest.mark.wallclock
 def test_relay_is_refused_again_after_ttl(popbridge_daemon: StartPopbridge, postfix: Postfix) -> None:
     ttl = 2.0
     daemon = popbridge_daemon(ttl=ttl)

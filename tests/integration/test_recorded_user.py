@@ -14,7 +14,7 @@ Dovecot here trusts popbridge (login_trusted_networks), so popbridge forwards ea
 address (XCLIENT, ID) and Dovecot logs and penalises that address, never popbridge's own: each
 example uses an address of its own and failed logins do not stall the next one. Dovecot's
 default ``auth_username_format = %Lu`` would log ``ALICE`` in as ``alice`` while popbridge
-records the name as sent (see README); this instance keeps names as sent, so that the check
+records the name as sent (see docs/security.md, "Letter case"); this instance keeps names as sent, so that the check
 compares the two readings of the bytes exactly.
 """
 

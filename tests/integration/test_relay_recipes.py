@@ -1,6 +1,7 @@
-"""The relay recipes in README's "Deploying" section, in real relays, against the real daemon.
+"""The relay recipes of docs/deploy/ (postfix.md, sendmail.md, exim.md), in real relays, against
+the real daemon.
 
-Each recipe is cut out of README.md here and put into a real relay, so README and test cannot
+Each recipe is cut out of its page here and put into a real relay, so page and test cannot
 drift: Postfix's policy and socketmap lines into a private Postfix (the socketmap path moved to
 this test's directory), Sendmail's .mc lines into a sendmail.cf built by m4, Exim's ACL lines
 into acl_smtp_rcpt. Sendmail and Exim run from Debian roots of their own (debian_root.py),
@@ -28,14 +29,14 @@ from .servers import Dovecot, Popbridge, Postfix, Redis, ServerError, pop3_login
 
 pytestmark = pytest.mark.realserver
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+DEPLOY_PAGES = Path(__file__).resolve().parents[2] / "docs" / "deploy"
 ACCEPTED, DEFERRED = 250, 450
 INBOUND = "inbound.example"  # a relay_domains domain: mail for it is not a relay attempt
 
 
-def readme_block(first_line: str) -> str:
-    """The fenced block in README's Deploying section whose first line is `first_line`."""
-    deploying = README.read_text().split("\n## Deploying\n", 1)[1].split("\n## ", 1)[0]
+def documented_block(first_line: str) -> str:
+    """The fenced block of a docs/deploy/ page whose first line is `first_line`."""
+    deploying = "\n".join(page.read_text() for page in sorted(DEPLOY_PAGES.glob("*.md")))
     blocks: list[list[str]] = []
     block: list[str] | None = None  # the lines of the fenced block we are in, if any
     for line in deploying.splitlines():
@@ -49,7 +50,7 @@ def readme_block(first_line: str) -> str:
     for lines in blocks:
         if lines and lines[0] == first_line:
             return "\n".join(lines) + "\n"
-    raise AssertionError(f"README.md Deploying has no block starting '{first_line}'")
+    raise AssertionError(f"no docs/deploy/ page has a block starting '{first_line}'")
 
 
 class Relay(Protocol):
@@ -58,8 +59,8 @@ class Relay(Protocol):
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one README recipe is started, and what its relay answers RCPT TO while popbridge is
-    stopped, crashed or hung (README's "When something is down" table says the same)."""
+    """How one documented recipe is started, and what its relay answers RCPT TO while popbridge
+    is stopped, crashed or hung (docs/operations.md, "When something is down", says the same)."""
 
     start: Callable[[list[object], Dovecot], tuple[Popbridge, Relay]]
     refused_before: int
@@ -92,12 +93,12 @@ def _relay(started: list[object], server: Postfix | Exim | Sendmail) -> Postfix 
     try:
         return server.start()
     except ServerError as e:
-        pytest.fail(f"{type(server).__name__} with README's lines did not start: {e}", pytrace=False)
+        pytest.fail(f"{type(server).__name__} with the documented lines did not start: {e}", pytrace=False)
 
 
 def postfix_policy(started: list[object], dovecot: Dovecot) -> tuple[Popbridge, Relay]:
     require("postfix", "postmap")
-    main_cf = readme_block("# main.cf: popbridge policy")
+    main_cf = documented_block("# main.cf: popbridge policy")
     assert "{ default_action = DEFER 4.3.0 POP-before-SMTP check unavailable }" in main_cf
     main_cf += f"relay_domains = {INBOUND}\n"
     postfix = _relay(started, Postfix(policy_socket=Path("/nonexistent/unused.sock"), main_extra=main_cf))
@@ -109,7 +110,7 @@ def postfix_policy(started: list[object], dovecot: Dovecot) -> tuple[Popbridge, 
 def postfix_socketmap(started: list[object], dovecot: Dovecot) -> tuple[Popbridge, Relay]:
     require("postfix", "postmap")
     daemon = _popbridge(started, dovecot)
-    main_cf = readme_block("# main.cf: popbridge socketmap")
+    main_cf = documented_block("# main.cf: popbridge socketmap")
     assert "proxy:socketmap:unix:/run/popbridge/socketmap.sock:access" in main_cf
     main_cf = main_cf.replace("/run/popbridge/socketmap.sock", str(daemon.socketmap_socket))
     return daemon, _relay(started, Postfix(policy_socket=daemon.policy_socket, main_extra=main_cf))
@@ -118,7 +119,7 @@ def postfix_socketmap(started: list[object], dovecot: Dovecot) -> tuple[Popbridg
 def sendmail_socketmap(started: list[object], dovecot: Dovecot) -> tuple[Popbridge, Relay]:
     layers = require_debian_root(CYRUS_SENDMAIL)
     daemon = _popbridge(started, dovecot)
-    mc = readme_block("dnl sendmail.mc: popbridge socketmap")
+    mc = documented_block("dnl sendmail.mc: popbridge socketmap")
     assert "local:/run/popbridge/socketmap.sock" in mc and daemon.socketmap_socket.name == "socketmap.sock"
     return daemon, _relay(started, Sendmail(layers, binds={"/run/popbridge": daemon.directory}, mc=mc))
 
@@ -126,7 +127,7 @@ def sendmail_socketmap(started: list[object], dovecot: Dovecot) -> tuple[Popbrid
 def exim_whoson(started: list[object], dovecot: Dovecot) -> tuple[Popbridge, Relay]:
     layers = require_debian_root(COURIER_EXIM)
     daemon = _popbridge(started, dovecot)
-    acl = readme_block("# exim4.conf: popbridge WHOSON, in acl_smtp_rcpt before the relay check")
+    acl = documented_block("# exim4.conf: popbridge WHOSON, in acl_smtp_rcpt before the relay check")
     assert "${readsocket{/run/popbridge/whoson.sock}" in acl and daemon.whoson_socket.name == "whoson.sock"
     return daemon, _relay(started, Exim(layers, binds={"/run/popbridge": daemon.directory}, acl=acl))
 
@@ -157,7 +158,7 @@ def bring_down(daemon: Popbridge, outage: str) -> None:
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_readme_recipe_relays_only_after_a_pop3_login(
+def test_documented_recipe_relays_only_after_a_pop3_login(
     name: str, started: list[object], dovecot: Dovecot
 ) -> None:
     recipe = RECIPES[name]
@@ -171,7 +172,7 @@ def test_readme_recipe_relays_only_after_a_pop3_login(
 
 @pytest.mark.parametrize("outage", ("stopped", "crashed", "hung"))
 @pytest.mark.parametrize("name", RECIPES)
-def test_readme_recipe_never_relays_while_popbridge_is_down(
+def test_documented_recipe_never_relays_while_popbridge_is_down(
     name: str, outage: str, started: list[object], dovecot: Dovecot
 ) -> None:
     recipe = RECIPES[name]
@@ -185,7 +186,7 @@ def test_readme_recipe_never_relays_while_popbridge_is_down(
     assert rcpt_code(relay.port, "127.0.0.1") == ACCEPTED
 
 
-def test_readme_policy_recipe_never_delays_inbound_mail_while_popbridge_is_down(
+def test_documented_policy_recipe_never_delays_inbound_mail_while_popbridge_is_down(
     started: list[object], dovecot: Dovecot
 ) -> None:
     daemon, relay = postfix_policy(started, dovecot)
@@ -194,12 +195,12 @@ def test_readme_policy_recipe_never_delays_inbound_mail_while_popbridge_is_down(
     assert rcpt_code(relay.port, "127.0.0.22", recipient=f"someone@{INBOUND}") == ACCEPTED
 
 
-def test_readme_policy_recipe_defers_a_relay_attempt_when_the_store_is_down(
+def test_documented_policy_recipe_defers_a_relay_attempt_when_the_store_is_down(
     started: list[object], dovecot: Dovecot, own_redis: Redis
 ) -> None:
     require("postfix", "postmap")
     postfix = _relay(started, Postfix(policy_socket=Path("/nonexistent/unused.sock"),
-                                      main_extra=readme_block("# main.cf: popbridge policy")))
+                                      main_extra=documented_block("# main.cf: popbridge policy")))
     socket_path = postfix.directory / "queue" / "private" / "popbridge"
     daemon = _popbridge(started, dovecot, policy_socket=socket_path, store=own_redis.url)
     pop3_login(daemon.port, "127.0.0.28", "alice", "alice-pw")
@@ -209,7 +210,7 @@ def test_readme_policy_recipe_defers_a_relay_attempt_when_the_store_is_down(
     assert rcpt_code(postfix.port, "127.0.0.29") == DEFERRED
 
 
-def test_readme_sendmail_recipe_asks_for_an_ipv6_client_by_its_bare_address(
+def test_documented_sendmail_recipe_asks_for_an_ipv6_client_by_its_bare_address(
     started: list[object], dovecot: Dovecot
 ) -> None:
     """Sendmail writes an IPv6 client as `IPv6:2001:db8::7`; the recipe must ask popbridge for
@@ -230,7 +231,7 @@ allow_updates = true
         s.sendall(b"LOGIN 2001:db8::7 alice\r\n\r\n")
         assert s.recv(64).startswith(b"+")
     sendmail = _relay(started, Sendmail(layers, binds={"/run/popbridge": daemon.directory},
-                                        mc=readme_block("dnl sendmail.mc: popbridge socketmap")))
+                                        mc=documented_block("dnl sendmail.mc: popbridge socketmap")))
     answers = {}
     for client in ("IPv6:2001:DB8::7", "IPv6:2001:db8::8"):
         tested = sendmail.chroot.run_with_input(

@@ -22,11 +22,12 @@ from .servers import (
     Popbridge,
     StartPopbridge,
     free_port,
+    netstring,
+    policy_action,
     pop3_login,
     short_directory,
+    socketmap_answer,
 )
-from .test_ledger_restarts import policy
-from .test_relay_recipes import netstring
 from .tls_support import TlsCertificates, plain_proxy
 
 pytestmark = pytest.mark.realserver
@@ -44,21 +45,13 @@ def reload_with(daemon: Popbridge, extra_config: str, logged: str, policy_extra:
     return daemon.log.wait_for(lambda line: logged in line, since=mark)
 
 
-def socketmap(path: Path | str, address: str) -> bytes:
-    """One socketmap `user` query for `address`; the netstring answered."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(path))
-        s.sendall(netstring(f"user {address}"))
-        return s.recv(4096)
-
 
 def assert_serving(daemon: Popbridge, port: int, source: str, user: str) -> None:
     """The daemon is up, proxies a login on `port`, and both lookups answer for it."""
     assert daemon.process is not None and daemon.process.poll() is None, daemon.output()
     assert pop3_login(port, source, user, f"{user}-pw").startswith(b"+OK")
-    assert policy(daemon.policy_socket, source) == "action=OK"
-    assert socketmap(daemon.socketmap_socket, source) == netstring(f"OK {user}")
+    assert policy_action(daemon.policy_socket, source) == "action=OK"
+    assert socketmap_answer(daemon.socketmap_socket, source, "user") == netstring(f"OK {user}")
 
 
 def test_a_reload_adding_a_proxy_on_a_taken_port_keeps_serving_and_binds_it_once_free(
@@ -95,7 +88,7 @@ def test_a_reload_adding_a_lookup_in_an_unwritable_directory_keeps_serving_and_b
         os.chown(locked, MAIL_UID, MAIL_GID)  # the operator fixes the directory: nobody's now
         daemon.log.wait_for(lambda line: f"listening for socketmap lookups on unix:address={added}" in line,
                             since=mark, timeout=30)
-        assert socketmap(added, "127.0.163.11") == netstring("OK alice")
+        assert socketmap_answer(added, "127.0.163.11", "user") == netstring("OK alice")
         assert_serving(daemon, daemon.port, "127.0.163.12", "bob")
     finally:
         shutil.rmtree(locked, ignore_errors=True)
@@ -105,9 +98,9 @@ def test_a_reload_changing_a_lookup_keeps_its_socket_after_privileges_were_dropp
     popbridge_daemon: StartPopbridge,
 ) -> None:
     daemon = popbridge_daemon(run_as=("nobody", "nogroup"))  # its sockets sit in root's directories
-    assert policy(daemon.policy_socket, "127.0.163.31") == "action=DUNNO"
+    assert policy_action(daemon.policy_socket, "127.0.163.31") == "action=DUNNO"
     reload_with(daemon, "", "new settings for policy lookups", policy_extra='unknown_action = "REJECT"\n')
-    assert policy(daemon.policy_socket, "127.0.163.31") == "action=REJECT"
+    assert policy_action(daemon.policy_socket, "127.0.163.31") == "action=REJECT"
     assert_serving(daemon, daemon.port, "127.0.163.32", "alice")
     assert "cannot listen" not in daemon.output()
 

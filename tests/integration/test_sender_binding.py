@@ -1,5 +1,6 @@
-"""Sender binding end to end: real Dovecot logins, real slapd, and a real Postfix that runs
-README's own policy lines, with swaks as the mail client from 127.0.0.x addresses.
+"""Sender binding end to end: real Dovecot logins, real slapd, and a real Postfix that runs the
+documented Postfix policy lines (docs/deploy/postfix.md), with swaks as the mail client from
+127.0.0.x addresses.
 
 Owners: `domains = ["example.org"]` gives every login name its example.org address; the map
 file gives shared@example.org to alice and bob; LDAP gives carol carol@ldap.example (`mail`)
@@ -35,7 +36,7 @@ from .servers import (
 
 pytestmark = pytest.mark.realserver
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+POSTFIX_PAGE = Path(__file__).resolve().parents[2] / "docs" / "deploy" / "postfix.md"
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw"}
 MISMATCH_TEXT = "Sender address is not yours"
@@ -63,10 +64,10 @@ PEOPLE = {
 }
 
 
-def readme_policy_lines() -> str:
-    """README's Postfix policy lines (Deploying), verbatim: the block after its first line."""
+def documented_policy_lines() -> str:
+    """docs/deploy/postfix.md's policy lines, verbatim: the block after its first line."""
     first = "```\n# main.cf: popbridge policy\n"
-    text = README.read_text()
+    text = POSTFIX_PAGE.read_text()
     start = text.index(first) + len(first)
     return text[start:text.index("```", start)]
 
@@ -100,12 +101,12 @@ def own_slapd() -> Iterator[Slapd]:
 
 
 @pytest.fixture(scope="module")
-def readme_postfix() -> Iterator[Postfix]:
-    """Postfix with README's `# main.cf: popbridge policy` lines verbatim: the policy service is
+def documented_postfix() -> Iterator[Postfix]:
+    """Postfix with the `# main.cf: popbridge policy` lines of docs/deploy/postfix.md verbatim: the policy service is
     `unix:private/popbridge` under its queue directory, where the binding listener listens."""
     require("postfix", "postmap", "swaks")
     unused = short_directory("pb-unused-")
-    server = started(Postfix(policy_socket=unused / "policy.sock", main_extra=readme_policy_lines()))
+    server = started(Postfix(policy_socket=unused / "policy.sock", main_extra=documented_policy_lines()))
     yield server
     server.cleanup()
     unused.rmdir()
@@ -116,7 +117,7 @@ def binding_socket(postfix: Postfix) -> Path:
 
 
 class BindingDaemon:
-    """The daemon with a binding policy listener where README's Postfix asks, plus a client
+    """The daemon with a binding policy listener where the documented Postfix asks, plus a client
     for that listener (to time an answer without Postfix in between)."""
 
     def __init__(self, daemon: Popbridge, socket_path: Path, senders_map: Path) -> None:
@@ -143,13 +144,13 @@ StartBinding = Callable[[Slapd], BindingDaemon]
 
 
 @pytest.fixture
-def start_binding(popbridge_daemon: StartPopbridge, readme_postfix: Postfix) -> Iterator[StartBinding]:
+def start_binding(popbridge_daemon: StartPopbridge, documented_postfix: Postfix) -> Iterator[StartBinding]:
     """`start_binding(slapd)`: the daemon in front of Dovecot with `sender_binding = true` on the
-    listener README's Postfix asks, [senders] from all three sources, and [ldap] on `slapd`."""
+    listener the documented Postfix asks, [senders] from all three sources, and [ldap] on `slapd`."""
     directory = short_directory("pb-senders-")
     (directory / "senders").write_text(SENDERS_MAP)
     (directory / "bind.pw").write_text(LDAP_BIND_PASSWORD + "\n")
-    socket_path = binding_socket(readme_postfix)
+    socket_path = binding_socket(documented_postfix)
 
     def start(slapd: Slapd) -> BindingDaemon:
         socket_path.unlink(missing_ok=True)  # left by the previous test's daemon
@@ -204,13 +205,13 @@ def rcpt_code(postfix: Postfix, source: str, sender: str) -> int:
     return swaks(postfix, source, sender)[0]
 
 
-def test_logged_in_user_relays_as_herself_not_as_another_and_bounces_pass(slapd, start_binding, readme_postfix) -> None:
+def test_logged_in_user_relays_as_herself_not_as_another_and_bounces_pass(slapd, start_binding, documented_postfix) -> None:
     daemon = start_binding(slapd)
     daemon.login("127.0.0.61", "alice")
-    assert rcpt_code(readme_postfix, "127.0.0.61", "alice@example.org") == 250
-    code, text = swaks(readme_postfix, "127.0.0.61", "bob@example.org")
+    assert rcpt_code(documented_postfix, "127.0.0.61", "alice@example.org") == 250
+    code, text = swaks(documented_postfix, "127.0.0.61", "bob@example.org")
     assert code == 554 and text.endswith(f"Recipient address rejected: {MISMATCH_TEXT}")
-    assert rcpt_code(readme_postfix, "127.0.0.61", "<>") == 250
+    assert rcpt_code(documented_postfix, "127.0.0.61", "<>") == 250
     log = daemon.daemon.output()
     assert "policy 127.0.0.61: sender bob@example.org refused: not an address of alice" in log
     assert "alice-pw" not in log
@@ -218,19 +219,19 @@ def test_logged_in_user_relays_as_herself_not_as_another_and_bounces_pass(slapd,
     assert 'popbridge_lookups_total{answer="mismatch",protocol="policy"} 1' in stats
 
 
-def test_every_user_logged_in_on_the_address_may_send_as_themselves(slapd, start_binding, readme_postfix) -> None:
+def test_every_user_logged_in_on_the_address_may_send_as_themselves(slapd, start_binding, documented_postfix) -> None:
     daemon = start_binding(slapd)
     daemon.login("127.0.0.62", "alice")
     daemon.login("127.0.0.62", "bob")
-    assert rcpt_code(readme_postfix, "127.0.0.62", "alice@example.org") == 250
-    assert rcpt_code(readme_postfix, "127.0.0.62", "bob@example.org") == 250
-    assert swaks(readme_postfix, "127.0.0.62", "carol@ldap.example")[1].endswith(MISMATCH_TEXT)
+    assert rcpt_code(documented_postfix, "127.0.0.62", "alice@example.org") == 250
+    assert rcpt_code(documented_postfix, "127.0.0.62", "bob@example.org") == 250
+    assert swaks(documented_postfix, "127.0.0.62", "carol@ldap.example")[1].endswith(MISMATCH_TEXT)
 
 
-def test_address_without_a_login_is_denied_as_before(slapd, start_binding, readme_postfix) -> None:
+def test_address_without_a_login_is_denied_as_before(slapd, start_binding, documented_postfix) -> None:
     daemon = start_binding(slapd)
     daemon.login("127.0.0.63", "alice")
-    code, text = swaks(readme_postfix, "127.0.0.64", "alice@example.org")
+    code, text = swaks(documented_postfix, "127.0.0.64", "alice@example.org")
     assert code == 554 and "Relay access denied" in text
 
 
@@ -241,21 +242,21 @@ def test_without_sender_binding_any_sender_relays_as_today(slapd, start_binding,
     assert rcpt_code(postfix, "127.0.0.66", "alice@example.org") == 554
 
 
-def test_owners_from_the_map_file(slapd, start_binding, readme_postfix) -> None:
+def test_owners_from_the_map_file(slapd, start_binding, documented_postfix) -> None:
     daemon = start_binding(slapd)
     daemon.login("127.0.0.67", "bob")
     daemon.login("127.0.0.68", "carol")
-    assert rcpt_code(readme_postfix, "127.0.0.67", "shared@example.org") == 250
-    assert rcpt_code(readme_postfix, "127.0.0.68", "shared@example.org") == 554
+    assert rcpt_code(documented_postfix, "127.0.0.67", "shared@example.org") == 250
+    assert rcpt_code(documented_postfix, "127.0.0.68", "shared@example.org") == 554
 
 
-def test_owners_from_ldap_mail_and_mail_alternate_address(slapd, start_binding, readme_postfix) -> None:
+def test_owners_from_ldap_mail_and_mail_alternate_address(slapd, start_binding, documented_postfix) -> None:
     daemon = start_binding(slapd)
     daemon.login("127.0.0.69", "carol")
-    assert rcpt_code(readme_postfix, "127.0.0.69", "carol@ldap.example") == 250  # mail
-    assert rcpt_code(readme_postfix, "127.0.0.69", "carol.second@ldap.example") == 250  # mailAlternateAddress
-    assert rcpt_code(readme_postfix, "127.0.0.69", "carol@example.org") == 250  # domains
-    assert rcpt_code(readme_postfix, "127.0.0.69", "dave@ldap.example") == 554  # dave's entry, not carol's
+    assert rcpt_code(documented_postfix, "127.0.0.69", "carol@ldap.example") == 250  # mail
+    assert rcpt_code(documented_postfix, "127.0.0.69", "carol.second@ldap.example") == 250  # mailAlternateAddress
+    assert rcpt_code(documented_postfix, "127.0.0.69", "carol@example.org") == 250  # domains
+    assert rcpt_code(documented_postfix, "127.0.0.69", "dave@ldap.example") == 554  # dave's entry, not carol's
 
 
 def timed(ask: Callable[[], str]) -> tuple[str, float]:
@@ -264,8 +265,9 @@ def timed(ask: Callable[[], str]) -> tuple[str, float]:
     return answer, time.monotonic() - started
 
 
+@pytest.mark.wallclock
 def test_ldap_outage_leaves_the_map_deciding_and_defers_what_only_ldap_could_vouch_for(
-    own_slapd, start_binding, readme_postfix
+    own_slapd, start_binding, documented_postfix
 ) -> None:
     daemon = start_binding(own_slapd)
     daemon.login("127.0.0.70", "carol")  # nobody has asked LDAP about carol yet
@@ -274,10 +276,10 @@ def test_ldap_outage_leaves_the_map_deciding_and_defers_what_only_ldap_could_vou
     answer, seconds = timed(lambda: daemon.policy("127.0.0.70", "carol.second@ldap.example"))
     print(f"slapd hung: {answer!r} after {seconds:.3f} s (timeout {TIMEOUT} s)")
     assert answer.startswith("DEFER 4.3.0") and seconds < TIMEOUT + MARGIN
-    code, text = swaks(readme_postfix, "127.0.0.70", "carol.second@ldap.example")
+    code, text = swaks(documented_postfix, "127.0.0.70", "carol.second@ldap.example")
     assert code == 450 and text.endswith(TEMPFAIL_TEXT)
-    assert rcpt_code(readme_postfix, "127.0.0.70", "carol@example.org") == 250  # domains still decide
-    assert swaks(readme_postfix, "127.0.0.70", "shared@example.org")[1].endswith(MISMATCH_TEXT)  # the map too
+    assert rcpt_code(documented_postfix, "127.0.0.70", "carol@example.org") == 250  # domains still decide
+    assert swaks(documented_postfix, "127.0.0.70", "shared@example.org")[1].endswith(MISMATCH_TEXT)  # the map too
 
     own_slapd.resume()
     wait_until(lambda: daemon.policy("127.0.0.70", "carol.second@ldap.example") == "OK", "LDAP answers after SIGCONT")
@@ -287,20 +289,20 @@ def test_ldap_outage_leaves_the_map_deciding_and_defers_what_only_ldap_could_vou
     answer, seconds = timed(lambda: daemon.policy("127.0.0.71", "dave@ldap.example"))
     print(f"slapd stopped: {answer!r} after {seconds:.3f} s")
     assert answer.startswith("DEFER 4.3.0") and seconds < TIMEOUT + MARGIN
-    assert rcpt_code(readme_postfix, "127.0.0.71", "dave@ldap.example") == 450
-    assert rcpt_code(readme_postfix, "127.0.0.71", "dave@example.org") == 250
-    assert rcpt_code(readme_postfix, "127.0.0.70", "carol.second@ldap.example") == 250  # carol's entry is cached
+    assert rcpt_code(documented_postfix, "127.0.0.71", "dave@ldap.example") == 450
+    assert rcpt_code(documented_postfix, "127.0.0.71", "dave@example.org") == 250
+    assert rcpt_code(documented_postfix, "127.0.0.70", "carol.second@ldap.example") == 250  # carol's entry is cached
     assert LDAP_BIND_PASSWORD not in daemon.daemon.output()
 
 
-def test_map_file_is_reread_on_sighup_and_a_broken_one_changes_nothing(slapd, start_binding, readme_postfix) -> None:
+def test_map_file_is_reread_on_sighup_and_a_broken_one_changes_nothing(slapd, start_binding, documented_postfix) -> None:
     daemon = start_binding(slapd)
     daemon.login("127.0.0.72", "carol")
-    assert rcpt_code(readme_postfix, "127.0.0.72", "shared@example.org") == 554
+    assert rcpt_code(documented_postfix, "127.0.0.72", "shared@example.org") == 554
     daemon.senders_map.write_text("shared@example.org  alice, bob, carol\n")
     daemon.reload()
-    assert rcpt_code(readme_postfix, "127.0.0.72", "shared@example.org") == 250
+    assert rcpt_code(documented_postfix, "127.0.0.72", "shared@example.org") == 250
     daemon.senders_map.write_text("shared@example.org  alice\ncarol carol\n")
     daemon.reload()
     assert "line 2: 'carol' is not address@domain or @domain" in daemon.daemon.output()
-    assert rcpt_code(readme_postfix, "127.0.0.72", "shared@example.org") == 250
+    assert rcpt_code(documented_postfix, "127.0.0.72", "shared@example.org") == 250

@@ -17,8 +17,18 @@ from pathlib import Path
 import pytest
 
 from .imap_clients import BoundIMAP4, close, imap_login
-from .servers import BoundPOP3, Dovecot, Popbridge, Postfix, ServerError, pop3_login, stop_process, wait_until
-from .test_ledger_restarts import policy
+from .servers import (
+    BoundPOP3,
+    Dovecot,
+    Popbridge,
+    Postfix,
+    ServerError,
+    policy_action,
+    pop3_login,
+    socketmap_answer,
+    stop_process,
+    wait_until,
+)
 
 pytestmark = pytest.mark.realserver
 
@@ -62,14 +72,6 @@ def worker_processes(daemon: Popbridge) -> list[int]:
     return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
 
-def socketmap(path: Path, key: str, name: str = "access") -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(path))
-        query = f"{name} {key}".encode()
-        s.sendall(b"%d:%s," % (len(query), query))
-        return s.recv(4096)
-
 
 def login(daemon: Popbridge, source: str) -> str:
     """A POP3 login from even-numbered addresses, an IMAP login from odd ones."""
@@ -97,8 +99,8 @@ def test_200_logins_spread_over_two_workers_are_all_recorded_and_answered(doveco
     assert set(served) == set(sources)
     assert {worker for workers in served.values() for worker in workers} == {"1", "2"}
     for source in sources:
-        assert policy(daemon.policy_socket, source) == "action=OK", source
-        assert socketmap(daemon.socketmap_socket, source) == b"5:OK OK,", source
+        assert policy_action(daemon.policy_socket, source) == "action=OK", source
+        assert socketmap_answer(daemon.socketmap_socket, source) == b"5:OK OK,", source
     for source in ("127.0.0.40", "127.0.0.41", "127.0.0.238", "127.0.0.239"):  # the real relay, both protocols
         assert postfix.rcpt_code(source) == 250
         assert postfix.postmap_query(source, daemon.socketmap_table("access")) == "OK"
@@ -200,7 +202,7 @@ def test_sigterm_drains_every_worker_and_stops_once_sessions_end(dovecot, daemon
 
 def policy_unanswered(daemon: Popbridge) -> bool:
     try:
-        policy(daemon.policy_socket, "127.0.0.70")
+        policy_action(daemon.policy_socket, "127.0.0.70")
     except OSError:
         return True
     return False

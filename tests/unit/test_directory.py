@@ -14,26 +14,17 @@ from zope.interface.verify import verifyObject
 from popbridge.directory import FALLBACK, NOT_FOUND, IDirectory, LdapDirectory, MemoryDirectory
 from popbridge.ldap_search import ConnectionPool, UserFacts
 
+from tests.doubles import direct_call, result
+
 from .ldap_mock import BIND_PASSWORD, CONFIG, MockLdap
 
 INJECTIONS = ["alice)(|(uid=*", "*", "alice*", "*)(memberOf=*", "alice\\", "alice\x00", "(uid=alice)", "ALICE )"]
 
 
-def result(d: Deferred) -> object:
-    box: list[object] = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    return box[0]
-
-
-def direct(f, *args):  # run_blocking for tests: the "thread" runs at once
-    return maybeDeferred(f, *args)
-
-
 PROBE_BACKOFF = backoffPolicy(initialDelay=1.0, maxDelay=30.0, factor=2.0, jitter=lambda: 0.0)  # 1, 2, 4 ... 30
 
 
-def ldap_directory(ldap: MockLdap, clock: Clock, run_blocking=direct, **overrides) -> LdapDirectory:
+def ldap_directory(ldap: MockLdap, clock: Clock, run_blocking=direct_call, **overrides) -> LdapDirectory:
     config = replace(CONFIG, **overrides)
     return LdapDirectory(config, ConnectionPool(ldap.connect, 2), run_blocking, clock, probe_backoff=PROBE_BACKOFF)
 
@@ -327,7 +318,7 @@ def test_bind_password_never_reaches_the_log() -> None:
         from ldap3.core.exceptions import LDAPBindError
         raise LDAPBindError(f"bind with password {BIND_PASSWORD} refused")
 
-    directory = LdapDirectory(CONFIG, ConnectionPool(refusing, 2), direct, Clock())
+    directory = LdapDirectory(CONFIG, ConnectionPool(refusing, 2), direct_call, Clock())
     with capturedLogs() as events:
         assert result(directory.facts("alice")) == FALLBACK
     assert events
@@ -344,7 +335,7 @@ def test_no_exempt_filter_means_nobody_is_exempt() -> None:
 def test_sender_addresses_come_through_the_cache() -> None:
     clock, ldap = Clock(), MockLdap()
     ldap.add("erin", {"mail": "erin@example.org"})
-    directory = LdapDirectory(CONFIG, ConnectionPool(ldap.connect, 2), direct, clock, address_attributes=("mail",))
+    directory = LdapDirectory(CONFIG, ConnectionPool(ldap.connect, 2), direct_call, clock, address_attributes=("mail",))
     assert result(directory.facts("erin")).addresses == {"erin@example.org"}
     ldap.down = True
     assert result(directory.facts("erin")).addresses == {"erin@example.org"}

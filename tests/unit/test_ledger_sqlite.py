@@ -11,14 +11,13 @@ from twisted.logger import capturedLogs
 from popbridge.ledger import LedgerStoreError, new_session
 from popbridge.ledger.sqlite import SqliteLedger
 
-from .test_ledger_behaviour import TTL, direct_call, result, users
+from tests.doubles import direct_call, result
+from tests.ledger_behaviour import TTL, epoch_clock, users
 
 
 @pytest.fixture
 def clock() -> Clock:
-    clock = Clock()
-    clock.advance(1_700_000_000)
-    return clock
+    return epoch_clock()
 
 
 @pytest.fixture

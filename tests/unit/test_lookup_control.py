@@ -3,25 +3,20 @@
 import json
 
 import pytest
-from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from popbridge.config import LookupConfig
-from popbridge.ledger import LedgerUnavailable, Login, new_session
+from popbridge.ledger import new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.lookup.server import LookupServer
 from popbridge.stats import Counters
 from popbridge.verdict import Verdicts
 
-
-class BrokenLedger(MemoryLedger):
-    def logins(self) -> "Deferred[list[Login]]":
-        return fail(LedgerUnavailable("store down"))
+from tests.doubles import UnavailableLedger, connected
 
 
 def setup(ledger_type: type[MemoryLedger] = MemoryLedger) -> tuple[ServerFactory, MemoryLedger, Counters, Clock]:
@@ -30,13 +25,6 @@ def setup(ledger_type: type[MemoryLedger] = MemoryLedger) -> tuple[ServerFactory
     ledger = ledger_type(clock, ttl=1800)
     counters = Counters(started=clock.seconds())
     return control_factory(ledger, counters, clock), ledger, counters, clock
-
-
-def connect(factory: ServerFactory) -> tuple[object, StringTransport]:
-    transport = StringTransport(peerAddress=UNIXAddress(None))
-    server = factory.buildProtocol(None)
-    server.makeConnection(transport)
-    return server, transport
 
 
 def replies(transport: StringTransport) -> list[dict]:
@@ -48,7 +36,7 @@ def test_list_reports_every_live_login() -> None:
     ledger.record("192.0.2.7", "alice", "pop3")
     clock.advance(10)
     ledger.record("192.0.2.8", "bob", "imap4", new_session(), tls=True)
-    server, transport = connect(factory)
+    server, transport = connected(factory)
     server.dataReceived(b'{"command": "list"}\n')
     assert replies(transport) == [
         {
@@ -66,7 +54,7 @@ def test_list_reports_every_live_login() -> None:
 def test_query_reports_the_logins_of_one_address() -> None:
     factory, ledger, _, _ = setup()
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(factory)
+    server, transport = connected(factory)
     server.dataReceived(b'{"command": "query", "address": "::ffff:192.0.2.7"}\n'
                         b'{"command": "query", "address": "192.0.2.9"}\n')
     first, second = replies(transport)
@@ -78,7 +66,7 @@ def test_revoke_reports_how_many_logins_it_removed() -> None:
     factory, ledger, _, _ = setup()
     ledger.record("192.0.2.7", "alice", "pop3")
     ledger.record("192.0.2.7", "bob", "pop3", new_session())
-    server, transport = connect(factory)
+    server, transport = connected(factory)
     with capturedLogs():
         server.dataReceived(b'{"command": "revoke", "address": "192.0.2.7"}\n')
     assert replies(transport) == [{"ok": True, "address": "192.0.2.7", "revoked": 2}]
@@ -92,7 +80,7 @@ def test_stats_reports_counters_logins_and_uptime() -> None:
     ledger.record("192.0.2.7", "bob", "pop3")
     ledger.record("192.0.2.8", "carol", "pop3")
     clock.advance(42)
-    server, transport = connect(factory)
+    server, transport = connected(factory)
     server.dataReceived(b'{"command": "stats"}\n')
     [reply] = replies(transport)
     assert reply["ok"] is True
@@ -105,7 +93,7 @@ def test_stats_reports_counters_logins_and_uptime() -> None:
 )
 def test_bad_request_gets_an_error_reply_and_the_connection_keeps_serving(line: bytes) -> None:
     factory, _, _, _ = setup()
-    server, transport = connect(factory)
+    server, transport = connected(factory)
     with capturedLogs():
         server.dataReceived(line + b"\n" + b'{"command": "list"}\n')
     bad, good = replies(transport)
@@ -116,15 +104,15 @@ def test_bad_request_gets_an_error_reply_and_the_connection_keeps_serving(line: 
 
 def test_over_long_line_closes_the_connection() -> None:
     factory, _, _, _ = setup()
-    server, transport = connect(factory)
+    server, transport = connected(factory)
     with capturedLogs():
         server.dataReceived(b'{"command": "list", "x": "' + b"y" * 10_000)
     assert transport.disconnecting and transport.value() == b""
 
 
 def test_ledger_failure_is_an_error_reply() -> None:
-    factory, _, _, _ = setup(BrokenLedger)
-    server, transport = connect(factory)
+    factory, _, _, _ = setup(UnavailableLedger)
+    server, transport = connected(factory)
     with capturedLogs() as events:
         server.dataReceived(b'{"command": "list"}\n')
     assert replies(transport) == [{"ok": False, "error": "list failed: LedgerUnavailable"}]

@@ -1,10 +1,8 @@
 """Policy delegation glue: StringTransport + task.Clock + MemoryLedger, no reactor."""
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from popbridge.config import LookupConfig
@@ -14,15 +12,10 @@ from popbridge.lookup import lookup_factory
 from popbridge.stats import Counters
 from popbridge.verdict import Verdicts
 
+from tests.doubles import TCP_PEER, UnavailableLedger, connected
+
 CONFIG = LookupConfig("policy", "unix:address=/tmp/policy")
 REQUEST = b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=%s\nclient_name=unknown\n\n"
-
-
-class BrokenLedger(MemoryLedger):
-    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
-
-    def lookup(self, address: str) -> "Deferred[list[Login]]":
-        return fail(LedgerUnavailable("store down"))
 
 
 class SlowLedger(MemoryLedger):
@@ -43,18 +36,11 @@ def build(ledger: MemoryLedger, clock: Clock, config: LookupConfig = CONFIG) -> 
     return lookup_factory(config, Verdicts(ledger), ledger, counters, clock), counters
 
 
-def connect(factory: ServerFactory) -> tuple[object, StringTransport]:
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-    server = factory.buildProtocol(None)
-    server.makeConnection(transport)
-    return server, transport
-
-
 def test_login_authorises_its_address_until_the_ttl_passes() -> None:
     clock = Clock()
     ledger = MemoryLedger(clock, ttl=300)  # under the 600 s idle timeout, so one connection sees it
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(build(ledger, clock)[0])
+    server, transport = connected(build(ledger, clock)[0], TCP_PEER)
     server.dataReceived(REQUEST % b"192.0.2.7")
     assert transport.value() == b"action=OK\n\n"
     transport.clear()
@@ -69,7 +55,7 @@ def test_login_authorises_its_address_until_the_ttl_passes() -> None:
 
 def test_idle_policy_connection_is_closed_after_the_idle_timeout() -> None:
     clock = Clock()
-    server, transport = connect(build(MemoryLedger(clock, ttl=1800), clock)[0])
+    server, transport = connected(build(MemoryLedger(clock, ttl=1800), clock)[0], TCP_PEER)
     server.dataReceived(REQUEST % b"192.0.2.7")
     clock.advance(CONFIG.idle_timeout)
     assert transport.disconnecting
@@ -79,7 +65,7 @@ def test_connection_stays_open_for_the_next_request() -> None:
     clock = Clock()
     ledger = MemoryLedger(clock, ttl=1800)
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(build(ledger, clock)[0])
+    server, transport = connected(build(ledger, clock)[0], TCP_PEER)
     server.dataReceived(REQUEST % b"192.0.2.8" + REQUEST % b"192.0.2.7")
     assert transport.value() == b"action=DUNNO\n\naction=OK\n\n"
     assert not transport.disconnecting
@@ -91,23 +77,23 @@ def test_configured_actions_are_answered() -> None:
     ledger.record("::ffff:192.0.2.7", "alice", "pop3", new_session())
     config = LookupConfig("policy", "unix:address=/tmp/p", authorised_action="PERMIT_AUTH_DESTINATION",
                           unknown_action="REJECT relay denied")
-    server, transport = connect(build(ledger, clock, config)[0])
+    server, transport = connected(build(ledger, clock, config)[0], TCP_PEER)
     server.dataReceived(REQUEST % b"192.0.2.7" + REQUEST % b"192.0.2.9")
     assert transport.value() == b"action=PERMIT_AUTH_DESTINATION\n\naction=REJECT relay denied\n\n"
 
 
 def test_request_without_client_address_gets_the_unknown_action() -> None:
     clock = Clock()
-    server, transport = connect(build(MemoryLedger(clock, ttl=1800), clock)[0])
+    server, transport = connected(build(MemoryLedger(clock, ttl=1800), clock)[0], TCP_PEER)
     server.dataReceived(b"request=smtpd_access_policy\n\n")
     assert transport.value() == b"action=DUNNO\n\n"
 
 
 def test_ledger_failure_answers_tempfail_never_yes() -> None:
     clock = Clock()
-    ledger = BrokenLedger(clock, ttl=1800)
+    ledger = UnavailableLedger(clock, ttl=1800)
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(build(ledger, clock)[0])
+    server, transport = connected(build(ledger, clock)[0], TCP_PEER)
     with capturedLogs() as events:
         server.dataReceived(REQUEST % b"192.0.2.7")
     assert transport.value() == b"action=DEFER 4.3.0 Service temporarily unavailable\n\n"
@@ -118,8 +104,8 @@ def test_ledger_failure_answers_tempfail_never_yes() -> None:
 def test_megabyte_attribute_line_closes_and_other_connections_are_served() -> None:
     clock = Clock()
     factory = build(MemoryLedger(clock, ttl=1800), clock)[0]
-    bad, bad_transport = connect(factory)
-    good, good_transport = connect(factory)
+    bad, bad_transport = connected(factory, TCP_PEER)
+    good, good_transport = connected(factory, TCP_PEER)
     with capturedLogs():
         bad.dataReceived(b"client_name=" + b"x" * 1_000_000)
     assert bad_transport.disconnecting and bad_transport.value() == b""
@@ -132,7 +118,7 @@ def test_replies_keep_request_order_when_the_first_lookup_is_slow() -> None:
     ledger = SlowLedger(clock, ttl=1800)
     ledger.gates = []
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(build(ledger, clock)[0])
+    server, transport = connected(build(ledger, clock)[0], TCP_PEER)
     server.dataReceived(REQUEST % b"192.0.2.7" + REQUEST % b"192.0.2.8")
     assert transport.value() == b"" and len(ledger.gates) == 1
     ledger.gates[0].callback(None)
@@ -143,6 +129,6 @@ def test_replies_keep_request_order_when_the_first_lookup_is_slow() -> None:
 def test_each_lookup_is_counted() -> None:
     clock = Clock()
     factory, counters = build(MemoryLedger(clock, ttl=1800), clock)
-    server, _ = connect(factory)
+    server, _ = connected(factory, TCP_PEER)
     server.dataReceived(REQUEST % b"192.0.2.7" * 3)
     assert counters.events["lookup_policy"] == 3

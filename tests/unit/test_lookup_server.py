@@ -12,6 +12,8 @@ from twisted.logger import LogLevel, capturedLogs
 
 from popbridge.lookup.server import Codec, LookupServer, lookup_server_factory
 
+from tests.doubles import connected
+
 
 class ToyError(ValueError):
     pass
@@ -39,10 +41,7 @@ def echo(request: str) -> "Deferred[bytes]":
 
 
 def connect(factory: ServerFactory) -> tuple[LookupServer[str], StringTransport]:
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.99", 4321))
-    server = factory.buildProtocol(None)
-    server.makeConnection(transport)
-    return server, transport
+    return connected(factory, IPv4Address("TCP", "192.0.2.99", 4321))
 
 
 def test_answers_every_request_and_keeps_the_connection() -> None:

@@ -1,28 +1,20 @@
 """Socketmap glue: StringTransport + task.Clock + MemoryLedger, no reactor."""
 
-from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 
 from popbridge.config import LookupConfig
-from popbridge.ledger import LedgerUnavailable, Login, new_session
+from popbridge.ledger import new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
 from popbridge.stats import Counters
 from popbridge.verdict import Verdicts
 from popbridge.wire.socketmap import netstring
 
+from tests.doubles import UnavailableLedger, connected
+
 CONFIG = LookupConfig("socketmap", "unix:address=/tmp/socketmap")
-
-
-class BrokenLedger(MemoryLedger):
-    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
-
-    def lookup(self, address: str) -> "Deferred[list[Login]]":
-        return fail(LedgerUnavailable("store down"))
 
 
 def query(map_name: str, key: str) -> bytes:
@@ -36,15 +28,8 @@ def setup(ledger_type: type[MemoryLedger] = MemoryLedger) -> tuple[ServerFactory
     return lookup_factory(CONFIG, Verdicts(ledger), ledger, counters, clock), ledger, counters
 
 
-def connect(factory: ServerFactory) -> tuple[object, StringTransport]:
-    transport = StringTransport(peerAddress=UNIXAddress(None))
-    server = factory.buildProtocol(None)
-    server.makeConnection(transport)
-    return server, transport
-
-
 def ask(factory: ServerFactory, data: bytes) -> bytes:
-    server, transport = connect(factory)
+    server, transport = connected(factory)
     server.dataReceived(data)
     return transport.value()
 
@@ -65,7 +50,7 @@ def test_hostname_keys_are_notfound() -> None:
 
 
 def test_hostname_keys_are_notfound_even_when_the_ledger_is_down() -> None:
-    factory, _, _ = setup(BrokenLedger)
+    factory, _, _ = setup(UnavailableLedger)
     assert ask(factory, query("access", "unknown")) == b"9:NOTFOUND ,"
 
 
@@ -90,7 +75,7 @@ def test_unknown_map_is_perm() -> None:
 
 
 def test_ledger_failure_is_temp_never_ok() -> None:
-    factory, ledger, _ = setup(BrokenLedger)
+    factory, ledger, _ = setup(UnavailableLedger)
     ledger.record("192.0.2.7", "alice", "pop3")
     with capturedLogs() as events:
         reply = ask(factory, query("access", "192.0.2.7"))
@@ -101,7 +86,7 @@ def test_ledger_failure_is_temp_never_ok() -> None:
 def test_several_queries_share_one_connection() -> None:
     factory, ledger, counters = setup()
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(factory)
+    server, transport = connected(factory)
     server.dataReceived(query("access", "unknown") + query("access", "192.0.2.7"))
     server.dataReceived(query("user", "192.0.2.7")[:5])
     server.dataReceived(query("user", "192.0.2.7")[5:])
@@ -114,7 +99,7 @@ def test_bad_netstring_closes_and_another_connection_is_served() -> None:
     factory, ledger, _ = setup()
     ledger.record("192.0.2.7", "alice", "pop3")
     for bad in (b"x16:access 192.0.2.7,", b"16:access 192.0.2.7;", b"99999999:", b"15:access192.0.2.7,"):
-        server, transport = connect(factory)
+        server, transport = connected(factory)
         with capturedLogs() as events:
             server.dataReceived(bad)
         assert transport.disconnecting and transport.value() == b""
@@ -125,7 +110,7 @@ def test_bad_netstring_closes_and_another_connection_is_served() -> None:
 def test_half_closed_client_gets_its_answer_then_eof() -> None:
     factory, ledger, _ = setup()
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(factory)
+    server, transport = connected(factory)
     server.dataReceived(query("access", "192.0.2.7"))
     server.readConnectionLost()
     assert transport.value() == b"5:OK OK,"

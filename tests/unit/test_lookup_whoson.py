@@ -2,28 +2,19 @@
 
 from dataclasses import replace
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from popbridge.config import LookupConfig
-from popbridge.ledger import LedgerUnavailable, Login
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
 from popbridge.stats import Counters
 from popbridge.verdict import Verdicts
 
+from tests.doubles import TCP_PEER, UnavailableLedger, connected
+
 CONFIG = LookupConfig("whoson", "unix:address=/tmp/whoson")
-
-
-class BrokenLedger(MemoryLedger):
-    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
-
-    def lookup(self, address: str) -> "Deferred[list[Login]]":
-        return fail(LedgerUnavailable("store down"))
 
 
 def setup(config: LookupConfig = CONFIG, ledger_type: type[MemoryLedger] = MemoryLedger) -> tuple[ServerFactory, MemoryLedger]:
@@ -32,24 +23,17 @@ def setup(config: LookupConfig = CONFIG, ledger_type: type[MemoryLedger] = Memor
     return lookup_factory(config, Verdicts(ledger), ledger, Counters(started=0.0), clock), ledger
 
 
-def connect(factory: ServerFactory) -> tuple[object, StringTransport]:
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-    server = factory.buildProtocol(None)
-    server.makeConnection(transport)
-    return server, transport
-
-
 def test_query_answers_the_user_of_a_live_address() -> None:
     factory, ledger = setup()
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(factory)
+    server, transport = connected(factory, TCP_PEER)
     server.dataReceived(b"QUERY 192.0.2.7\r\n\r\n")
     assert transport.value() == b"+alice\r\n\r\n"
 
 
 def test_query_for_an_unknown_address_answers_no() -> None:
     factory, _ = setup()
-    server, transport = connect(factory)
+    server, transport = connected(factory, TCP_PEER)
     server.dataReceived(b"QUERY 192.0.2.8\n\n")
     assert transport.value() == b"-\r\n\r\n"
 
@@ -57,7 +41,7 @@ def test_query_for_an_unknown_address_answers_no() -> None:
 def test_query_without_an_address_answers_error_and_keeps_serving() -> None:
     factory, ledger = setup()
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(factory)
+    server, transport = connected(factory, TCP_PEER)
     with capturedLogs():
         server.dataReceived(b"QUERY\r\n\r\n")
     assert transport.value().startswith(b"*") and transport.value().endswith(b"\r\n\r\n")
@@ -69,7 +53,7 @@ def test_query_without_an_address_answers_error_and_keeps_serving() -> None:
 
 def test_login_is_refused_without_allow_updates() -> None:
     factory, ledger = setup()
-    server, transport = connect(factory)
+    server, transport = connected(factory, TCP_PEER)
     with capturedLogs():
         server.dataReceived(b"LOGIN 192.0.2.7 mallory\r\n\r\nLOGOUT 192.0.2.7\r\n\r\nQUERY 192.0.2.7\r\n\r\n")
     assert transport.value() == b"*updates are disabled\r\n\r\n" * 2 + b"-\r\n\r\n"
@@ -79,7 +63,7 @@ def test_login_is_refused_without_allow_updates() -> None:
 def test_logout_is_refused_without_allow_updates() -> None:
     factory, ledger = setup()
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(factory)
+    server, transport = connected(factory, TCP_PEER)
     with capturedLogs():
         server.dataReceived(b"LOGOUT 192.0.2.7\r\n\r\n")
     assert transport.value() == b"*updates are disabled\r\n\r\n"
@@ -88,7 +72,7 @@ def test_logout_is_refused_without_allow_updates() -> None:
 
 def test_login_and_logout_update_the_ledger_when_allowed() -> None:
     factory, ledger = setup(replace(CONFIG, allow_updates=True))
-    server, transport = connect(factory)
+    server, transport = connected(factory, TCP_PEER)
     with capturedLogs():
         server.dataReceived(b"LOGIN 192.0.2.7 bob\r\n\r\nQUERY 192.0.2.7\r\n\r\n")
         assert transport.value() == b"+\r\n\r\n+bob\r\n\r\n"
@@ -100,9 +84,9 @@ def test_login_and_logout_update_the_ledger_when_allowed() -> None:
 
 
 def test_ledger_failure_answers_error_never_yes() -> None:
-    factory, ledger = setup(ledger_type=BrokenLedger)
+    factory, ledger = setup(ledger_type=UnavailableLedger)
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(factory)
+    server, transport = connected(factory, TCP_PEER)
     with capturedLogs() as events:
         server.dataReceived(b"QUERY 192.0.2.7\r\n\r\n")
     assert transport.value().startswith(b"*")
@@ -112,7 +96,7 @@ def test_ledger_failure_answers_error_never_yes() -> None:
 def test_half_closed_client_gets_its_answer_then_eof() -> None:
     factory, ledger = setup()
     ledger.record("192.0.2.7", "alice", "pop3")
-    server, transport = connect(factory)
+    server, transport = connected(factory, TCP_PEER)
     server.dataReceived(b"QUERY 192.0.2.7\r\n\r\n")
     server.readConnectionLost()
     assert transport.value() == b"+alice\r\n\r\n"
@@ -121,7 +105,7 @@ def test_half_closed_client_gets_its_answer_then_eof() -> None:
 
 def test_nul_byte_closes_the_connection() -> None:
     factory, _ = setup()
-    server, transport = connect(factory)
+    server, transport = connected(factory, TCP_PEER)
     with capturedLogs():
         server.dataReceived(b"QUERY 192.0.2.7\0\r\n\r\n")
     assert transport.disconnecting and transport.value() == b""
@@ -129,7 +113,7 @@ def test_nul_byte_closes_the_connection() -> None:
 
 def test_over_long_line_closes_the_connection() -> None:
     factory, _ = setup()
-    server, transport = connect(factory)
+    server, transport = connected(factory, TCP_PEER)
     with capturedLogs():
         server.dataReceived(b"QUERY " + b"1" * 100_000)
     assert transport.disconnecting

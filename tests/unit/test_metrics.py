@@ -4,7 +4,7 @@ daemon's own registry. StringTransport, task.Clock and a spy backend; no reactor
 import json
 
 from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import fail, maybeDeferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -13,7 +13,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from popbridge.config import LookupConfig, ProxyConfig
 from popbridge.directory import LdapDirectory
 from popbridge.ldap_search import ConnectionPool
-from popbridge.ledger import LedgerUnavailable, Login
+from popbridge.ledger import LedgerUnavailable
 from popbridge.ledger.measured import MeasuredLedger
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import control_factory, lookup_factory
@@ -24,21 +24,13 @@ from popbridge.proxy.backend import EndpointConnector
 from popbridge.stats import Counters
 from popbridge.verdict import Verdicts
 
+from tests.doubles import SpyEndpoint, UnavailableLedger
+
 from .ldap_mock import CONFIG, MockLdap
 
 
 def sample(metrics: Metrics, name: str) -> float:
     return dict(metrics.samples()).get(name, 0.0)
-
-
-class SpyEndpoint:
-    def __init__(self) -> None:
-        self.attempts: list[tuple[object, Deferred]] = []
-
-    def connect(self, factory):
-        d: Deferred = Deferred()
-        self.attempts.append((factory, d))
-        return d
 
 
 class Session:
@@ -59,11 +51,7 @@ class Session:
 
     def connect_backend(self, after: float = 0.0) -> None:
         self.clock.advance(after)
-        factory, connecting = self.backend.attempts[-1]
-        self.leg = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 110))
-        self.server = StringTransport()
-        self.leg.makeConnection(self.server)
-        connecting.callback(self.leg)
+        self.leg, self.server = self.backend.complete()
         self.leg.dataReceived(b"+OK ready\r\n")
 
     def log_in(self, password_ok: bool = True) -> None:
@@ -153,19 +141,12 @@ def test_lookups_are_counted_by_what_the_answer_meant_and_timed():
     assert samples['popbridge_lookup_seconds_count{protocol="policy"}'] == 2
 
 
-class DownLedger(MemoryLedger):
-    lookup_now = None  # a store that has to wait (Redis), not one answering from memory
-
-    def lookup(self, address: str) -> "Deferred[list[Login]]":
-        return fail(LedgerUnavailable("store down"))
-
-
 def test_socketmap_and_whoson_answers_are_named_the_same_way():
     factory, ledger, metrics = lookups("socketmap")
     ledger.record("192.0.2.7", "alice", "pop3")
     for query in (b"access 192.0.2.7", b"access unknown", b"nosuchmap 192.0.2.7"):
         ask(factory, b"%d:%s," % (len(query), query))
-    whoson, _, whoson_metrics = lookups("whoson", DownLedger(Clock(), ttl=1800))
+    whoson, _, whoson_metrics = lookups("whoson", UnavailableLedger(Clock(), ttl=1800))
     assert ask(whoson, b"QUERY 192.0.2.7\r\n\r\n").startswith(b"*")
     samples = dict(metrics.samples())
     assert samples['popbridge_lookups_total{answer="authorised",protocol="socketmap"}'] == 1
@@ -176,7 +157,7 @@ def test_socketmap_and_whoson_answers_are_named_the_same_way():
 
 def test_store_calls_are_timed_and_failures_counted_without_changing_the_result():
     metrics = Metrics()
-    ledger = MeasuredLedger(DownLedger(Clock(), ttl=1800), metrics)
+    ledger = MeasuredLedger(UnavailableLedger(Clock(), ttl=1800), metrics)
     failures: list[object] = []
     ledger.lookup("192.0.2.7").addErrback(failures.append)
     ledger.record("192.0.2.7", "alice", "pop3")

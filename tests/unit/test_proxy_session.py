@@ -13,25 +13,7 @@ from popbridge.proxy import proxy_factory
 from popbridge.proxy.backend import EndpointConnector
 from popbridge.stats import Counters
 
-
-class SpyEndpoint:
-    """A backend endpoint whose connect() the test completes by hand."""
-
-    def __init__(self) -> None:
-        self.attempts: list[tuple[object, Deferred]] = []
-
-    def connect(self, factory):
-        d: Deferred = Deferred()
-        self.attempts.append((factory, d))
-        return d
-
-    def complete(self):
-        factory, d = self.attempts[-1]
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 110))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        d.callback(protocol)
-        return protocol, transport
+from tests.doubles import SpyEndpoint
 
 
 class Harness:
