@@ -4,7 +4,7 @@ daemon's own registry. StringTransport, task.Clock and a spy backend; no reactor
 import json
 
 from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.defer import fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
