@@ -65,7 +65,9 @@ class LoginTable:
         changed = (row[USER], row[PROTOCOL], now, still_open, row[TLS])
         if len(rows) == 1:
             self._rows[key] = (changed,)
-        else:
+        elif now > rows[0][WHEN]:  # it is the newest now: to the front, as `record` puts a login
+            self._rows[key] = (changed, *(r for r in rows if r is not row))
+        else:  # the clock went back
             self._rows[key] = _newest_first_rows(changed if r is row else r for r in rows)
         return _login(key, changed)
 
@@ -98,8 +100,9 @@ class LoginTable:
     def _live(self, key: str, now: float) -> Rows:
         """The unexpired logins of `key`; forgets the address once none is left."""
         rows = self._rows.get(key, ())
-        for row in rows:  # a loop, not any(genexpr): this runs for every login and lookup
-            if not self._alive(row, now):
+        ttl = self.ttl
+        for row in rows:  # `_alive` inline: this runs for every login and lookup
+            if not row[OPEN] and now >= row[WHEN] + ttl:
                 break
         else:
             return rows
