@@ -25,14 +25,14 @@ if str(ROOT) not in sys.path:
 
 from twisted.internet.task import Clock  # noqa: E402
 
-from popbridge.config import LookupConfig  # noqa: E402
+from popbridge.settings import LookupConfig  # noqa: E402
 from popbridge.directory import MemoryDirectory  # noqa: E402
-from popbridge.ldap_search import UserFacts  # noqa: E402
+from popbridge.directory.ldap_search import UserFacts  # noqa: E402
 from popbridge.ledger.memory import MemoryLedger  # noqa: E402
 from popbridge.lookup.policy import PolicyResponder  # noqa: E402
-from popbridge.sender_map import SenderMap, SenderRules  # noqa: E402
-from popbridge.senders import SenderOwners  # noqa: E402
-from popbridge.stats import Counters  # noqa: E402
+from popbridge.metrics.counters import Counters  # noqa: E402
+from popbridge.senders.map import SenderMap, SenderRules  # noqa: E402
+from popbridge.senders.owners import SenderOwners  # noqa: E402
 from popbridge.verdict import Verdicts  # noqa: E402
 from popbridge.wire.policy import PolicyDecoder, PolicyRequest  # noqa: E402
 

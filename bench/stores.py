@@ -109,8 +109,8 @@ async def lookups(directory: Path, clients: int, seconds: float) -> list[float]:
 
 
 async def record_rate(reactor: Any, store_text: str, logins: int, clients: int) -> float:
-    from popbridge.config import LedgerConfig
-    from popbridge.ledger.stores import open_store
+    from popbridge.settings import LedgerConfig
+    from popbridge.daemon.stores import open_store
 
     store = open_store(LedgerConfig(store=store_text), reactor)
     store.service.startService()

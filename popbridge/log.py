@@ -53,7 +53,7 @@ class LevelFilter:
 
 def log_descriptor() -> int | None:
     """The file descriptor popbridge's observer writes the log to, if it is one: proxy workers
-    are given it, and write their own lines to it (`popbridge.workers`)."""
+    are given it, and write their own lines to it (`popbridge.daemon.workers`)."""
     return _descriptor
 
 

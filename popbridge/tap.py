@@ -21,6 +21,6 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from popbridge.service import build_service
+    from popbridge.daemon.service import build_service
 
     return build_service(options["loaded"], reactor)

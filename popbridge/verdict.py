@@ -24,8 +24,8 @@ from twisted.logger import Logger
 
 from popbridge.directory import IDirectory
 from popbridge.ledger import ILedger, Login
-from popbridge.sender_map import SenderRules, sender_key
-from popbridge.senders import SenderOwners
+from popbridge.senders.map import SenderRules, sender_key
+from popbridge.senders.owners import SenderOwners
 
 
 class Status(Enum):

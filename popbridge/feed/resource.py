@@ -15,13 +15,14 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.http import Request as HTTPRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from popbridge.config_feed import FeedConfig
 from popbridge.feed.rules import RECORD, AfterAuthGuard, FeedRules
 from popbridge.ledger import ILedger
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
+from popbridge.settings import FeedConfig
 from popbridge.wire.dovecot_policy import ALLOW_ANSWER, MAX_BODY, PolicyRequest, PolicyRequestError, decode_policy_request
 
 WARN_INTERVAL = 60.0  # seconds between two warnings for the same reason
@@ -31,6 +32,7 @@ class BoundedRequest(Request):
     """A request whose body is kept only up to MAX_BODY bytes; the rest is read and dropped."""
 
     body_too_large = False
+    content: io.BytesIO  # set in gotLength, before any chunk arrives
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # in memory, whatever the declared length: at most MAX_BODY is kept
@@ -85,7 +87,9 @@ class DovecotPolicyResource(Resource):
         gone: list[bool] = []  # Dovecot gave up waiting (its 2 s timeout): nobody to answer
         request.notifyFinish().addErrback(lambda _: gone.append(True))
         recorded: Deferred[Any] = self._ledger.record(decoded.remote, decoded.login, decoded.protocol, tls=decoded.tls)
-        recorded.addCallbacks(self._recorded, self._not_recorded, (request, decoded, gone), None, (request, decoded, gone))
+        recorded.addCallbacks(
+            self._recorded, self._not_recorded, callbackArgs=(request, decoded, gone), errbackArgs=(request, decoded, gone)
+        )
         return NOT_DONE_YET
 
     def _authorised(self, request: Request) -> bool:
@@ -155,7 +159,7 @@ class FeedSite(Site):
     requestFactory = BoundedRequest
     displayTracebacks = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: HTTPRequest) -> None:
         """No access log line per request."""
 
 

@@ -1,7 +1,7 @@
 """The ledger: which client addresses logged in recently, as whom, over which protocol.
 
 One interface, three stores: memory (`memory.py`), SQLite (`sqlite.py`, the durable default)
-and Redis (`redis.py`, shared by several nodes); `stores.py` builds the configured one. Every
+and Redis (`redis.py`, shared by several nodes); `popbridge.daemon.stores` builds the configured one. Every
 method returns a Deferred so a store may do I/O; the memory store answers at once. Addresses given to a ledger
 are raw peer addresses: the ledger normalises them with `popbridge.addresses.client_key`.
 
@@ -63,7 +63,7 @@ class ILoginRecorder(Interface):
     """What a proxy needs of a ledger: record logins and end their sessions.
 
     Every ILedger is one; so is a proxy worker's channel to the main process that owns the
-    ledger (`popbridge.workers.remote.RemoteLedger`).
+    ledger (`popbridge.daemon.workers.remote.RemoteLedger`).
     """
 
     def record(

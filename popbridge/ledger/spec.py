@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-DEFAULT_SQLITE_PATH = "/var/lib/popbridge/ledger.sqlite3"
-DEFAULT_STORE = f"sqlite:{DEFAULT_SQLITE_PATH}"
 SENTINEL_SCHEME = "redis+sentinel://"
 SENTINEL_PORT = 26379
 _SENTINEL = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>\d{1,5}))?")  # a name or an address

@@ -13,6 +13,7 @@ touched and by `purge`.
 
 import sys
 from collections.abc import Iterable
+from typing import Final
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -26,7 +27,11 @@ from popbridge.ledger import Login, SessionId
 # of a second (20 ms with rows; bench/ledger_size.py). Logins are built when read.
 Row = tuple[str, str, float, tuple[SessionId, ...], bool]
 Rows = tuple[Row, ...]  # the live logins of one address, newest first (usually just one)
-USER, PROTOCOL, WHEN, OPEN, TLS = range(5)
+USER: Final = 0  # the fields of a Row (Final: literal indexes, so each field keeps its type)
+PROTOCOL: Final = 1
+WHEN: Final = 2
+OPEN: Final = 3
+TLS: Final = 4
 
 
 class LoginTable:

@@ -7,13 +7,13 @@ The service calls `lookup_factory` once per ``[[lookup]]`` table and `control_fa
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 
-from popbridge.config import LookupConfig
 from popbridge.ledger import ILedger
 from popbridge.lookup.control import control_server_factory
 from popbridge.lookup.policy import policy_factory
 from popbridge.lookup.socketmap import socketmap_factory
 from popbridge.lookup.whoson import whoson_factory
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
+from popbridge.settings import LookupConfig
 from popbridge.verdict import Verdicts
 
 __all__ = ["control_factory", "lookup_factory"]

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from popbridge.ledger import ILedger, Login
 from popbridge.lookup.server import Codec, lookup_server_factory
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 from popbridge.wire.control import (
     ControlDecoder,
     ControlEvent,

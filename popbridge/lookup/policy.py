@@ -8,11 +8,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from popbridge.config import LookupConfig
 from popbridge.log import debugging
 from popbridge.lookup.server import Answer, Codec, answered, lookup_server_factory, measured
-from popbridge.stats import Counters
-from popbridge.senders import SendersUnavailable
+from popbridge.metrics.counters import Counters
+from popbridge.senders.owners import SendersUnavailable
+from popbridge.settings import LookupConfig
 from popbridge.verdict import Status, Verdict, Verdicts
 from popbridge.wire.policy import PolicyDecoder, PolicyProtocolError, PolicyRequest, encode_action
 

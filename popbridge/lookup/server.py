@@ -99,7 +99,7 @@ class LookupServer(Protocol, TimeoutMixin, Generic[Request]):
                 self._write(reply)
             else:
                 self._waiting += 1
-                self._replies.addCallback(lambda _, pending=reply: pending).addCallbacks(self._written, self._failed)
+                self._replies.addCallback(lambda _, pending: pending, reply).addCallbacks(self._written, self._failed)
 
     def _chain(self, request: Request) -> None:
         self._waiting += 1
@@ -151,6 +151,6 @@ def lookup_server_factory(
 ) -> ServerFactory:
     """A factory whose every connection is a LookupServer sharing `respond`."""
     factory = ServerFactory()
-    factory.protocol = partial(LookupServer, codec, respond, idle_timeout, clock)  # type: ignore[assignment]
+    factory.protocol = partial(LookupServer, codec, respond, idle_timeout, clock)
     factory.noisy = False
     return factory

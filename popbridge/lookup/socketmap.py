@@ -24,10 +24,10 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from popbridge.addresses import client_key
-from popbridge.config import LookupConfig
 from popbridge.log import debugging
 from popbridge.lookup.server import Answer, Codec, answered, lookup_server_factory, measured
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
+from popbridge.settings import LookupConfig
 from popbridge.verdict import Verdict, Verdicts
 from popbridge.wire.socketmap import (
     SocketmapDecoder,

@@ -15,11 +15,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from popbridge.config import LookupConfig
-from popbridge.log import debugging
 from popbridge.ledger import ILedger
+from popbridge.log import debugging
 from popbridge.lookup.server import Answer, Codec, answered, lookup_server_factory, measured
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
+from popbridge.settings import LookupConfig
 from popbridge.verdict import Verdict, Verdicts
 from popbridge.wire.whoson import (
     Command,

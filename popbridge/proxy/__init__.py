@@ -1,19 +1,19 @@
 """Mail proxies: a LoginProxy per client connection, with the watcher of the listener's protocol."""
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 
-from popbridge.config import ProxyConfig
-from popbridge.config_tls import backend_hostname
 from popbridge.ledger import ILoginRecorder
+from popbridge.metrics.counters import Counters
 from popbridge.proxy.backend import BackendConnector
 from popbridge.proxy.session import LoginProxy
 from popbridge.proxy.settings import OpenSessions, Router, SessionSettings, SessionTls
-from popbridge.stats import Counters
-from popbridge.tls import ServerCertificate, backend_tls_options
+from popbridge.settings import ProxyConfig
+from popbridge.tls import ServerCertificate, backend_hostname, backend_tls_options
 from popbridge.wire.imap4 import Imap4LoginWatcher
 from popbridge.wire.login import LoginWatcher, TlsOptions
 from popbridge.wire.pop3 import Pop3LoginWatcher
@@ -29,7 +29,7 @@ def proxy_factory(
     clock: IReactorTime,
     certificate: ServerCertificate | None = None,
     router: Router | None = None,
-) -> Factory:
+) -> "ProxyFactory":
     """The factory for one [[proxy]] listener; `certificate` is shared with the SIGHUP reloader."""
     watcher_class = WATCHERS[config.protocol]
     tls = config.tls
@@ -67,6 +67,12 @@ def proxy_factory(
         sessions=OpenSessions(config.max_sessions, config.max_sessions_per_client),
         router=router,
     )
-    factory = Factory.forProtocol(partial(LoginProxy, watcher_for, backend, ledger, counters, clock, settings))
-    factory.sessions = settings.sessions  # type: ignore[attr-defined]  # for the drain at shutdown
-    return factory
+    return ProxyFactory(partial(LoginProxy, watcher_for, backend, ledger, counters, clock, settings), settings.sessions)
+
+
+class ProxyFactory(Factory[LoginProxy]):
+    """A LoginProxy per client; `sessions` are the open ones, for the drain at shutdown."""
+
+    def __init__(self, session: Callable[[], LoginProxy], sessions: OpenSessions) -> None:
+        self.protocol = session
+        self.sessions = sessions

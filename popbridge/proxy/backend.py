@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IConnector, IReactorTime, IStreamClientE
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 
-from popbridge.fast_transports import fast_sockets
+from popbridge.fast.transports import fast_sockets
 
 
 class BackendUser(Structural):

@@ -20,7 +20,7 @@ from popbridge.ledger import ILoginRecorder, SessionId, new_session
 from popbridge.proxy.backend import BackendConnector, BackendLeg
 from popbridge.proxy.deadlines import SessionDeadlines
 from popbridge.proxy.splice import splice
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
 from popbridge.proxy.settings import SessionSettings
 from popbridge.wire.login import (
     Action,

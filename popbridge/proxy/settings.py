@@ -25,7 +25,9 @@ class Router(Protocol):
 
 
 class Session(Protocol):
-    logged_in: bool
+    @property
+    def logged_in(self) -> bool:
+        """Past the login: a shutdown lets it finish within the grace time."""
 
     def shut_down(self) -> None:
         """Close now: with the protocol's goodbye before the login, plainly after it."""

@@ -24,4 +24,4 @@ def _read_more(transport: object) -> None:
     while isinstance(transport, ProtocolWrapper):  # it forwards attribute reads, not writes
         transport = transport.transport
     if hasattr(transport, "bufferSize"):
-        transport.bufferSize = PIPE_READ_SIZE  # type: ignore[attr-defined]
+        transport.bufferSize = PIPE_READ_SIZE

@@ -9,11 +9,14 @@ else would let a client choose the address its login authorises.
 
 import ipaddress
 from collections.abc import Sequence
+from typing import cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime, ITCPTransport, ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 
 from popbridge.wire.proxy_header import ProxyHeaderDecoder, ProxyHeaderError
 
@@ -23,17 +26,18 @@ HEADER_TIMEOUT = 10.0  # seconds a trusted proxy has to send the header
 class TrustedProxyHeaderProtocol(ProtocolWrapper):
     log = Logger()
     factory: "TrustedProxyHeaderFactory"
+    transport: ITCPTransport  # the listening port's connection (it has abortConnection)
 
-    def makeConnection(self, transport) -> None:  # type: ignore[no-untyped-def]
+    def makeConnection(self, transport: ITransport) -> None:
         # ProtocolWrapper would connect the wrapped protocol now; that waits for the header.
-        self.connected, self.transport = True, transport
+        self.connected, self.transport = True, cast(ITCPTransport, transport)
         self.factory.registerProtocol(self)
         self._decoder: ProxyHeaderDecoder | None = ProxyHeaderDecoder()
         self._peer: IAddress | None = None
-        peer = transport.getPeer()
+        peer = self.transport.getPeer()
         if not self.factory.trusts(peer):
             self.log.warn("PROXY header refused: {peer} is not in trusted_proxies", peer=peer)
-            transport.abortConnection()
+            self.transport.abortConnection()
             return
         self._timeout = self.factory.clock.callLater(HEADER_TIMEOUT, self._too_slow)
 
@@ -58,14 +62,14 @@ class TrustedProxyHeaderProtocol(ProtocolWrapper):
         if header.source is not None:
             host, port = header.source
             self._peer = (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
-        self.wrappedProtocol.makeConnection(self)
+        self.wrappedProtocol.makeConnection(cast(ITransport, self))  # ProtocolWrapper provides what its transport does
         if rest:
             self.wrappedProtocol.dataReceived(rest)
 
     def getPeer(self) -> IAddress:
         return self._peer or self.transport.getPeer()
 
-    def connectionLost(self, reason) -> None:  # type: ignore[no-untyped-def]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if getattr(self, "_decoder", None) is not None:  # the mail session never started
             if getattr(self, "_timeout", None) is not None and self._timeout.active():
                 self._timeout.cancel()

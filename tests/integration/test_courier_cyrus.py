@@ -18,7 +18,6 @@ import hmac
 import re
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
 

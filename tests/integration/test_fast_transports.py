@@ -1,4 +1,4 @@
-"""popbridge.fast_transports on the real reactor and real sockets: sooner, never different."""
+"""popbridge.fast.transports on the real reactor and real sockets: sooner, never different."""
 
 import os
 import socket
@@ -12,7 +12,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
-from popbridge.fast_transports import FastSockets, fast_sockets
+from popbridge.fast.transports import FastSockets, fast_sockets
 
 
 class Collect(Protocol):

@@ -16,16 +16,23 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from popbridge.config import LookupConfig
 from popbridge.ledger import LedgerUnavailable, new_session
 from popbridge.ledger.redis import RedisLedger, redis_client
 from popbridge.ledger.sqlite import SqliteLedger
+from popbridge.settings import LookupConfig
 from tests.doubles import direct_call, result
 from tests.ledger_behaviour import TTL, LedgerBehaviour, epoch_clock, users
 
 from .conftest import require, started
 from .servers import (
-    Popbridge, Redis, RedisSentinel, ServerError, policy_action, pop3_login, popbridge_command, wait_until,
+    Popbridge,
+    Redis,
+    RedisSentinel,
+    ServerError,
+    policy_action,
+    pop3_login,
+    popbridge_command,
+    wait_until,
 )
 
 

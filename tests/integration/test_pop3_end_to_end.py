@@ -24,7 +24,7 @@ def test_curl_logs_in_through_popbridge(popbridge_daemon: StartPopbridge) -> Non
 
 def test_popbridge_run_uses_the_popbridge_reactor(popbridge_daemon: StartPopbridge) -> None:
     daemon = popbridge_daemon()
-    assert "reactor class: popbridge.reactor.PopbridgeReactor" in daemon.log.text()
+    assert "reactor class: popbridge.fast.reactor.PopbridgeReactor" in daemon.log.text()
 
 
 def test_plain_twistd_on_twisteds_default_reactor_works_the_same(popbridge_daemon: StartPopbridge) -> None:

@@ -8,9 +8,7 @@ import json
 import os
 import re
 import signal
-import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +24,6 @@ from .servers import (
     policy_action,
     pop3_login,
     socketmap_answer,
-    stop_process,
     wait_until,
 )
 

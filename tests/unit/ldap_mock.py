@@ -5,7 +5,7 @@ from collections.abc import Callable
 from ldap3 import MOCK_SYNC, Connection, Server
 from ldap3.core.exceptions import LDAPSocketOpenError, LDAPSocketReceiveError
 
-from popbridge.config import LdapConfig
+from popbridge.settings import LdapConfig
 
 BASE = "dc=example,dc=org"
 EXEMPT_GROUP = f"cn=exempt,ou=groups,{BASE}"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from popbridge.config import FeedConfig
+from popbridge.settings import FeedConfig
 
 from .test_config import error as config_error
 from .test_config import load

@@ -2,7 +2,7 @@
 
 import pytest
 
-from popbridge.config import LdapConfig
+from popbridge.settings import LdapConfig
 
 from .test_config import error, load
 

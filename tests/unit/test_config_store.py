@@ -5,7 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from popbridge.config import ConfigError, parse_config
-from popbridge.ledger.spec import DEFAULT_STORE, SENTINEL_SCHEME, SentinelAddress, parse_sentinel, parse_store
+from popbridge.ledger.spec import SENTINEL_SCHEME, SentinelAddress, parse_sentinel, parse_store
+from popbridge.settings import DEFAULT_STORE
 
 LOOKUP = {"lookup": [{"protocol": "policy", "listen": "unix:address=/tmp/pb-policy:mode=666"}]}
 

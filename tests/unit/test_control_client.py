@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from popbridge import control_client
-from popbridge.control_client import ControlError, control_request
+from popbridge.cli import control_client
+from popbridge.cli.control_client import ControlError, control_request
 
 
 class ScriptedSocket:

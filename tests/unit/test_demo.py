@@ -20,9 +20,10 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import capturedLogs
 from twisted.test import iosim
 
-from popbridge.config import Config, DemoConfig, load_config
+from popbridge.config import load_config
 from popbridge.demo import DemoDirectoryError, demo_instructions, write_demo_config
-from popbridge.demo_backend import DemoPop3Server, demo_backend_factory
+from popbridge.demo.backend import DemoPop3Server, demo_backend_factory
+from popbridge.settings import Config, DemoConfig
 
 DEMO = DemoConfig(listen="tcp:port=11110:interface=127.0.0.1", users={"alice": "wonderland", "bob": "builder"})
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -269,11 +270,20 @@ def test_instructions_use_the_addresses_and_users_of_the_config(tmp_path: Path) 
     text = demo_instructions(load_config(write_demo_config(tmp_path)))
     assert "curl pop3://alice:wonderland@127.0.0.1:1110/\n" in text
     assert "curl --interface 127.0.0.2 pop3://bob:builder@127.0.0.1:1110/\n" in text
-    assert f"postmap -q 127.0.0.2 socketmap:unix:{tmp_path}/socketmap.sock:access\n" in text
+    assert f"postmap -c {tmp_path}/postfix -q 127.0.0.2 socketmap:unix:{tmp_path}/socketmap.sock:access\n" in text
     assert f"ask {tmp_path}/policy.sock 'request=smtpd_access_policy\\nclient_address=127.0.0.2\\n\\n'\n" in text
     assert f"ask {tmp_path}/whoson.sock 'QUERY 127.0.0.2\\r\\n\\r\\n'\n" in text
     assert f"popbridge list --socket {tmp_path}/control.sock\n" in text
     assert "action=OK for a live login, action=DUNNO otherwise" in text
+
+
+def test_the_postmap_hint_has_a_main_cf_to_read(tmp_path: Path) -> None:
+    """Debian's postfix with "No configuration" has no /etc/postfix/main.cf; postmap needs one."""
+    write_demo_config(tmp_path)
+    (tmp_path / "postfix" / "main.cf").unlink()
+    text = demo_instructions(load_config(write_demo_config(tmp_path)))
+    assert (tmp_path / "postfix" / "main.cf").read_text() == ""
+    assert f"postmap -c {tmp_path}/postfix -q" in text
 
 
 def test_instructions_quote_users_and_paths_for_the_shell(tmp_path: Path) -> None:

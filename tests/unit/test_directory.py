@@ -12,7 +12,7 @@ from twisted.logger import capturedLogs, formatEvent
 from zope.interface.verify import verifyObject
 
 from popbridge.directory import FALLBACK, NOT_FOUND, IDirectory, LdapDirectory, MemoryDirectory
-from popbridge.ldap_search import ConnectionPool, UserFacts
+from popbridge.directory.ldap_search import ConnectionPool, UserFacts
 
 from tests.doubles import direct_call, result
 

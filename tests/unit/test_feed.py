@@ -14,15 +14,16 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from popbridge.config import FeedConfig, parse_config
+from popbridge.config import parse_config
+from popbridge.daemon.service import build_service
 from popbridge.directory import MemoryDirectory
+from popbridge.directory.ldap_search import UserFacts
 from popbridge.feed import feed_site
-from popbridge.ldap_search import UserFacts
 from popbridge.ledger import LedgerUnavailable, Login
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.metrics import Metrics
-from popbridge.service import build_service
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
+from popbridge.settings import FeedConfig
 from popbridge.verdict import Status, Verdict, Verdicts
 from popbridge.wire.dovecot_policy import ALLOW_ANSWER, MAX_BODY
 

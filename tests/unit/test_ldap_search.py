@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from popbridge.ldap_search import ConnectionPool, UserFacts, search_user, user_filter
+from popbridge.directory.ldap_search import ConnectionPool, UserFacts, search_user, user_filter
 
 from .ldap_mock import CONFIG, MockLdap
 
@@ -85,7 +85,7 @@ def test_pool_keeps_at_most_its_size_of_idle_connections() -> None:
 def test_connector_fails_over_to_the_next_url_and_back(monkeypatch) -> None:
     from ldap3.core.exceptions import LDAPSocketOpenError
 
-    from popbridge import ldap_search
+    from popbridge.directory import ldap_search
 
     down = {"ldap://ldap1.example.org"}
     opened: list[str] = []

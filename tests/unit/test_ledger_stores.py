@@ -5,12 +5,13 @@ from pathlib import Path
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 
-from popbridge.config import LedgerConfig, parse_config
+from popbridge.config import parse_config
+from popbridge.daemon.service import build_service
+from popbridge.daemon.stores import open_store
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.ledger.redis import RedisLedger
 from popbridge.ledger.sqlite import SqliteLedger
-from popbridge.ledger.stores import open_store
-from popbridge.service import build_service
+from popbridge.settings import LedgerConfig
 
 
 def test_each_store_string_builds_its_store_without_touching_anything(tmp_path: Path):

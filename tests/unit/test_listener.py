@@ -3,7 +3,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 
-from popbridge.listener import Listener
+from popbridge.daemon.listener import Listener
 
 
 def test_a_listener_given_new_settings_still_waits_for_the_old_sessions_at_shutdown():

@@ -8,14 +8,13 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
-from popbridge.config import LookupConfig
 from popbridge.ledger import new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.lookup.server import LookupServer
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
+from popbridge.settings import LookupConfig
 from popbridge.verdict import Verdicts
-
 from tests.doubles import UnavailableLedger, connected
 
 

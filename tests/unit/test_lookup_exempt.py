@@ -5,12 +5,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from popbridge.config import LookupConfig
 from popbridge.directory import IDirectory, MemoryDirectory
-from popbridge.ldap_search import UserFacts
+from popbridge.directory.ldap_search import UserFacts
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
+from popbridge.settings import LookupConfig
 from popbridge.verdict import Verdicts
 from popbridge.wire.socketmap import netstring
 

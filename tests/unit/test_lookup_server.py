@@ -11,7 +11,6 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 
 from popbridge.lookup.server import Codec, LookupServer, lookup_server_factory
-
 from tests.doubles import connected
 
 

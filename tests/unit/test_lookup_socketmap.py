@@ -4,14 +4,13 @@ from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
-from popbridge.config import LookupConfig
 from popbridge.ledger import new_session
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
+from popbridge.settings import LookupConfig
 from popbridge.verdict import Verdicts
 from popbridge.wire.socketmap import netstring
-
 from tests.doubles import UnavailableLedger, connected
 
 CONFIG = LookupConfig("socketmap", "unix:address=/tmp/socketmap")

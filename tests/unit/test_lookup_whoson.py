@@ -6,12 +6,11 @@ from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from popbridge.config import LookupConfig
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
+from popbridge.settings import LookupConfig
 from popbridge.verdict import Verdicts
-
 from tests.doubles import TCP_PEER, UnavailableLedger, connected
 
 CONFIG = LookupConfig("whoson", "unix:address=/tmp/whoson")

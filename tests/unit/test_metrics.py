@@ -10,20 +10,19 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.test.requesthelper import DummyRequest
 
-from popbridge.config import LookupConfig, ProxyConfig
 from popbridge.directory import LdapDirectory
-from popbridge.ldap_search import ConnectionPool
+from popbridge.directory.ldap_search import ConnectionPool
 from popbridge.ledger import LedgerUnavailable
-from popbridge.ledger.measured import MeasuredLedger
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import control_factory, lookup_factory
 from popbridge.metrics import Metrics
-from popbridge.metrics_http import metrics_site
+from popbridge.metrics.counters import Counters
+from popbridge.metrics.http import metrics_site
+from popbridge.metrics.ledger import MeasuredLedger
 from popbridge.proxy import proxy_factory
 from popbridge.proxy.backend import EndpointConnector
-from popbridge.stats import Counters
+from popbridge.settings import LookupConfig, ProxyConfig
 from popbridge.verdict import Verdicts
-
 from tests.doubles import SpyEndpoint, UnavailableLedger
 
 from .ldap_mock import CONFIG, MockLdap

@@ -4,7 +4,7 @@ from hypothesis import given, strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from popbridge.metrics import FAST_BUCKETS
-from popbridge.metrics_tally import TallyCounter, TallyGauge, TallyHistogram
+from popbridge.metrics.tally import TallyCounter, TallyGauge, TallyHistogram
 
 labels = st.tuples(st.sampled_from(["policy", "pop3", "imap4"]), st.sampled_from(["authorised", "unknown", 'q"uote\\d']))
 amounts = st.one_of(st.integers(min_value=0, max_value=10**12), st.floats(min_value=0, max_value=1e6))

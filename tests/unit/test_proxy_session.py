@@ -7,11 +7,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
-from popbridge.config import ProxyConfig
 from popbridge.ledger.memory import MemoryLedger
+from popbridge.metrics.counters import Counters
 from popbridge.proxy import proxy_factory
 from popbridge.proxy.backend import EndpointConnector
-from popbridge.stats import Counters
+from popbridge.settings import ProxyConfig
 
 from tests.doubles import SpyEndpoint
 

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from popbridge.reactor import PopbridgeReactor
+from popbridge.fast.reactor import PopbridgeReactor
 
 
 class Reader:
@@ -65,7 +65,7 @@ def test_a_failing_reader_is_disconnected_and_the_others_in_that_turn_still_read
 
 def test_what_the_daemon_built_before_serving_is_kept_out_of_the_collectors_way(monkeypatch: pytest.MonkeyPatch) -> None:
     frozen: list[bool] = []
-    monkeypatch.setattr("popbridge.reactor.gc.freeze", lambda: frozen.append(True))
+    monkeypatch.setattr("popbridge.fast.reactor.gc.freeze", lambda: frozen.append(True))
     reactor = PopbridgeReactor()
     try:
         assert frozen == []

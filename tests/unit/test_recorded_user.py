@@ -12,7 +12,7 @@ from base64 import b64encode
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from popbridge.wire.imap4 import Imap4LoginWatcher, ImapProtocolError
+from popbridge.wire.imap4 import Imap4LoginWatcher
 from popbridge.wire.login import Action, Authenticated, LoginProtocolError, LoginSucceeded, ToBackend
 from popbridge.wire.pop3 import Pop3LoginWatcher
 from tests.unit.login_models import CHALLENGE, ImapModel, Pop3Model, cram_md5

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from popbridge import sd_notify
 from popbridge.config import parse_config
-from popbridge.service import build_service
+from popbridge.daemon import sd_notify
+from popbridge.daemon.service import build_service
 
 DOCUMENT = {
     "ledger": {"store": "memory"},

@@ -12,14 +12,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 
-from popbridge.config import LookupConfig
 from popbridge.directory import FALLBACK, IDirectory, MemoryDirectory
-from popbridge.ldap_search import UserFacts
+from popbridge.directory.ldap_search import UserFacts
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.lookup import lookup_factory
-from popbridge.sender_map import SenderRules, parse_sender_map
-from popbridge.senders import SenderOwners, SendersUnavailable
-from popbridge.stats import Counters
+from popbridge.metrics.counters import Counters
+from popbridge.senders.map import SenderRules, parse_sender_map
+from popbridge.senders.owners import SenderOwners, SendersUnavailable
+from popbridge.settings import LookupConfig
 from popbridge.verdict import Verdicts
 
 MISMATCH = "REJECT 5.7.1 Sender address is not yours"

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from popbridge.sender_map import SenderMap, SenderMapError, SenderRules, parse_sender_map, sender_key
+from popbridge.senders.map import SenderMap, SenderMapError, SenderRules, parse_sender_map, sender_key
 
 MAP = """\
 # who may send as what

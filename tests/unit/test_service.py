@@ -1,12 +1,15 @@
+import subprocess
+import sys
+
 import trustme
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 
 from popbridge.config import load_config, parse_config
-from popbridge.listener import LISTEN_BACKLOG
-from popbridge.service import Daemon, build_service
-from popbridge.workers.daemon import SplitDaemon
+from popbridge.daemon.listener import LISTEN_BACKLOG
+from popbridge.daemon.service import Daemon, build_service
+from popbridge.daemon.workers.daemon import SplitDaemon
 
 DOCUMENT = {
     "ledger": {"store": "memory"},  # the default SQLite file lives under /var/lib
@@ -276,3 +279,27 @@ def test_with_workers_the_main_process_binds_the_proxy_sockets_but_never_reads_t
 def test_without_workers_the_daemon_is_one_process():
     service = build_service(parse_config(DOCUMENT, "t.toml"), MemoryReactorClock())
     assert isinstance(service, Daemon) and not isinstance(service, SplitDaemon)
+
+
+DEMO_MODULES = """
+import sys
+from twisted.internet.testing import MemoryReactorClock
+from popbridge.config import parse_config
+from popbridge.daemon.service import build_service
+from tests.unit.test_service import DOCUMENT
+document = dict(DOCUMENT, **({"demo": {"listen": "tcp:port=11110:interface=127.0.0.1"}} if sys.argv[1] == "demo" else {}))
+service = build_service(parse_config(document, "t.toml"), MemoryReactorClock())
+service.privilegedStartService()
+print(sorted({name.split(".")[1] for name in sys.modules if name.startswith(("twisted.mail", "popbridge.demo"))}))
+"""
+
+
+def test_only_a_demo_table_loads_the_demo_server_and_twisted_mail():
+    """A fresh interpreter each: sys.modules of this one has seen every test's imports."""
+
+    def loaded(kind: str) -> str:
+        run = subprocess.run([sys.executable, "-c", DEMO_MODULES, kind], capture_output=True, text=True, check=True)
+        return run.stdout.strip()
+
+    assert loaded("production") == "[]"
+    assert loaded("demo") == "['demo', 'mail']"

@@ -4,8 +4,8 @@ from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
 
 from popbridge.config import parse_config
+from popbridge.daemon.service import build_service
 from popbridge.directory import ThreadPoolService
-from popbridge.service import build_service
 
 DOCUMENT = {
     "lookup": [{

@@ -5,7 +5,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
 from popbridge.directory import MemoryDirectory
-from popbridge.ldap_search import UserFacts
+from popbridge.directory.ldap_search import UserFacts
 from popbridge.ledger.memory import MemoryLedger
 from popbridge.verdict import Status, Verdicts
 

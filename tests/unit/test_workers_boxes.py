@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.protocols import amp
 
-from popbridge.workers.channel import OneLoopBoxes
+from popbridge.daemon.workers.channel import OneLoopBoxes
 
 keys = st.binary(min_size=1, max_size=255)
 boxes = st.lists(st.dictionaries(keys, st.binary(max_size=600), max_size=6), max_size=5)

@@ -9,12 +9,12 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 
+from popbridge.daemon.workers.channel import MainChannel, Start, WorkerChannel
+from popbridge.daemon.workers.remote import RemoteDirectory, RemoteLedger
 from popbridge.directory import FALLBACK, MemoryDirectory, UserFacts
 from popbridge.ledger import ILoginRecorder, LedgerUnavailable, SessionId
 from popbridge.ledger.memory import MemoryLedger
-from popbridge.stats import Counters
-from popbridge.workers.channel import MainChannel, Start, WorkerChannel
-from popbridge.workers.remote import RemoteDirectory, RemoteLedger
+from popbridge.metrics.counters import Counters
 from zope.interface.verify import verifyObject
 
 from .test_proxy_session import Harness

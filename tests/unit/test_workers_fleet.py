@@ -11,11 +11,11 @@ from twisted.logger import capturedLogs
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from popbridge.config import ProxyConfig
+from popbridge.daemon.workers.fleet import Fleet, WorkerProcess
+from popbridge.daemon.workers.settings import WorkerSocket
 from popbridge.ledger.memory import MemoryLedger
-from popbridge.stats import Counters
-from popbridge.workers.fleet import Fleet, WorkerProcess
-from popbridge.workers.settings import WorkerSocket
+from popbridge.metrics.counters import Counters
+from popbridge.settings import ProxyConfig
 
 SPEC = ProxyConfig("pop3", "tcp:1110", "tcp:host=127.0.0.1:port=110", shutdown_grace=30.0)
 

@@ -1,8 +1,8 @@
 """/metrics and `popbridge stats` of a split daemon: each sample summed over the processes, and
 again per worker with a `worker` label."""
 
+from popbridge.daemon.workers.metrics import FleetRegistry, WorkerReports
 from popbridge.metrics import Metrics
-from popbridge.workers.metrics import FleetRegistry, WorkerReports
 
 
 def worker_text(logins: int, open_sessions: int) -> str:

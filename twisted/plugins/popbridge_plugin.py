@@ -10,6 +10,6 @@ popbridge = ServiceMaker(
 
 popbridge_reactor = Reactor(
     "popbridge",
-    "popbridge.reactor",
+    "popbridge.fast.reactor",
     "epoll without a log context per socket event (what `popbridge run` uses)",
 )

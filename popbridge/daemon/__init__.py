@@ -1,0 +1,1 @@
+"""settings -> service tree: the daemon, its listeners and store services, systemd readiness."""
