@@ -50,10 +50,13 @@ class LoginTable:
     ) -> Login:
         """A successful login; refreshes `when` and adds `session` to its open sessions."""
         rows = self._live(key, now)
-        old = _named(rows, user, protocol)
+        old = _named(rows, user, protocol) if rows else None
         opened = (old[OPEN] if old else ()) + (() if session is None else (session,))
         row = (sys.intern(user), protocol, now, opened, tls)
-        self._rows[key] = (row, *(r for r in rows if r is not old))
+        if not rows or (old is not None and len(rows) == 1):  # the usual address: one login
+            self._rows[key] = (row,)
+        else:
+            self._rows[key] = (row, *(r for r in rows if r is not old))
         return _login(key, row)
 
     def end_session(self, key: str, user: str, protocol: str, session: SessionId, now: float) -> Login | None:
@@ -65,7 +68,12 @@ class LoginTable:
             return None
         still_open = tuple(s for s in row[OPEN] if s != session)
         changed = (row[USER], row[PROTOCOL], now, still_open, row[TLS])
-        self._rows[key] = _newest_first_rows(changed if r is row else r for r in rows)
+        if len(rows) == 1:
+            self._rows[key] = (changed,)
+        elif now > rows[0][WHEN]:  # it is the newest now: to the front, as `record` puts a login
+            self._rows[key] = (changed, *(r for r in rows if r is not row))
+        else:  # the clock went back
+            self._rows[key] = _newest_first_rows(changed if r is row else r for r in rows)
         return _login(key, changed)
 
     def put(self, login: Login) -> None:
@@ -97,12 +105,17 @@ class LoginTable:
     def _live(self, key: str, now: float) -> Rows:
         """The unexpired logins of `key`; forgets the address once none is left."""
         rows = self._rows.get(key, ())
-        if any(not self._alive(row, now) for row in rows):
-            rows = tuple(row for row in rows if self._alive(row, now))
-            if rows:
-                self._rows[key] = rows
-            else:
-                del self._rows[key]
+        ttl = self.ttl
+        for row in rows:  # `_alive` inline: this runs for every login and lookup
+            if not row[OPEN] and now >= row[WHEN] + ttl:
+                break
+        else:
+            return rows
+        rows = tuple(row for row in rows if self._alive(row, now))
+        if rows:
+            self._rows[key] = rows
+        else:
+            del self._rows[key]
         return rows
 
     def _alive(self, row: Row, now: float) -> bool:

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
 
 from popbridge.fast.transports import FastSockets, fast_sockets
 
@@ -86,6 +88,42 @@ async def test_a_backend_connection_gets_the_fast_client_transport():
         connector.disconnect()
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_connection_is_under_way_when_connect_returns():
+    made: Deferred[Protocol] = Deferred()
+
+    class Leg(Protocol):
+        def connectionMade(self) -> None:
+            made.callback(self)
+
+    port = reactor.listenTCP(0, serve(Collect()), interface="127.0.0.1")
+    try:
+        connector = fast_sockets(reactor).connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(Leg))
+        assert connector.state == "connected" or connector.transport in reactor.getWriters()  # not a turn later
+        await made
+        connector.disconnect()
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_backend_connection_is_reported_as_twisted_reports_it():
+    failed: Deferred[list[Failure]] = Deferred()
+
+    class Refused(ClientFactory):
+        def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+            failed.callback([reason])
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connecting is refused
+    try:
+        fast_sockets(reactor).connectTCP("127.0.0.1", closed.getsockname()[1], Refused())
+        [reason] = await failed
+    finally:
+        closed.close()
+    assert reason.check(ConnectionRefusedError)
 
 
 @pytest_twisted.ensureDeferred

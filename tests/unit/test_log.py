@@ -1,10 +1,10 @@
 """popbridge.log.classic_text writes exactly what Twisted's textFileLogObserver would."""
 
 from hypothesis import given, strategies as st
-from twisted.logger import LogLevel, formatEventAsClassicLogText
+from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, formatEventAsClassicLogText
 from twisted.python.failure import Failure
 
-from popbridge.log import classic_text
+from popbridge.log import LevelFilter, classic_text
 
 fields = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
 formats = st.sampled_from(
@@ -53,3 +53,19 @@ def test_a_failure_keeps_its_traceback() -> None:
 def test_a_missing_key_is_reported_as_twisted_reports_it() -> None:
     event = {"log_format": "user {user}", "log_time": 0.0}
     assert classic_text(event) == formatEventAsClassicLogText(event)
+
+
+levels = st.sampled_from(list(LogLevel.iterconstants()))
+filtered_events = st.fixed_dictionaries(
+    {},
+    optional={"log_level": levels, "log_namespace": st.sampled_from(["", "popbridge.proxy", "twisted.internet.base"])},
+)
+
+
+@given(levels, filtered_events)
+def test_the_level_filter_passes_what_twisteds_passes(level: LogLevel, event: dict) -> None:
+    ours: list[dict] = []
+    twisteds: list[dict] = []
+    LevelFilter(ours.append, level)(event)
+    FilteringLogObserver(twisteds.append, [LogLevelFilterPredicate(level)])(event)
+    assert ours == twisteds

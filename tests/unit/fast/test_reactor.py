@@ -61,3 +61,15 @@ def test_a_failing_reader_is_disconnected_and_the_others_in_that_turn_still_read
     reactor.doPoll(1)
     assert broken.lost is not None and broken not in reactor.getReaders()
     assert fine.read == b"y" and fine in reactor.getReaders()
+
+
+def test_what_the_daemon_built_before_serving_is_kept_out_of_the_collectors_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    frozen: list[bool] = []
+    monkeypatch.setattr("popbridge.fast.reactor.gc.freeze", lambda: frozen.append(True))
+    reactor = PopbridgeReactor()
+    try:
+        assert frozen == []
+        reactor.fireSystemEvent("startup")
+        assert frozen == [True]
+    finally:
+        reactor._poller.close()

@@ -4,7 +4,7 @@ daemon's own registry. StringTransport, task.Clock and a spy backend; no reactor
 import json
 
 from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.defer import fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -173,6 +173,22 @@ def test_lookups_answered_at_once_are_timed_as_store_lookups():
     assert ledger.lookup_now("192.0.2.7") == []
     assert dict(metrics.samples())['popbridge_store_seconds_count{operation="lookup"}'] == 1
     assert not IImmediateLedger.providedBy(MeasuredLedger(UnavailableLedger(Clock(), ttl=1800), metrics))
+
+
+def test_a_store_call_still_pending_is_timed_when_it_fires():
+    clock = Clock()
+    metrics = Metrics(now=clock.seconds)
+    store = MemoryLedger(clock, ttl=1800)
+    pending: Deferred[int] = Deferred()
+    store.purge = lambda: pending  # a store that writes behind, as SQLite and Redis do
+    purged: list[int] = []
+    MeasuredLedger(store, metrics).purge().addCallback(purged.append)
+    assert sample(metrics, 'popbridge_store_seconds_count{operation="purge"}') == 0
+    clock.advance(0.003)
+    pending.callback(4)
+    assert purged == [4]
+    assert sample(metrics, 'popbridge_store_seconds_count{operation="purge"}') == 1
+    assert sample(metrics, 'popbridge_store_seconds_sum{operation="purge"}') == 0.003
 
 
 def test_measured_ledger_passes_the_ttl_through_both_ways():
