@@ -30,33 +30,31 @@ Like the POP3 watcher, it stands between client and backend until the login succ
   address before the client's first command (Dovecot honours it from login_trusted_networks).
 
 After the login it emits `Authenticated` and becomes a plain pipe (IDLE, COMPRESS, FETCH...).
-What it shares with POP3 is the pre-login core's (popbridge/wire/prelogin.py); the command
-outstanding, with its LOGIN checks, is an `imap4_command.ImapCommand`; each state's handlers
-are in one table (`Turn`).
+What it shares with POP3 is the pre-login core's (popbridge/wire/prelogin.py); the greeting,
+popbridge's own STARTTLS and ID probes and the backend's capabilities are imap4_probe.py's; the
+states are imap4_state.py's; the command outstanding, with its LOGIN checks, is an
+`imap4_command.ImapCommand`; each state's handlers are in one table (`Turn`).
 """
 
 from collections.abc import Callable
-from enum import Enum, auto
+from enum import Enum
 from typing import ClassVar, NamedTuple
 
+from popbridge.wire.imap4_command import ImapCommand, fully_sent
+from popbridge.wire.imap4_probe import Imap4ProbingWatcher
+from popbridge.wire.imap4_state import PROBE_TAG, STARTTLS_TAG, ImapProtocolError, State
 from popbridge.wire.imap4_syntax import (
     CRLF,
-    NONSYNC_LIMIT_LITERAL_MINUS,
     Literal,
     ImapSyntaxError,
-    capabilities_in,
-    client_capabilities,
     id_command,
     id_fields,
     is_tag,
     literal_at_end,
-    quoted,
-    without_capability_code,
     without_forwarding_fields,
 )
 from popbridge.wire.login import (
     Action,
-    BackendNotice,
     LoginFailed,
     LoginProtocolError,
     LoginSucceeded,
@@ -64,36 +62,10 @@ from popbridge.wire.login import (
     ToBackend,
     ToClient,
 )
-from popbridge.wire.imap4_command import ImapCommand
-from popbridge.wire.prelogin import PreLoginWatcher
 from popbridge.wire.routing import HeldLogin
 from popbridge.wire.sasl import AmbiguousLogin, SaslUserReader, valid_mechanism
 
-PROBE_TAG = b"popbridge0"  # our own ID command; client commands only start after it is done
-STARTTLS_TAG = b"popbridge1"  # our own STARTTLS towards the backend
-
-
-class ImapProtocolError(LoginProtocolError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, b"* BYE popbridge: " + message.encode() + CRLF)
-
-
-class State(Enum):
-    GREETING = auto()  # waiting for the backend's greeting
-    PROBE = auto()  # our own STARTTLS or ID is out; client commands wait
-    READY = auto()  # no command outstanding: the next client line starts one
-    CLIENT_LITERAL = auto()  # reading the bytes of a literal from the client
-    CLIENT_LINE = auto()  # reading the rest of a command line after a literal
-    CONTINUATION = auto()  # a sync literal was announced: waiting for the backend's "+"
-    RESPONSE = auto()  # the whole command is out: waiting for its tagged completion
-    SASL_SERVER = auto()  # AUTHENTICATE is out: waiting for "+ challenge" or completion
-    SASL_CLIENT = auto()  # the next client line is SASL data, never a command
-    HOLD = auto()  # a login waits while its backend is chosen (RouteLogin)
-    REPLAY_CHALLENGE = auto()  # a new backend's first AUTHENTICATE challenge, answered with the held response
-    DISCARD_LITERAL = auto()  # dropping a literal of a command that was refused or ended early
-    DISCARD_LINE = auto()  # dropping the rest of such a command's line
-    AUTHENTICATED = auto()  # a plain pipe
-
+__all__ = ["PROBE_TAG", "STARTTLS_TAG", "Imap4LoginWatcher", "ImapProtocolError", "State"]
 
 class Turn(NamedTuple):
     """One row of the state table (`Imap4LoginWatcher.TURNS`).
@@ -109,7 +81,7 @@ class Turn(NamedTuple):
     continuation: "Callable[[Imap4LoginWatcher, bytes], list[Action]] | None" = None
 
 
-class Imap4LoginWatcher(PreLoginWatcher):
+class Imap4LoginWatcher(Imap4ProbingWatcher):
     """Fed client and backend bytes; returns the actions the glue carries out, in order.
 
     What each state waits for and which method reads it: `TURNS`, at the end of the class.
@@ -131,8 +103,6 @@ class Imap4LoginWatcher(PreLoginWatcher):
     ) -> None:
         super().__init__(client_address, tls, max_line, max_pending, max_bad_commands, route_logins)
         self._max_literal = max_literal
-        self._probe_tag = b""  # the tag of popbridge's own command that is out
-        self._offered: set[bytes] | None = None  # the backend's capabilities, once it listed them
         self._command: ImapCommand | None = None  # the client command outstanding
         self._held_command: ImapCommand | None = None  # the routed login, while a new backend greets
         self._literal = 0  # bytes of the literal the client is sending or about to send
@@ -288,11 +258,6 @@ class Imap4LoginWatcher(PreLoginWatcher):
             raw = line[:-2] + b"}" + CRLF  # "{n+}" -> "{n}": the backend's "+" is answered by popbridge
         return [ToBackend(raw)]
 
-    def _takes_nonsync(self, size: int) -> bool:
-        """Whether the backend advertised non-sync literals of `size` (RFC 7888)."""
-        offered = self._offered or set()
-        return b"LITERAL+" in offered or (b"LITERAL-" in offered and size <= NONSYNC_LIMIT_LITERAL_MINUS)
-
     def _grow(self, part: bytes, announced: Literal | None = None) -> None:
         """Add a part (line text, or a literal's bytes while in CLIENT_LITERAL) to the command;
         `announced` is the literal a line announces."""
@@ -340,11 +305,6 @@ class Imap4LoginWatcher(PreLoginWatcher):
         self._command, self.state = ImapCommand(tag, b"ID"), State.RESPONSE
         return [ToBackend(id_command(tag, fields))]
 
-    def _capabilities(self, raw: bytes) -> bytes:
-        """Capability lists as the client must see them: popbridge's STARTTLS, not the backend's."""
-        before_tls = not self.tls_active
-        return client_capabilities(raw, self._tls.offer_starttls and before_tls, self._tls.required and before_tls)
-
     # -- backend responses --------------------------------------------------------------
 
     def _on_response(self, raw: bytes, line: bytes) -> list[Action]:
@@ -366,7 +326,7 @@ class Imap4LoginWatcher(PreLoginWatcher):
             raise ImapProtocolError(f"backend answered a command that is not outstanding: {line[:40]!r}")
         if status not in (b"OK", b"NO", b"BAD"):
             raise ImapProtocolError(f"backend sent no status: {line[:40]!r}")
-        if status == b"OK" and (not _fully_sent(command, self.state) or self._unsent_response):
+        if status == b"OK" and (not fully_sent(command, self.state) or self._unsent_response):
             raise ImapProtocolError("backend accepted a login before it had all of it")
         if status == b"OK" and command.sasl is not None and command.sasl.cancelled:
             raise ImapProtocolError("backend accepted a cancelled login")
@@ -404,13 +364,6 @@ class Imap4LoginWatcher(PreLoginWatcher):
         self.state = State.SASL_CLIENT
         return [ToClient(raw)]
 
-    def _note_capabilities(self, line: bytes) -> None:
-        """What the backend says it offers: a CAPABILITY response or a [CAPABILITY] code."""
-        if line[:13].upper() == b"* CAPABILITY ":
-            self._offered = set(line[13:].upper().split())
-        elif (listed := capabilities_in(line)) is not None:
-            self._offered = listed
-
     def _untagged(self, raw: bytes, line: bytes) -> list[Action]:
         if self.state is State.GREETING:
             return self._after_greeting(raw, line)
@@ -420,47 +373,6 @@ class Imap4LoginWatcher(PreLoginWatcher):
         if line[2:6].upper() == b"BYE ":
             self.farewell_seen = True
         return [ToClient(self._capabilities(raw))]
-
-    def _after_greeting(self, raw: bytes, line: bytes) -> list[Action]:
-        status = line[2:].partition(b" ")[0].upper()
-        greeting = self._capabilities(raw)
-        if status == b"PREAUTH":  # logged in without a login: pass it on, record nothing
-            return self._authenticated(ToClient(greeting))
-        if status not in (b"OK", b"BYE") or (self._holding.replaying and status != b"OK"):
-            raise ImapProtocolError(f"backend greeting is not OK, PREAUTH or BYE: {line[:40]!r}")
-        self.state = State.READY
-        if status == b"BYE":
-            self.farewell_seen = True
-            return [ToClient(greeting)]
-        self._greeting, self._offered = greeting, capabilities_in(line)
-        if self._tls.backend_starttls:
-            self._greeting = without_capability_code(greeting)  # the backend's list changes with TLS
-            return self._probe(STARTTLS_TAG, b"STARTTLS")
-        return self._forward_client_address()
-
-    def _probe(self, tag: bytes, command: bytes) -> list[Action]:
-        self._probe_tag, self.state = tag, State.PROBE
-        return [ToBackend(tag + b" " + command + CRLF)]
-
-    def _forward_client_address(self) -> list[Action]:
-        self.state = State.READY
-        if self._forward_address is None:
-            return self._release_greeting()
-        if self._offered is not None and b"ID" not in self._offered:
-            return [BackendNotice("backend does not offer ID: client address not forwarded"), *self._release_greeting()]
-        host, port = self._forward_address
-        fields = b'("x-originating-ip" ' + quoted(host.encode()) + b' "x-originating-port" "' + str(port).encode() + b'")'
-        return self._probe(PROBE_TAG, b"ID " + fields)
-
-    def _after_probe(self, line: bytes, status: bytes) -> list[Action]:
-        self.state = State.READY
-        if self._probe_tag == STARTTLS_TAG:
-            if status != b"OK":
-                raise ImapProtocolError("the mail server refused STARTTLS")
-            self._offered = None  # what it offered before TLS is not believed either: the list changes
-            return [*self._backend_tls(), *self._forward_client_address()]
-        notice = [] if status == b"OK" else [BackendNotice(f"backend refused ID: {line[:80]!r}")]
-        return [*notice, *self._release_greeting()]
 
     # -- routing logins to the user's own backend ---------------------------------------
 
@@ -488,15 +400,3 @@ class Imap4LoginWatcher(PreLoginWatcher):
         State.DISCARD_LINE: Turn(line=_discarded_line),
     }
 
-
-def _fully_sent(command: ImapCommand, state: Enum) -> bool:
-    """Whether the client's side of a LOGIN / AUTHENTICATE was all sent when the OK came.
-
-    An OK while a literal or a SASL response is still owed answers nothing the client said:
-    never believed as a login (other commands are not checked: they log nobody in).
-    """
-    if command.verb == b"LOGIN":
-        return state is State.RESPONSE
-    if command.verb == b"AUTHENTICATE":
-        return state is State.SASL_SERVER and command.sasl is not None and command.sasl.responses > 0
-    return True

@@ -8,7 +8,9 @@ of it goes out, or ends the session once part of it has.
 """
 
 from dataclasses import dataclass, field
+from enum import Enum
 
+from popbridge.wire.imap4_state import State
 from popbridge.wire.imap4_syntax import CommandPart, ImapSyntaxError, LiteralData, login_arguments
 from popbridge.wire.sasl import AmbiguousLogin, SaslUserReader, checked_name
 
@@ -65,3 +67,16 @@ def checked_login(parts: list[CommandPart], complete: bool) -> None:
         raise AmbiguousLogin(str(e)) from None
     except UnicodeDecodeError:
         raise AmbiguousLogin("user names must be UTF-8") from None
+
+
+def fully_sent(command: ImapCommand, state: Enum) -> bool:
+    """Whether the client's side of a LOGIN / AUTHENTICATE was all sent when the OK came.
+
+    An OK while a literal or a SASL response is still owed answers nothing the client said:
+    never believed as a login (other commands are not checked: they log nobody in).
+    """
+    if command.verb == b"LOGIN":
+        return state is State.RESPONSE
+    if command.verb == b"AUTHENTICATE":
+        return state is State.SASL_SERVER and command.sasl is not None and command.sasl.responses > 0
+    return True

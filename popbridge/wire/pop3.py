@@ -27,17 +27,18 @@ It sits between a mail client and the real POP3 server until the login succeeds:
 After the login it emits `Authenticated` and turns into a plain pipe. Passwords, digests and
 SASL data pass through untouched and are never kept. Framing, the bad-command budget, routed
 logins, the greeting's release and TLS are the pre-login core's (popbridge/wire/prelogin.py);
-this module holds POP3's grammar, one state table (`Turn`) from each state to its handler.
+the greeting, popbridge's own STLS / CAPA / XCLIENT probes and what the backend offers (CAPA,
+APOP timestamp) are pop3_probe.py's; the states are pop3_state.py's. This module holds POP3's
+client commands and their answers, one state table (`Turn`) from each state to its handler.
 """
 
 import re
 from collections.abc import Callable
-from enum import Enum, auto
+from enum import Enum
 from typing import ClassVar, NamedTuple
 
 from popbridge.wire.login import (
     Action,
-    BackendNotice,
     LoginFailed,
     LoginProtocolError,
     LoginSucceeded,
@@ -46,34 +47,15 @@ from popbridge.wire.login import (
     ToBackend,
     ToClient,
 )
-from popbridge.wire.prelogin import PreLoginWatcher
+from popbridge.wire.pop3_probe import Pop3ProbingWatcher
+from popbridge.wire.pop3_state import CRLF, Pop3ProtocolError, State, StatusHandler, everything, nothing, relay
 from popbridge.wire.routing import HeldLogin
 from popbridge.wire.sasl import AmbiguousLogin, SaslUserReader, checked_name, valid_mechanism
 
-HIDDEN_CAPABILITIES = (b"STLS", b"XCLIENT")
+__all__ = ["Pop3LoginWatcher", "Pop3ProtocolError", "State"]
+
 LOGIN_VERBS = (b"USER", b"PASS", b"APOP", b"AUTH")
-CRLF = b"\r\n"
-XCLIENT_GREETING = b"+OK [XCLIENT] "  # Dovecot 2.3 offers XCLIENT here, to trusted hosts only
-APOP_TIMESTAMP = re.compile(rb"<[!-~]+>")  # RFC 1939: the greeting's msg-id offers APOP
 APOP_ARGUMENTS = re.compile(rb"(\S+) [0-9a-f]{32}")
-
-
-class Pop3ProtocolError(LoginProtocolError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, b"-ERR [SYS/PERM] popbridge: " + message.encode() + b"\r\n")
-
-
-class State(Enum):
-    GREETING = auto()  # waiting for the backend's greeting
-    PROBE = auto()  # our own STLS, CAPA and XCLIENT, before the client may speak
-    READY = auto()  # no command outstanding: the next client line may go
-    REPLY = auto()  # a client command is out; waiting for its status line
-    MULTILINE = auto()  # reading a multi-line answer up to its "." line
-    SASL_SERVER = auto()  # AUTH is out; waiting for "+ challenge", +OK or -ERR
-    SASL_CLIENT = auto()  # the backend challenged; the next client line is SASL data
-    HOLD = auto()  # a login waits while its backend is chosen (RouteLogin)
-    REPLAY_CHALLENGE = auto()  # a new backend's first AUTH challenge, answered with the held response
-    AUTHENTICATED = auto()  # a plain pipe
 
 
 class Turn(NamedTuple):
@@ -84,7 +66,7 @@ class Turn(NamedTuple):
     handle: "Callable[[Pop3LoginWatcher, bytes], list[Action]]"
 
 
-class Pop3LoginWatcher(PreLoginWatcher):
+class Pop3LoginWatcher(Pop3ProbingWatcher):
     """Fed client and backend bytes; returns the actions the glue carries out, in order.
 
     What each state waits for and which method reads it: `TURNS`, at the end of the class.
@@ -104,20 +86,13 @@ class Pop3LoginWatcher(PreLoginWatcher):
         route_logins: bool = False,
     ) -> None:
         super().__init__(client_address, tls, max_line, max_pending, max_bad_commands, route_logins)
-        self._on_status: StatusHandler = self._after_greeting  # reads the outstanding command's status
-        self._status_after_switch: StatusHandler = _relay  # a held command's, while a new backend greets
-        self._keep_line: Callable[[bytes], bool] = _everything  # which lines of a multi-line answer show
-        self._on_multiline_end: Callable[[], list[Action]] = _nothing  # what follows its "." line
+        self._status_after_switch: StatusHandler = relay  # a held command's, while a new backend greets
         self._named_user = ""  # USER's name while its answer is awaited
         self._user: str | None = None  # the name USER set, for the PASS that follows
         self._login_method = ""  # the login command outstanding (USER, APOP, AUTH PLAIN...)
         self._login_user: str | SaslUserReader = ""  # its user, or the SASL exchange that names it
         self._sasl: SaslUserReader | None = None  # the AUTH exchange in progress
         self._sasl_command = b""  # the AUTH line of that exchange, for a replay
-        self._offers_xclient = False
-        self._offers_apop = False
-        self._sasl_offered: set[bytes] | None = None  # the backend's CAPA SASL list, once seen
-        self._capa_sasl: set[bytes] = set()  # the SASL line of a CAPA answer being read
 
     def goodbye(self, reason: str) -> bytes:
         """The last line popbridge itself sends before it closes a session (RFC 3206 code)."""
@@ -162,7 +137,7 @@ class Pop3LoginWatcher(PreLoginWatcher):
             return self._refuse(b"-ERR XCLIENT is not accepted from clients\r\n")
         if verb in LOGIN_VERBS and (verb != b"AUTH" or argument) and self._tls.required and not self.tls_active:
             return self._refuse(b"-ERR [AUTH] TLS is required to log in here: use STLS first\r\n")
-        self.state, self._on_status = State.REPLY, _relay
+        self.state, self._on_status = State.REPLY, relay
         if verb == b"CAPA":
             self._capa_sasl = set()
             self._expect_multiline(self._capability_shown, self._capabilities_added)
@@ -185,7 +160,7 @@ class Pop3LoginWatcher(PreLoginWatcher):
         elif verb == b"AUTH" and argument:
             return self._auth(line, argument)
         elif verb == b"AUTH":
-            self._expect_multiline(_everything, _nothing)
+            self._expect_multiline(everything, nothing)
         elif verb == b"QUIT":
             self._on_status = self._after_quit
         return [ToBackend(line + CRLF)]
@@ -228,11 +203,6 @@ class Pop3LoginWatcher(PreLoginWatcher):
     def _expect_login(self, method: str, user: "str | SaslUserReader") -> None:
         self._login_method, self._login_user, self._on_status = method, user, self._after_login
 
-    def _expect_multiline(self, keep: Callable[[bytes], bool], then: Callable[[], list[Action]]) -> None:
-        """The command's +OK starts a multi-line answer: `keep` says which lines the client
-        sees (the status line too), `then` what is added before the closing dot."""
-        self._keep_line, self._on_multiline_end, self._on_status = keep, then, self._multiline_status
-
     # -- backend lines ------------------------------------------------------------------
 
     def _multiline_line(self, line: bytes) -> list[Action]:
@@ -267,13 +237,6 @@ class Pop3LoginWatcher(PreLoginWatcher):
         self.state = State.READY
         return self._on_status(line, ok)
 
-    def _multiline_status(self, line: bytes, ok: bool) -> list[Action]:
-        shown: list[Action] = [ToClient(line + CRLF)] if self._keep_line(line) else []
-        if ok:
-            self.state = State.MULTILINE
-            return shown
-        return shown + self._on_multiline_end()
-
     # -- routing logins to the user's own backend ---------------------------------------
 
     def _switching_backend(self) -> None:
@@ -282,7 +245,7 @@ class Pop3LoginWatcher(PreLoginWatcher):
     def _resuming_held_login(self) -> None:
         self._on_status = self._status_after_switch
 
-    # -- TLS and capabilities -----------------------------------------------------------
+    # -- TLS ----------------------------------------------------------------------------
 
     def _stls(self) -> list[Action]:
         actions = self._client_tls(
@@ -293,27 +256,6 @@ class Pop3LoginWatcher(PreLoginWatcher):
         if isinstance(actions[-1], StartClientTls):
             self._user = None  # a USER sent in the clear names no one after the handshake
         return actions
-
-    def _capability_shown(self, line: bytes) -> bool:
-        """CAPA lines the client sees: never the backend's STLS or XCLIENT, and no login
-        methods while TLS is required but not yet on."""
-        self._note_capability(line)
-        name = line.split(b" ", 1)[0].upper()
-        if name in HIDDEN_CAPABILITIES:
-            return False
-        return not (self._tls.required and not self.tls_active and name in (b"USER", b"SASL"))
-
-    def _note_capability(self, line: bytes) -> None:
-        """Note a CAPA line; at the closing dot, the SASL mechanisms the backend listed are known."""
-        words = line.upper().split()
-        if words[:1] == [b"SASL"]:
-            self._capa_sasl = set(words[1:])
-        elif line == b".":
-            self._sasl_offered, self._capa_sasl = self._capa_sasl, set()
-
-    def _capabilities_added(self) -> list[Action]:
-        """popbridge's own STLS, listed just before the closing dot."""
-        return [ToClient(b"STLS\r\n")] if self._tls.offer_starttls and not self.tls_active else []
 
     # -- answers to client commands -----------------------------------------------------
 
@@ -335,58 +277,6 @@ class Pop3LoginWatcher(PreLoginWatcher):
             return [LoginFailed(name, self._login_method), ToClient(line + CRLF)]
         return self._authenticated(LoginSucceeded(name, self._login_method), ToClient(line + CRLF))
 
-    # -- greeting and the XCLIENT probe -------------------------------------------------
-
-    def _after_greeting(self, line: bytes, ok: bool) -> list[Action]:
-        offered = line.startswith(XCLIENT_GREETING)
-        greeting = b"+OK " + line.removeprefix(XCLIENT_GREETING) if offered else line
-        if not ok:
-            if self._holding.replaying:
-                raise Pop3ProtocolError("the user's mail server refused the connection")
-            self.farewell_seen = True
-            return [ToClient(greeting + CRLF)]
-        self._greeting, self._offers_xclient = greeting + CRLF, offered
-        self._offers_apop = APOP_TIMESTAMP.search(greeting) is not None
-        if self._tls.backend_starttls:
-            self.state, self._on_status = State.PROBE, self._after_backend_stls
-            return [ToBackend(b"STLS\r\n")]
-        return self._forward_client_address()
-
-    def _after_backend_stls(self, line: bytes, ok: bool) -> list[Action]:
-        if not ok:
-            raise Pop3ProtocolError("the mail server refused STLS")
-        return [*self._backend_tls(), *self._forward_client_address()]
-
-    def _forward_client_address(self) -> list[Action]:
-        if self._forward_address is None:
-            return self._release_greeting()
-        self.state = State.PROBE
-        if self._offers_xclient:
-            return self._send_xclient()
-        self._capa_sasl = set()
-        self._expect_multiline(self._note_xclient, self._send_xclient)
-        return [ToBackend(b"CAPA\r\n")]
-
-    def _note_xclient(self, line: bytes) -> bool:
-        """Line filter for our own CAPA probe: remember XCLIENT, show the client nothing."""
-        self._note_capability(line)
-        if line.split(b" ", 1)[0].upper() == b"XCLIENT":
-            self._offers_xclient = True
-        return False
-
-    def _send_xclient(self) -> list[Action]:
-        assert self._forward_address is not None
-        if not self._offers_xclient:
-            notice = BackendNotice("backend does not offer XCLIENT: client address not forwarded")
-            return [notice, *self._release_greeting()]
-        host, port = self._forward_address
-        self.state, self._on_status = State.PROBE, self._after_xclient
-        return [ToBackend(f"XCLIENT ADDR={host} PORT={port}\r\n".encode())]
-
-    def _after_xclient(self, line: bytes, ok: bool) -> list[Action]:
-        notice = [] if ok else [BackendNotice(f"backend refused XCLIENT: {line[:80]!r}")]
-        return [*notice, *self._release_greeting()]
-
     # -- the state table: built once, for every session ---------------------------------
 
     TURNS: ClassVar[dict[Enum, Turn]] = {
@@ -402,9 +292,6 @@ class Pop3LoginWatcher(PreLoginWatcher):
     }
 
 
-StatusHandler = Callable[[bytes, bool], list[Action]]
-
-
 def _name(data: bytes) -> str:
     try:
         return checked_name(data.decode("utf-8"))
@@ -417,18 +304,6 @@ def _user_argument(argument: bytes) -> str:
     if not argument or argument != argument.strip(b" \t"):
         raise AmbiguousLogin("USER takes one name without surrounding blanks")
     return _name(argument)
-
-
-def _relay(line: bytes, ok: bool) -> list[Action]:
-    return [ToClient(line + CRLF)]
-
-
-def _everything(line: bytes) -> bool:
-    return True
-
-
-def _nothing() -> list[Action]:
-    return []
 
 
 def _is_challenge(line: bytes) -> bool:
