@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -13,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .processes import LogFile, ServerError, binary, free_port, log_tail, pid_alive, run_checked, short_directory, wait_until
+from .processes import LogFile, binary, free_port, reap_master, run_checked, short_directory, wait_started
 
 
 MAIL_UID = MAIL_GID = 65534  # nobody/nogroup: Maildirs need an existing uid, not a system user
@@ -156,11 +155,7 @@ service lmtp {{
             timeout=30,
         )
         self._started = True
-        try:
-            wait_until(self._answers, f"dovecot on {self.host}:{self.port}")
-        except ServerError as e:
-            self.stop()
-            raise ServerError(f"{e}\n{log_tail(self.log.path)}") from None
+        wait_started(self._answers, f"dovecot on {self.host}:{self.port}", self.log.path, self.stop)
         return self
 
     def _answers(self) -> bool:
@@ -191,11 +186,7 @@ service lmtp {{
             stderr=subprocess.DEVNULL,
             timeout=30,
         )
-        if pid is not None:
-            try:
-                wait_until(lambda: not pid_alive(pid), "dovecot stop", timeout=15)
-            except ServerError:
-                os.kill(pid, signal.SIGKILL)
+        reap_master(pid, "dovecot stop")
 
     def cleanup(self) -> None:
         self.stop()

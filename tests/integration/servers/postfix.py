@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
@@ -13,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .processes import LogFile, ServerError, binary, check_socket_path, free_port, log_tail, pid_alive, run_checked, short_directory, wait_until
+from .processes import LogFile, ServerError, binary, check_socket_path, free_port, log_tail, reap_master, run_checked, short_directory, wait_started
 
 
 _MASTER_CF = """\
@@ -123,11 +121,7 @@ smtpd_client_connection_rate_limit = 0
         self.postfix("check")
         self.postfix("start")
         self._started = True
-        try:
-            wait_until(self._answers, f"postfix smtpd on {self.host}:{self.port}")
-        except ServerError as e:
-            self.stop()
-            raise ServerError(f"{e}\n{log_tail(self.log.path)}") from None
+        wait_started(self._answers, f"postfix smtpd on {self.host}:{self.port}", self.log.path, self.stop)
         return self
 
     def _answers(self) -> bool:
@@ -154,11 +148,7 @@ smtpd_client_connection_rate_limit = 0
             capture_output=True,
             timeout=60,
         )
-        if pid is not None:
-            try:
-                wait_until(lambda: not pid_alive(pid), "postfix stop", timeout=15)
-            except ServerError:
-                os.kill(pid, signal.SIGKILL)
+        reap_master(pid, "postfix stop")
 
     def cleanup(self) -> None:
         self.stop()

@@ -177,6 +177,28 @@ class LogFile:
         return found[0]
 
 
+def wait_started(ready: Callable[[], bool], what: str, log: Path, stop: Callable[[], None],
+                 alive: Callable[[], str | None] = lambda: None) -> None:
+    """Wait until a server just started answers; if it never does, stop it and fail with the
+    tail of its log, so that a failed start leaves no process behind and says why."""
+    try:
+        wait_until(ready, what, alive=alive)
+    except ServerError as e:
+        stop()
+        raise ServerError(f"{e}\n{log_tail(log)}") from None
+
+
+def reap_master(pid: int | None, what: str) -> None:
+    """After a daemonising server was told to stop: wait for its master process `pid` to go,
+    and SIGKILL it if it is still there after 15 s (a stuck stop must not outlive the tests)."""
+    if pid is None:
+        return
+    try:
+        wait_until(lambda: not pid_alive(pid), what, timeout=15)
+    except ServerError:
+        os.kill(pid, signal.SIGKILL)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
