@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import load
-from bench.mail import USERS, Machine, Metered, PhaseCost, median, paced_probe, percentile, policy_requests, user
+from bench.mail import USERS, Machine, Metered, PhaseCost, median, paced_probe, percentile, policy_requests, raise_open_files, stop_all, user
 from bench.peers import BenchDovecot, Nginx, tree_cpu
 from tests.integration.servers.popbridge_daemon import FeedPopbridge, Popbridge
 from tests.integration.servers.processes import ServerError, find_binary, free_port, short_directory, stop_process, tcp_connectable, wait_until
@@ -282,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/feed.py runs private Dovecots and must run as root", file=sys.stderr)
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 200_000)), hard))
+    raise_open_files()
     users = {user(i)[0]: user(i)[1] for i in range(USERS)}
     started: list[Callable[[], None]] = []
     skipped: list[str] = []
@@ -337,11 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/feed.py: {e}", file=sys.stderr)
         return 1
     finally:
-        for stop in reversed(started):
-            try:
-                stop()
-            except Exception as e:  # noqa: BLE001 - keep stopping the others
-                print(f"bench/feed.py: stopping: {e}", file=sys.stderr)
+        stop_all(started, "bench/feed.py")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,23 @@ class Machine:
         return sum(fields) - idle, sum(fields)
 
 
+def raise_open_files(limit: int = 200_000) -> None:
+    """Lift this process's soft descriptor limit towards `limit` (never past the hard one):
+    thousands of concurrent clients each hold a socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, limit)), hard))
+
+
+def stop_all(started: list[Callable[[], None]], program: str) -> None:
+    """Stop what a run started, newest first; a stop that fails is reported and the others
+    still run, so that no private server outlives the benchmark."""
+    for stop in reversed(started):
+        try:
+            stop()
+        except Exception as e:  # noqa: BLE001 - keep stopping the others
+            print(f"{program}: stopping: {e}", file=sys.stderr)
+
+
 @dataclass
 class PhaseCost:
     wall: float = 0.0
@@ -755,8 +772,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench/mail.py runs a private Dovecot and must run as root", file=sys.stderr
         )
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 200_000)), hard))
+    raise_open_files()
     only = set(filter(None, args.only.split(","))) or {
         "popbridge",
         "nginx",
@@ -841,11 +857,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/mail.py: {e}", file=sys.stderr)
         return 1
     finally:
-        for stop in reversed(started):
-            try:
-                stop()
-            except Exception as e:  # noqa: BLE001 - keep stopping the others
-                print(f"bench/mail.py: stopping: {e}", file=sys.stderr)
+        stop_all(started, "bench/mail.py")
 
 
 if __name__ == "__main__":

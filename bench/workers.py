@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import load
-from bench.mail import USERS, Machine, paced_probe, percentile, policy_requests, user
+from bench.mail import USERS, Machine, paced_probe, percentile, policy_requests, raise_open_files, stop_all, user
 from bench.peers import BenchDovecot, TwistedRelay, tree_cpu
 from tests.integration.servers.popbridge_daemon import Popbridge
 from tests.integration.servers.processes import ServerError, free_port, stop_process, tcp_connectable, wait_until
@@ -169,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/workers.py runs a private Dovecot and must run as root", file=sys.stderr)
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 200_000)), hard))
+    raise_open_files()
     skip = set(filter(None, args.skip.split(",")))
 
     def say(text: str) -> None:
@@ -253,11 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/workers.py: {e}", file=sys.stderr)
         return 1
     finally:
-        for stop in reversed(started):
-            try:
-                stop()
-            except Exception as e:  # noqa: BLE001 - keep stopping the others
-                print(f"bench/workers.py: stopping: {e}", file=sys.stderr)
+        stop_all(started, "bench/workers.py")
     busy, total = Machine.jiffies()
     lines.append(
         f"Machine: {len(os.sched_getaffinity(0))} CPUs, {100 * (busy - busy_before) / max(1, total - total_before):.0f}% busy "
