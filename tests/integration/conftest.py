@@ -100,6 +100,14 @@ def started(server: StartableT) -> StartableT:
     return server
 
 
+def running(server: StartableT, *binaries: str) -> Iterator[StartableT]:
+    """For a fixture to `yield from`: skip without `binaries`, start `server` (or fail the
+    test), hand it over, and clean it up afterwards."""
+    require(*binaries)
+    yield started(server)
+    server.cleanup()
+
+
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[Dovecot]:
     """Dovecot POP3 and IMAP on 127.0.0.1 trusting 127.0.0.1 (popbridge) for XCLIENT and ID."""

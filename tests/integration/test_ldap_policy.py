@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import require, started
+from .conftest import require, running, started
 from .servers import (
     LDAP_BASE,
     LDAP_BIND_DN,
@@ -53,24 +53,15 @@ def ldap_sockets() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _slapd() -> Slapd:
-    require("slapd", "slapadd")
-    return started(Slapd(people=PEOPLE, exempt=EXEMPT))
-
-
 @pytest.fixture(scope="module")
 def slapd() -> Iterator[Slapd]:
-    server = _slapd()
-    yield server
-    server.cleanup()
+    yield from running(Slapd(people=PEOPLE, exempt=EXEMPT), "slapd", "slapadd")
 
 
 @pytest.fixture
 def own_slapd() -> Iterator[Slapd]:
     """A slapd of its own, for tests that pause or stop it."""
-    server = _slapd()
-    yield server
-    server.cleanup()
+    yield from running(Slapd(people=PEOPLE, exempt=EXEMPT), "slapd", "slapadd")
 
 
 class LdapDaemon:
