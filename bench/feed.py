@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import load
-from bench.mail import USERS, Machine, Metered, PhaseCost, median, paced_probe, percentile, policy_requests, raise_open_files, stop_all, user
+from bench.mail import USERS, Machine, Metered, PhaseCost, median, paced_probe, percentile, policy_requests, quick_or_full, raise_open_files, running_as_root, stop_all, user
 from bench.peers import BenchDovecot, Nginx, tree_cpu
 from tests.integration.servers.popbridge_daemon import FeedPopbridge, Popbridge
 from tests.integration.servers.processes import ServerError, find_binary, free_port, short_directory, stop_process, tcp_connectable, wait_until
@@ -270,16 +270,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--store", default="memory", help="the feed daemon's [ledger] store (default memory)")
     parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = parser.parse_args(argv)
-    for name, (quick, full) in {"rounds": (3, 5), "duration": (1.5, 3.0), "lookup_duration": (2.0, 4.0)}.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    quick_or_full(args, {"rounds": (3, 5), "duration": (1.5, 3.0), "lookup_duration": (2.0, 4.0)})
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/feed.py runs private Dovecots and must run as root", file=sys.stderr)
+    if not running_as_root("bench/feed.py", "private Dovecots"):
         return 2
     raise_open_files()
     users = {user(i)[0]: user(i)[1] for i in range(USERS)}

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.mail import raise_open_files  # noqa: E402
+from bench.mail import raise_open_files, running_as_root  # noqa: E402
 from bench.peers import BenchDovecot, _tree  # noqa: E402
 from tests.integration.servers.popbridge_daemon import Popbridge  # noqa: E402
 from tests.integration.servers.processes import binary, wait_until  # noqa: E402
@@ -407,8 +407,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("run as root: a private Dovecot needs it", file=sys.stderr)
+    if not running_as_root("bench/load_faults.py", "a private Dovecot"):
         return 2
     raise_open_files(65536)
     users = dict(user(i) for i in range(args.users))

@@ -108,6 +108,21 @@ class Machine:
         return sum(fields) - idle, sum(fields)
 
 
+def quick_or_full(args: argparse.Namespace, defaults: dict[str, tuple[float, float]]) -> None:
+    """Fill each option the command line left unset with its `--quick` or its full default."""
+    for name, (quick, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+
+
+def running_as_root(program: str, needs: str) -> bool:
+    """Whether this process is root; if not, say so: private Dovecots must start as root."""
+    if os.geteuid() == 0:
+        return True
+    print(f"{program} runs {needs} and must run as root", file=sys.stderr)
+    return False
+
+
 def raise_open_files(limit: int = 200_000) -> None:
     """Lift this process's soft descriptor limit towards `limit` (never past the hard one):
     thousands of concurrent clients each hold a socket."""
@@ -759,18 +774,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "idle_sessions": (1000, 2000),
         "lookup_duration": (1.0, 2.0),
     }
-    for name, (quick, full) in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    quick_or_full(args, defaults)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print(
-            "bench/mail.py runs a private Dovecot and must run as root", file=sys.stderr
-        )
+    if not running_as_root("bench/mail.py", "a private Dovecot"):
         return 2
     raise_open_files()
     only = set(filter(None, args.only.split(","))) or {

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import load
-from bench.mail import USERS, Machine, paced_probe, percentile, policy_requests, raise_open_files, stop_all, user
+from bench.mail import USERS, Machine, paced_probe, percentile, policy_requests, quick_or_full, raise_open_files, running_as_root, stop_all, user
 from bench.peers import BenchDovecot, TwistedRelay, tree_cpu
 from tests.integration.servers.popbridge_daemon import Popbridge
 from tests.integration.servers.processes import ServerError, free_port, stop_process, tcp_connectable, wait_until
@@ -157,16 +157,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip", default="", help="comma-separated: lookups,logins,scaling")
     parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = parser.parse_args(argv)
-    for name, quick, full in (("rounds", 3, 5), ("duration", 1.5, 3.0), ("lookup_duration", 2.0, 4.0)):
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    quick_or_full(args, {"rounds": (3, 5), "duration": (1.5, 3.0), "lookup_duration": (2.0, 4.0)})
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/workers.py runs a private Dovecot and must run as root", file=sys.stderr)
+    if not running_as_root("bench/workers.py", "a private Dovecot"):
         return 2
     raise_open_files()
     skip = set(filter(None, args.skip.split(",")))
