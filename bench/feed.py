@@ -111,7 +111,7 @@ class Target:
 
 
 def dovecot_cpu(dovecot: BenchDovecot) -> Callable[[], float]:
-    pid = dovecot._master_pid()
+    pid = dovecot.master_pid()
     assert pid is not None
     return lambda: tree_cpu(pid)
 

@@ -274,7 +274,7 @@ class Run:
         return json.loads(data)
 
     def kill_dovecot(self) -> None:
-        master = self.dovecot._master_pid()
+        master = self.dovecot.master_pid()
         assert master is not None
         for pid in reversed(_tree(master)):
             try:

@@ -847,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             input("Enter stops everything> ")
             return 0
-        dovecot_pid = dovecot._master_pid()
+        dovecot_pid = dovecot.master_pid()
         assert dovecot_pid is not None
         bench = Bench(args, targets, popbridge, dovecot_pid)
         bench.warm_up()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .processes import LogFile, ServerError, binary, check_socket_path, free_port, log_tail, reap_master, run_checked, short_directory, wait_started
+from .processes import DaemonisingServer, LogFile, ServerError, binary, check_socket_path, free_port, log_tail, run_checked, short_directory, wait_started
 
 
 _MASTER_CF = """\
@@ -42,7 +42,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 
 @dataclass
-class Postfix:
+class Postfix(DaemonisingServer):
     """A private Postfix whose smtpd (127.0.0.1, high port) lets only 127.0.0.1 and clients
     the policy service at `policy_socket` approves relay; everything accepted is discarded."""
 
@@ -50,6 +50,7 @@ class Postfix:
     host: str = "127.0.0.1"
     main_extra: str = ""  # main.cf lines appended (a later line overrides an earlier one)
     master_extra: str = ""  # master.cf lines appended (more services)
+    name = "postfix"
 
     def __post_init__(self) -> None:
         self.policy_socket = check_socket_path(Path(self.policy_socket).absolute())
@@ -57,6 +58,7 @@ class Postfix:
         self.config_directory = self.directory / "etc"
         self.port = free_port(self.host)
         self.log = LogFile(self.directory / "maillog")
+        self.pid_file = self.directory / "queue" / "pid" / "master.pid"
         self._started = False
 
     def main_cf(self) -> str:
@@ -131,28 +133,8 @@ smtpd_client_connection_rate_limit = 0
         except OSError:
             return False
 
-    def _master_pid(self) -> int | None:
-        try:
-            return int((self.directory / "queue" / "pid" / "master.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        pid = self._master_pid()
-        subprocess.run(
-            [binary("postfix"), "-c", str(self.config_directory), "stop"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=60,
-        )
-        reap_master(pid, "postfix stop")
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
+    def stop_command(self) -> list[str]:
+        return [binary("postfix"), "-c", str(self.config_directory), "stop"]
 
     def rcpt_code(
         self, source: str, recipient: str = "someone@outside.example", sender: str = "user@client.example"

@@ -209,6 +209,36 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+class DaemonisingServer:
+    """A server that puts itself in the background (dovecot, postfix): stopped by its own stop
+    command, then waited for through its master's pid file. Subclasses set `name`, `directory`,
+    `pid_file`, `stop_command` and `_started` (whether `start` ran since the last stop)."""
+
+    name = "server"
+    directory: Path
+    pid_file: Path
+    _started: bool
+    stop_command: Callable[[], list[str]]  # argv, looked up when stopping (the binary may be missing)
+
+    def master_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        pid = self.master_pid()
+        subprocess.run(self.stop_command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        reap_master(pid, f"{self.name} stop")
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 class ForegroundServer:
     """A server run in the foreground as a child of the tests (redis-server, slapd): stopped,
     killed, paused and cleaned up the same way. Subclasses set `name`, `process`, `directory`."""
