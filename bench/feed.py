@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import load
-from bench.mail import USERS, Machine, Metered, PhaseCost, median, paced_probe, percentile, policy_requests, quick_or_full, raise_open_files, running_as_root, stop_all, user
+from bench.mail import LOGIN_ROUNDS, USERS, Machine, Metered, PhaseCost, median, paced_probe, percentile, policy_requests, quick_or_full, raise_open_files, round_options, running_as_root, stop_all, user
 from bench.peers import BenchDovecot, Nginx, tree_cpu
 from tests.integration.servers.popbridge_daemon import FeedPopbridge, Popbridge
 from tests.integration.servers.processes import ServerError, find_binary, free_port, short_directory, stop_process, tcp_connectable, wait_until
@@ -259,18 +259,13 @@ def table(bench: FeedBench, args: argparse.Namespace, skipped: list[str]) -> str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="about one minute: fewer, shorter rounds")
-    parser.add_argument("--rounds", type=int, help="rounds per login measure (default 5, quick 3)")
-    parser.add_argument("--duration", type=float, help="seconds per login round (default 3, quick 1.5)")
-    parser.add_argument("--clients", type=int, default=50, help="concurrent login clients (default 50)")
-    parser.add_argument("--lookup-duration", type=float, help="seconds per latency phase (default 4, quick 2)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[round_options("the feed daemon's")]
+    )
     parser.add_argument("--report-rate", type=float, default=500, help="POP3 logins/s, so reports/s, beside the probe (default 500)")
     parser.add_argument("--probe-rate", type=float, default=500, help="policy requests/s of the latency probe (default 500)")
-    parser.add_argument("--store", default="memory", help="the feed daemon's [ledger] store (default memory)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = parser.parse_args(argv)
-    quick_or_full(args, {"rounds": (3, 5), "duration": (1.5, 3.0), "lookup_duration": (2.0, 4.0)})
+    quick_or_full(args, LOGIN_ROUNDS)
     return args
 
 

@@ -108,6 +108,24 @@ class Machine:
         return sum(fields) - idle, sum(fields)
 
 
+def round_options(store: str) -> argparse.ArgumentParser:
+    """The options of the round-based benchmarks (feed.py, workers.py), for argparse's
+    `parents=`; `store` says whose [ledger] store --store sets. Their defaults are filled in
+    by `quick_or_full` with LOGIN_ROUNDS."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    parser.add_argument("--rounds", type=int, help="rounds per measure (default 5, quick 3)")
+    parser.add_argument("--duration", type=float, help="seconds per login round (default 3, quick 1.5)")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent login clients (default 50)")
+    parser.add_argument("--lookup-duration", type=float, help="seconds per probe run (default 4, quick 2)")
+    parser.add_argument("--store", default="memory", help=f"{store} [ledger] store (default memory)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    return parser
+
+
+LOGIN_ROUNDS = {"rounds": (3, 5), "duration": (1.5, 3.0), "lookup_duration": (2.0, 4.0)}
+
+
 def quick_or_full(args: argparse.Namespace, defaults: dict[str, tuple[float, float]]) -> None:
     """Fill each option the command line left unset with its `--quick` or its full default."""
     for name, (quick, full) in defaults.items():

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import load
-from bench.mail import USERS, Machine, paced_probe, percentile, policy_requests, quick_or_full, raise_open_files, running_as_root, stop_all, user
+from bench.mail import LOGIN_ROUNDS, USERS, Machine, paced_probe, percentile, policy_requests, quick_or_full, raise_open_files, round_options, running_as_root, stop_all, user
 from bench.peers import BenchDovecot, TwistedRelay, tree_cpu
 from tests.integration.servers.popbridge_daemon import Popbridge
 from tests.integration.servers.processes import ServerError, free_port, stop_process, tcp_connectable, wait_until
@@ -145,19 +145,14 @@ class TinyPop3:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
-    parser.add_argument("--rounds", type=int, help="rounds per measure (default 5, quick 3)")
-    parser.add_argument("--duration", type=float, help="seconds per login round (default 3, quick 1.5)")
-    parser.add_argument("--clients", type=int, default=50, help="concurrent login clients (default 50)")
-    parser.add_argument("--lookup-duration", type=float, help="seconds per probe run (default 4, quick 2)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[round_options("popbridge")]
+    )
     parser.add_argument("--probe-rate", type=float, default=5000, help="policy requests/s of the probe (default 5000)")
     parser.add_argument("--pop3-rate", type=float, default=500, help="POP3 sessions/s beside the probe (default 500)")
-    parser.add_argument("--store", default="memory", help="popbridge [ledger] store (default memory)")
     parser.add_argument("--skip", default="", help="comma-separated: lookups,logins,scaling")
-    parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = parser.parse_args(argv)
-    quick_or_full(args, {"rounds": (3, 5), "duration": (1.5, 3.0), "lookup_duration": (2.0, 4.0)})
+    quick_or_full(args, LOGIN_ROUNDS)
     return args
 
 
