@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import load
-from bench.mail import USERS, Machine, Metered, PhaseCost, median, paced_probe, percentile, policy_requests, user
+from bench.mail import LOGIN_ROUNDS, USERS, Machine, Metered, PhaseCost, median, paced_probe, percentile, policy_requests, quick_or_full, raise_open_files, round_options, running_as_root, stop_all, user
 from bench.peers import BenchDovecot, Nginx, tree_cpu
 from tests.integration.servers.popbridge_daemon import FeedPopbridge, Popbridge
 from tests.integration.servers.processes import ServerError, find_binary, free_port, short_directory, stop_process, tcp_connectable, wait_until
@@ -112,7 +111,7 @@ class Target:
 
 
 def dovecot_cpu(dovecot: BenchDovecot) -> Callable[[], float]:
-    pid = dovecot._master_pid()
+    pid = dovecot.master_pid()
     assert pid is not None
     return lambda: tree_cpu(pid)
 
@@ -260,30 +259,21 @@ def table(bench: FeedBench, args: argparse.Namespace, skipped: list[str]) -> str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="about one minute: fewer, shorter rounds")
-    parser.add_argument("--rounds", type=int, help="rounds per login measure (default 5, quick 3)")
-    parser.add_argument("--duration", type=float, help="seconds per login round (default 3, quick 1.5)")
-    parser.add_argument("--clients", type=int, default=50, help="concurrent login clients (default 50)")
-    parser.add_argument("--lookup-duration", type=float, help="seconds per latency phase (default 4, quick 2)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[round_options("the feed daemon's")]
+    )
     parser.add_argument("--report-rate", type=float, default=500, help="POP3 logins/s, so reports/s, beside the probe (default 500)")
     parser.add_argument("--probe-rate", type=float, default=500, help="policy requests/s of the latency probe (default 500)")
-    parser.add_argument("--store", default="memory", help="the feed daemon's [ledger] store (default memory)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = parser.parse_args(argv)
-    for name, (quick, full) in {"rounds": (3, 5), "duration": (1.5, 3.0), "lookup_duration": (2.0, 4.0)}.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    quick_or_full(args, LOGIN_ROUNDS)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/feed.py runs private Dovecots and must run as root", file=sys.stderr)
+    if not running_as_root("bench/feed.py", "private Dovecots"):
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 200_000)), hard))
+    raise_open_files()
     users = {user(i)[0]: user(i)[1] for i in range(USERS)}
     started: list[Callable[[], None]] = []
     skipped: list[str] = []
@@ -337,11 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/feed.py: {e}", file=sys.stderr)
         return 1
     finally:
-        for stop in reversed(started):
-            try:
-                stop()
-            except Exception as e:  # noqa: BLE001 - keep stopping the others
-                print(f"bench/feed.py: stopping: {e}", file=sys.stderr)
+        stop_all(started, "bench/feed.py")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.mail import raise_open_files, running_as_root  # noqa: E402
 from bench.peers import BenchDovecot, _tree  # noqa: E402
 from tests.integration.servers.popbridge_daemon import Popbridge  # noqa: E402
 from tests.integration.servers.processes import binary, wait_until  # noqa: E402
@@ -274,7 +274,7 @@ class Run:
         return json.loads(data)
 
     def kill_dovecot(self) -> None:
-        master = self.dovecot._master_pid()
+        master = self.dovecot.master_pid()
         assert master is not None
         for pid in reversed(_tree(master)):
             try:
@@ -407,11 +407,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("run as root: a private Dovecot needs it", file=sys.stderr)
+    if not running_as_root("bench/load_faults.py", "a private Dovecot"):
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(65536, hard)), hard))
+    raise_open_files(65536)
     users = dict(user(i) for i in range(args.users))
     dovecot = BenchDovecot(users=users)
     dovecot.start()

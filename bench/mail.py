@@ -108,6 +108,56 @@ class Machine:
         return sum(fields) - idle, sum(fields)
 
 
+def round_options(store: str) -> argparse.ArgumentParser:
+    """The options of the round-based benchmarks (feed.py, workers.py), for argparse's
+    `parents=`; `store` says whose [ledger] store --store sets. Their defaults are filled in
+    by `quick_or_full` with LOGIN_ROUNDS."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    parser.add_argument("--rounds", type=int, help="rounds per measure (default 5, quick 3)")
+    parser.add_argument("--duration", type=float, help="seconds per login round (default 3, quick 1.5)")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent login clients (default 50)")
+    parser.add_argument("--lookup-duration", type=float, help="seconds per probe run (default 4, quick 2)")
+    parser.add_argument("--store", default="memory", help=f"{store} [ledger] store (default memory)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    return parser
+
+
+LOGIN_ROUNDS = {"rounds": (3, 5), "duration": (1.5, 3.0), "lookup_duration": (2.0, 4.0)}
+
+
+def quick_or_full(args: argparse.Namespace, defaults: dict[str, tuple[float, float]]) -> None:
+    """Fill each option the command line left unset with its `--quick` or its full default."""
+    for name, (quick, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+
+
+def running_as_root(program: str, needs: str) -> bool:
+    """Whether this process is root; if not, say so: private Dovecots must start as root."""
+    if os.geteuid() == 0:
+        return True
+    print(f"{program} runs {needs} and must run as root", file=sys.stderr)
+    return False
+
+
+def raise_open_files(limit: int = 200_000) -> None:
+    """Lift this process's soft descriptor limit towards `limit` (never past the hard one):
+    thousands of concurrent clients each hold a socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, limit)), hard))
+
+
+def stop_all(started: list[Callable[[], None]], program: str) -> None:
+    """Stop what a run started, newest first; a stop that fails is reported and the others
+    still run, so that no private server outlives the benchmark."""
+    for stop in reversed(started):
+        try:
+            stop()
+        except Exception as e:  # noqa: BLE001 - keep stopping the others
+            print(f"{program}: stopping: {e}", file=sys.stderr)
+
+
 @dataclass
 class PhaseCost:
     wall: float = 0.0
@@ -742,21 +792,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "idle_sessions": (1000, 2000),
         "lookup_duration": (1.0, 2.0),
     }
-    for name, (quick, full) in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    quick_or_full(args, defaults)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print(
-            "bench/mail.py runs a private Dovecot and must run as root", file=sys.stderr
-        )
+    if not running_as_root("bench/mail.py", "a private Dovecot"):
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 200_000)), hard))
+    raise_open_files()
     only = set(filter(None, args.only.split(","))) or {
         "popbridge",
         "nginx",
@@ -821,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             input("Enter stops everything> ")
             return 0
-        dovecot_pid = dovecot._master_pid()
+        dovecot_pid = dovecot.master_pid()
         assert dovecot_pid is not None
         bench = Bench(args, targets, popbridge, dovecot_pid)
         bench.warm_up()
@@ -841,11 +885,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/mail.py: {e}", file=sys.stderr)
         return 1
     finally:
-        for stop in reversed(started):
-            try:
-                stop()
-            except Exception as e:  # noqa: BLE001 - keep stopping the others
-                print(f"bench/mail.py: stopping: {e}", file=sys.stderr)
+        stop_all(started, "bench/mail.py")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import load
-from bench.mail import USERS, Machine, paced_probe, percentile, policy_requests, user
+from bench.mail import LOGIN_ROUNDS, USERS, Machine, paced_probe, percentile, policy_requests, quick_or_full, raise_open_files, round_options, running_as_root, stop_all, user
 from bench.peers import BenchDovecot, TwistedRelay, tree_cpu
 from tests.integration.servers.popbridge_daemon import Popbridge
 from tests.integration.servers.processes import ServerError, free_port, stop_process, tcp_connectable, wait_until
@@ -146,31 +145,22 @@ class TinyPop3:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
-    parser.add_argument("--rounds", type=int, help="rounds per measure (default 5, quick 3)")
-    parser.add_argument("--duration", type=float, help="seconds per login round (default 3, quick 1.5)")
-    parser.add_argument("--clients", type=int, default=50, help="concurrent login clients (default 50)")
-    parser.add_argument("--lookup-duration", type=float, help="seconds per probe run (default 4, quick 2)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[round_options("popbridge")]
+    )
     parser.add_argument("--probe-rate", type=float, default=5000, help="policy requests/s of the probe (default 5000)")
     parser.add_argument("--pop3-rate", type=float, default=500, help="POP3 sessions/s beside the probe (default 500)")
-    parser.add_argument("--store", default="memory", help="popbridge [ledger] store (default memory)")
     parser.add_argument("--skip", default="", help="comma-separated: lookups,logins,scaling")
-    parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = parser.parse_args(argv)
-    for name, quick, full in (("rounds", 3, 5), ("duration", 1.5, 3.0), ("lookup_duration", 2.0, 4.0)):
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    quick_or_full(args, LOGIN_ROUNDS)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/workers.py runs a private Dovecot and must run as root", file=sys.stderr)
+    if not running_as_root("bench/workers.py", "a private Dovecot"):
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 200_000)), hard))
+    raise_open_files()
     skip = set(filter(None, args.skip.split(",")))
 
     def say(text: str) -> None:
@@ -253,11 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/workers.py: {e}", file=sys.stderr)
         return 1
     finally:
-        for stop in reversed(started):
-            try:
-                stop()
-            except Exception as e:  # noqa: BLE001 - keep stopping the others
-                print(f"bench/workers.py: stopping: {e}", file=sys.stderr)
+        stop_all(started, "bench/workers.py")
     busy, total = Machine.jiffies()
     lines.append(
         f"Machine: {len(os.sched_getaffinity(0))} CPUs, {100 * (busy - busy_before) / max(1, total - total_before):.0f}% busy "

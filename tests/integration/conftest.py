@@ -100,6 +100,14 @@ def started(server: StartableT) -> StartableT:
     return server
 
 
+def running(server: StartableT, *binaries: str) -> Iterator[StartableT]:
+    """For a fixture to `yield from`: skip without `binaries`, start `server` (or fail the
+    test), hand it over, and clean it up afterwards."""
+    require(*binaries)
+    yield started(server)
+    server.cleanup()
+
+
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[Dovecot]:
     """Dovecot POP3 and IMAP on 127.0.0.1 trusting 127.0.0.1 (popbridge) for XCLIENT and ID."""
@@ -165,6 +173,22 @@ def postfix(policy_socket: Path) -> Iterator[Postfix]:
     server.cleanup()
 
 
+def stop_and_show(daemons: list[Popbridge]) -> None:
+    """Stop each daemon and print its output (pytest shows it when the test failed), then clean up."""
+    for daemon in daemons:
+        daemon.stop()
+        print(f"--- popbridge output ({daemon.config_path}):\n{daemon.output()}")
+        daemon.cleanup()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Popbridge]]:
+    """Daemons a test starts itself (`daemons.append(...)`); stopped and shown at teardown."""
+    running: list[Popbridge] = []
+    yield running
+    stop_and_show(running)
+
+
 @pytest.fixture
 def popbridge_daemon(dovecot: Dovecot, policy_socket: Path) -> Iterator[StartPopbridge]:
     """Start `popbridge run --config FILE` in front of the Dovecot fixture:
@@ -185,10 +209,7 @@ def popbridge_daemon(dovecot: Dovecot, policy_socket: Path) -> Iterator[StartPop
             pytest.fail(f"popbridge did not start: {e}", pytrace=False)
 
     yield start
-    for daemon in daemons:
-        daemon.stop()
-        print(f"--- popbridge output ({daemon.config_path}):\n{daemon.output()}")
-        daemon.cleanup()
+    stop_and_show(daemons)
 
 
 @pytest.fixture(scope="session")

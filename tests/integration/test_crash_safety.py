@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,16 +24,6 @@ pytestmark = [pytest.mark.realserver, pytest.mark.wallclock]
 CLIENTS = 200
 SQLITE_SEEDS = [3, 8, 10, 11, 15]  # first kill after 16, 67, 129, 46, 118 success lines
 REDIS_SEEDS = [2, 13]  # after 39, 107
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Popbridge]]:
-    running: list[Popbridge] = []
-    yield running
-    for daemon in running:
-        daemon.stop()
-        print(f"--- popbridge output ({daemon.config_path}):\n{daemon.output()[-3000:]}")
-        daemon.cleanup()
 
 
 def burst_with_a_kill(daemon: Popbridge, seed: int) -> tuple[list[BurstClient], Burst, int]:

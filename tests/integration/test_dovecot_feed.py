@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import imaplib
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from popbridge.ledger.redis import redis_client
 
 from .conftest import MASTER_USERS, USERS, require, started
 from .imap_clients import BoundIMAP4, curl_imap, imap_login
-from .servers import Dovecot, FeedPopbridge, Popbridge, Postfix, ServerError, curl_pop3, free_port, pop3_login, wait_until
+from .servers import Dovecot, FeedPopbridge, Popbridge, Postfix, ServerError, curl_pop3, free_port, pop3_login, unix_exchange, wait_until
 
 pytestmark = pytest.mark.realserver
 
@@ -103,17 +102,7 @@ def site(postfix: Postfix, policy_socket: Path) -> Iterator[Site]:
 
 
 def whoson_query(path: Path, address: str) -> bytes:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(str(path))
-        s.sendall(f"QUERY {address}\r\n\r\n".encode())
-        answer = b""
-        while not answer.endswith(b"\r\n\r\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-        return answer
+    return unix_exchange(path, f"QUERY {address}\r\n\r\n".encode(), b"\r\n\r\n", timeout=10)
 
 
 def test_direct_dovecot_logins_let_their_addresses_relay_and_no_other(site: Site) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import require, started
+from .conftest import require, running, started
 from .servers import (
     LDAP_BASE,
     LDAP_BIND_DN,
@@ -32,6 +32,7 @@ from .servers import (
     free_port,
     pop3_login,
     short_directory,
+    unix_exchange,
     wait_until,
 )
 
@@ -53,24 +54,15 @@ def ldap_sockets() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _slapd() -> Slapd:
-    require("slapd", "slapadd")
-    return started(Slapd(people=PEOPLE, exempt=EXEMPT))
-
-
 @pytest.fixture(scope="module")
 def slapd() -> Iterator[Slapd]:
-    server = _slapd()
-    yield server
-    server.cleanup()
+    yield from running(Slapd(people=PEOPLE, exempt=EXEMPT), "slapd", "slapadd")
 
 
 @pytest.fixture
 def own_slapd() -> Iterator[Slapd]:
     """A slapd of its own, for tests that pause or stop it."""
-    server = _slapd()
-    yield server
-    server.cleanup()
+    yield from running(Slapd(people=PEOPLE, exempt=EXEMPT), "slapd", "slapadd")
 
 
 class LdapDaemon:
@@ -85,7 +77,7 @@ class LdapDaemon:
     def policy(self, client: str) -> str:
         """The exempt listener's action for `client`, as Postfix would receive it."""
         request = f"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address={client}\nclient_name=unknown\n\n"
-        reply = _unix_exchange(self.exempt_policy, request.encode(), b"\n\n")
+        reply = unix_exchange(self.exempt_policy, request.encode(), b"\n\n")
         assert reply.startswith(b"action=") and reply.endswith(b"\n\n"), reply
         return reply[len(b"action="):-2].decode()
 
@@ -111,22 +103,8 @@ class LdapDaemon:
         return answers
 
     def whoson_login(self, client: str, user: str) -> None:
-        reply = _unix_exchange(self.whoson_updates, f"LOGIN {client} {user}\r\n\r\n".encode(), b"\r\n\r\n")
+        reply = unix_exchange(self.whoson_updates, f"LOGIN {client} {user}\r\n\r\n".encode(), b"\r\n\r\n")
         assert reply.startswith(b"+"), reply
-
-
-def _unix_exchange(path: Path, request: bytes, end: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(30)
-        s.connect(str(path))
-        s.sendall(request)
-        reply = b""
-        while not reply.endswith(end):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-        return reply
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import require
+from .conftest import running
 from .imap_clients import imap_authenticate_plain, imap_login
-from .servers import LDAP_BASE, LDAP_BIND_DN, LDAP_BIND_PASSWORD, Dovecot, ServerError, Slapd, StartPopbridge, curl_pop3, pop3_login
+from .servers import LDAP_BASE, LDAP_BIND_DN, LDAP_BIND_PASSWORD, Dovecot, Slapd, StartPopbridge, curl_pop3, pop3_login
 
 pytestmark = pytest.mark.realserver
 
@@ -21,33 +21,17 @@ HOME_USERS = {"carol": "carol-home-pw", "erin": "erin-home-pw"}
 
 @pytest.fixture(scope="module")
 def home() -> Iterator[Dovecot]:
-    require("dovecot", "doveadm")
-    server = Dovecot(users=HOME_USERS, trusted_networks=("127.0.0.1/32",))
-    try:
-        server.start()
-    except ServerError as e:
-        server.cleanup()
-        pytest.fail(f"home Dovecot did not start: {e}", pytrace=False)
-    yield server
-    server.cleanup()
+    yield from running(Dovecot(users=HOME_USERS, trusted_networks=("127.0.0.1/32",)), "dovecot", "doveadm")
 
 
 @pytest.fixture(scope="module")
 def routing_slapd(home: Dovecot) -> Iterator[Slapd]:
-    require("slapd", "slapadd")
     people = {
         "alice": {},
         "carol": {"mailHost": f"127.0.0.1:{home.port}"},  # POP3
         "erin": {"mailHost": f"127.0.0.1:{home.imap_port}"},  # IMAP
     }
-    server = Slapd(people=people, exempt=())
-    try:
-        server.start()
-    except ServerError as e:
-        server.cleanup()
-        pytest.fail(f"slapd did not start: {e}", pytrace=False)
-    yield server
-    server.cleanup()
+    yield from running(Slapd(people=people, exempt=()), "slapd", "slapadd")
 
 
 @pytest.fixture

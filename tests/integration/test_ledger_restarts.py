@@ -4,24 +4,12 @@ restarts, and two daemons sharing one redis-server."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from .servers import BoundPOP3, Dovecot, Popbridge, Redis, ServerError, policy_action, pop3_login, wait_until
 
 POLICY_TEMPFAIL = "action=DEFER 4.3.0"
-
-
-@pytest.fixture
-def daemons(dovecot: Dovecot) -> Iterator[list[Popbridge]]:
-    """Daemons a test starts itself (`daemons.append(...)`); stopped and shown at teardown."""
-    started: list[Popbridge] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
-        print(f"--- popbridge output ({daemon.config_path}):\n{daemon.output()}")
-        daemon.cleanup()
 
 
 def started(daemon: Popbridge) -> Popbridge:

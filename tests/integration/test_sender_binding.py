@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import require, started
+from .conftest import require, running, started
 from .servers import (
     LDAP_BASE,
     LDAP_BIND_DN,
@@ -80,24 +80,15 @@ class MailSlapd(Slapd):
         return super().config_ldif().replace(frontend, QMAIL_SCHEMA + frontend)
 
 
-def _slapd() -> Slapd:
-    require("slapd", "slapadd")
-    return started(MailSlapd(people=PEOPLE))
-
-
 @pytest.fixture(scope="module")
 def slapd() -> Iterator[Slapd]:
-    server = _slapd()
-    yield server
-    server.cleanup()
+    yield from running(MailSlapd(people=PEOPLE), "slapd", "slapadd")
 
 
 @pytest.fixture
 def own_slapd() -> Iterator[Slapd]:
     """A slapd of its own, for the test that pauses and stops it."""
-    server = _slapd()
-    yield server
-    server.cleanup()
+    yield from running(MailSlapd(people=PEOPLE), "slapd", "slapadd")
 
 
 @pytest.fixture(scope="module")

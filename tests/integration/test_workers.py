@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,16 +30,6 @@ pytestmark = pytest.mark.realserver
 
 WORKERS = "\n[daemon]\nworkers = 2\n"
 SERVING = re.compile(r"worker (\d+) \(pid (\d+)\) serving")
-
-
-@pytest.fixture
-def daemons(dovecot: Dovecot) -> Iterator[list[Popbridge]]:
-    started: list[Popbridge] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
-        print(f"--- popbridge output ({daemon.config_path}):\n{daemon.output()}")
-        daemon.cleanup()
 
 
 def split_daemon(dovecot: Dovecot, daemons: list[Popbridge], policy_socket: Path | None = None, **options: object) -> Popbridge:

@@ -19,6 +19,7 @@ from .clients import (
     pop3_login,
     pop3_retr_raw,
     socketmap_answer,
+    unix_exchange,
 )
 from .dovecot import MAIL_GID, MAIL_UID, Dovecot
 from .popbridge_daemon import FeedPopbridge, Popbridge, StartPopbridge, popbridge_command

@@ -46,21 +46,30 @@ def socketmap_answer(socket_path: Path | str, key: str, name: str = "access") ->
         return s.recv(4096)
 
 
+def unix_exchange(socket_path: Path | str, request: bytes, end: bytes, timeout: float = 30.0) -> bytes:
+    """Send `request` on a unix-socket connection of its own and read until the answer ends
+    with `end`; a server that closes first yields what it sent, for the caller to judge."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(socket_path))
+        s.sendall(request)
+        answer = b""
+        while not answer.endswith(end):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
 def policy_action(socket_path: Path | str, address: str, timeout: float = 10.0, **attributes: str) -> str:
     """One Postfix policy request (RCPT) for `address`, with `attributes` (``sender=...``) as
     further lines; the `action=` line of the answer."""
     lines = ["request=smtpd_access_policy", "protocol_state=RCPT", f"client_address={address}"]
     lines += [f"{name}={value}" for name, value in attributes.items()]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(socket_path))
-        s.sendall(("\n".join(lines) + "\n\n").encode())
-        answer = b""
-        while not answer.endswith(b"\n\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                raise ServerError(f"policy socket closed after {answer!r}")
-            answer += chunk
+    answer = unix_exchange(socket_path, ("\n".join(lines) + "\n\n").encode(), b"\n\n", timeout)
+    if not answer.endswith(b"\n\n"):
+        raise ServerError(f"policy socket closed after {answer!r}")
     return answer.decode().strip()
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -13,14 +11,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .processes import LogFile, ServerError, binary, free_port, log_tail, pid_alive, run_checked, short_directory, wait_until
+from .processes import DaemonisingServer, LogFile, binary, free_port, run_checked, short_directory, wait_started
 
 
 MAIL_UID = MAIL_GID = 65534  # nobody/nogroup: Maildirs need an existing uid, not a system user
 
 
 @dataclass
-class Dovecot:
+class Dovecot(DaemonisingServer):
     """A private Dovecot 2.3 POP3 (`port`) and IMAP (`imap_port`) server on 127.0.0.1 with
     passwd-file users.
 
@@ -34,6 +32,7 @@ class Dovecot:
     master_users: Mapping[str, str] = field(default_factory=dict)  # may log in as anyone (SASL authzid)
     auth_mechanisms: str = "plain login cram-md5"  # Dovecot's auth_mechanisms (APOP is "apop")
     extra_config: str = ""  # dovecot.conf lines appended (auth_policy_* settings, say)
+    name = "dovecot"
 
     def __post_init__(self) -> None:
         self.directory = short_directory("pb-dovecot-")
@@ -44,6 +43,7 @@ class Dovecot:
         self.mail_root = self.directory / "mail"
         self.log = LogFile(self.directory / "dovecot.log")
         self.instance_name = f"popbridge-test-{uuid.uuid4().hex[:8]}"
+        self.pid_file = self.directory / "run" / "master.pid"
         self._started = False
 
     @property
@@ -156,11 +156,7 @@ service lmtp {{
             timeout=30,
         )
         self._started = True
-        try:
-            wait_until(self._answers, f"dovecot on {self.host}:{self.port}")
-        except ServerError as e:
-            self.stop()
-            raise ServerError(f"{e}\n{log_tail(self.log.path)}") from None
+        wait_started(self._answers, f"dovecot on {self.host}:{self.port}", self.log.path, self.stop)
         return self
 
     def _answers(self) -> bool:
@@ -173,33 +169,8 @@ service lmtp {{
         except OSError:
             return False
 
-    def _master_pid(self) -> int | None:
-        try:
-            return int((self.directory / "run" / "master.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        pid = self._master_pid()
-        subprocess.run(
-            [binary("doveadm"), "-c", str(self.config_path), "stop"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=30,
-        )
-        if pid is not None:
-            try:
-                wait_until(lambda: not pid_alive(pid), "dovecot stop", timeout=15)
-            except ServerError:
-                os.kill(pid, signal.SIGKILL)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
+    def stop_command(self) -> list[str]:
+        return [binary("doveadm"), "-c", str(self.config_path), "stop"]
 
     def maildir(self, user: str) -> Path:
         """The user's Maildir, created (owned by the mail uid) if missing."""

@@ -60,30 +60,24 @@ class Popbridge:
         self.process: subprocess.Popen[bytes] | None = None
 
     def config_text(self) -> str:
-        forward = "true" if self.forward_client_address else "false"
+        imap = ""
+        if self.imap_port is not None and self.imap_backend_port is not None:
+            imap = self._proxy_config("imap4", self.imap_port, self.imap_backend_port)
         return f"""\
 [ledger]
 ttl = {self.ttl}
 store = "{self.store}"
-
-[[proxy]]
-protocol = "pop3"
-listen = "tcp:port={self.port}:interface={self.host}"
-backend = "tcp:host=127.0.0.1:port={self.backend_port}"
-forward_client_address = {forward}
-{self.proxy_extra}
-{self._imap_proxy_config()}
+{self._proxy_config("pop3", self.port, self.backend_port)}{imap}
 {self._lookup_tables()}"""
 
-    def _imap_proxy_config(self) -> str:
-        if self.imap_backend_port is None:
-            return ""
+    def _proxy_config(self, protocol: str, port: int, backend_port: int) -> str:
+        """One [[proxy]] table; POP3 and IMAP4 differ only in protocol and ports."""
         forward = "true" if self.forward_client_address else "false"
         return f"""
 [[proxy]]
-protocol = "imap4"
-listen = "tcp:port={self.imap_port}:interface={self.host}"
-backend = "tcp:host=127.0.0.1:port={self.imap_backend_port}"
+protocol = "{protocol}"
+listen = "tcp:port={port}:interface={self.host}"
+backend = "tcp:host=127.0.0.1:port={backend_port}"
 forward_client_address = {forward}
 {self.proxy_extra}
 """

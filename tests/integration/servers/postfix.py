@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
@@ -13,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .processes import LogFile, ServerError, binary, check_socket_path, free_port, log_tail, pid_alive, run_checked, short_directory, wait_until
+from .processes import DaemonisingServer, LogFile, ServerError, binary, check_socket_path, free_port, log_tail, run_checked, short_directory, wait_started
 
 
 _MASTER_CF = """\
@@ -44,7 +42,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 
 @dataclass
-class Postfix:
+class Postfix(DaemonisingServer):
     """A private Postfix whose smtpd (127.0.0.1, high port) lets only 127.0.0.1 and clients
     the policy service at `policy_socket` approves relay; everything accepted is discarded."""
 
@@ -52,6 +50,7 @@ class Postfix:
     host: str = "127.0.0.1"
     main_extra: str = ""  # main.cf lines appended (a later line overrides an earlier one)
     master_extra: str = ""  # master.cf lines appended (more services)
+    name = "postfix"
 
     def __post_init__(self) -> None:
         self.policy_socket = check_socket_path(Path(self.policy_socket).absolute())
@@ -59,6 +58,7 @@ class Postfix:
         self.config_directory = self.directory / "etc"
         self.port = free_port(self.host)
         self.log = LogFile(self.directory / "maillog")
+        self.pid_file = self.directory / "queue" / "pid" / "master.pid"
         self._started = False
 
     def main_cf(self) -> str:
@@ -123,11 +123,7 @@ smtpd_client_connection_rate_limit = 0
         self.postfix("check")
         self.postfix("start")
         self._started = True
-        try:
-            wait_until(self._answers, f"postfix smtpd on {self.host}:{self.port}")
-        except ServerError as e:
-            self.stop()
-            raise ServerError(f"{e}\n{log_tail(self.log.path)}") from None
+        wait_started(self._answers, f"postfix smtpd on {self.host}:{self.port}", self.log.path, self.stop)
         return self
 
     def _answers(self) -> bool:
@@ -137,32 +133,8 @@ smtpd_client_connection_rate_limit = 0
         except OSError:
             return False
 
-    def _master_pid(self) -> int | None:
-        try:
-            return int((self.directory / "queue" / "pid" / "master.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        pid = self._master_pid()
-        subprocess.run(
-            [binary("postfix"), "-c", str(self.config_directory), "stop"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=60,
-        )
-        if pid is not None:
-            try:
-                wait_until(lambda: not pid_alive(pid), "postfix stop", timeout=15)
-            except ServerError:
-                os.kill(pid, signal.SIGKILL)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
+    def stop_command(self) -> list[str]:
+        return [binary("postfix"), "-c", str(self.config_directory), "stop"]
 
     def rcpt_code(
         self, source: str, recipient: str = "someone@outside.example", sender: str = "user@client.example"

@@ -177,6 +177,28 @@ class LogFile:
         return found[0]
 
 
+def wait_started(ready: Callable[[], bool], what: str, log: Path, stop: Callable[[], None],
+                 alive: Callable[[], str | None] = lambda: None) -> None:
+    """Wait until a server just started answers; if it never does, stop it and fail with the
+    tail of its log, so that a failed start leaves no process behind and says why."""
+    try:
+        wait_until(ready, what, alive=alive)
+    except ServerError as e:
+        stop()
+        raise ServerError(f"{e}\n{log_tail(log)}") from None
+
+
+def reap_master(pid: int | None, what: str) -> None:
+    """After a daemonising server was told to stop: wait for its master process `pid` to go,
+    and SIGKILL it if it is still there after 15 s (a stuck stop must not outlive the tests)."""
+    if pid is None:
+        return
+    try:
+        wait_until(lambda: not pid_alive(pid), what, timeout=15)
+    except ServerError:
+        os.kill(pid, signal.SIGKILL)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -185,6 +207,36 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class DaemonisingServer:
+    """A server that puts itself in the background (dovecot, postfix): stopped by its own stop
+    command, then waited for through its master's pid file. Subclasses set `name`, `directory`,
+    `pid_file`, `stop_command` and `_started` (whether `start` ran since the last stop)."""
+
+    name = "server"
+    directory: Path
+    pid_file: Path
+    _started: bool
+    stop_command: Callable[[], list[str]]  # argv, looked up when stopping (the binary may be missing)
+
+    def master_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        pid = self.master_pid()
+        subprocess.run(self.stop_command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        reap_master(pid, f"{self.name} stop")
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class ForegroundServer:

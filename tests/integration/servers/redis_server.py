@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from .processes import ForegroundServer, LogFile, ServerError, binary, free_port, log_tail, short_directory, wait_until
+from .processes import ForegroundServer, LogFile, binary, free_port, short_directory, wait_started
 
 
 @dataclass
@@ -42,11 +42,7 @@ class Redis(ForegroundServer):
             argv += ["--replicaof", self.replica_of.host, str(self.replica_of.port)]
         # like dovecot, never hand it our pipes
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_until(self.answers, f"redis-server on {self.host}:{self.port}", alive=self._why_dead)
-        except ServerError as e:
-            self.stop()
-            raise ServerError(f"{e}\n{log_tail(self.log.path)}") from None
+        wait_started(self.answers, f"redis-server on {self.host}:{self.port}", self.log.path, self.stop, alive=self._why_dead)
         return self
 
     def answers(self) -> bool:
@@ -90,11 +86,7 @@ sentinel parallel-syncs {self.service} 1
 """)
         argv = [binary("redis-sentinel"), str(config)]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_until(lambda: self.master_state() is not None, f"redis-sentinel on {self.host}:{self.port}", alive=self._why_dead)
-        except ServerError as e:
-            self.stop()
-            raise ServerError(f"{e}\n{log_tail(self.log.path)}") from None
+        wait_started(lambda: self.master_state() is not None, f"redis-sentinel on {self.host}:{self.port}", self.log.path, self.stop, alive=self._why_dead)
         return self
 
     def master_state(self) -> "dict[str, Any] | None":
