@@ -203,10 +203,10 @@ def pop3_logins_are_real(actions: list[object]) -> None:
     last one sent) is PASS, APOP, AUTH or a SASL response inside AUTH."""
     sent, in_auth = b"", False
     for n, action in enumerate(actions):
-        if isinstance(action, ToBackend):
-            sent = action.data.splitlines()[-1] if action.data.strip() else sent
-            verb = sent.split(b" ", 1)[0].upper()
-            in_auth = verb == b"AUTH" or (in_auth and verb not in (b"USER", b"PASS", b"APOP", b"NOOP", b"QUIT"))
+        if isinstance(action, ToBackend):  # the harness may join writes: read every line
+            for sent in filter(None, action.data.splitlines()):
+                verb = sent.split(b" ", 1)[0].upper()
+                in_auth = verb == b"AUTH" or (in_auth and verb not in (b"USER", b"PASS", b"APOP", b"NOOP", b"QUIT"))
         if isinstance(action, LoginSucceeded):
             released = actions[n + 1]
             assert isinstance(released, ToClient) and released.data.startswith(b"+OK"), actions
